@@ -1,0 +1,1 @@
+"""Transformers Playground: logic modules (no Gradio) and the UI package `modules.ui`."""

@@ -1,0 +1,153 @@
+"""All settings in one place: defaults, environment variables, command-line flags.
+
+Every setting has an environment variable (so a Space can set it) and most have a
+flag (so `python app.py --share` works). Settings are an immutable value passed to
+whoever needs them; nothing here holds mutable global state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
+DEFAULT_CHAT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+DEFAULT_SENTIMENT_MODEL = "distilbert-base-uncased-finetuned-sst-2-english"
+
+# Direction "src-tgt" -> opus-mt model. Each can be overridden with
+# PLAYGROUND_TRANSLATION_<SRC>_<TGT> (e.g. PLAYGROUND_TRANSLATION_ZH_EN=/models/zh-en).
+DEFAULT_TRANSLATION_MODELS: dict[str, str] = {
+    "zh-en": "Helsinki-NLP/opus-mt-zh-en",
+    "en-zh": "Helsinki-NLP/opus-mt-en-zh",
+    "en-fr": "Helsinki-NLP/opus-mt-en-fr",
+    "fr-en": "Helsinki-NLP/opus-mt-fr-en",
+    "en-de": "Helsinki-NLP/opus-mt-en-de",
+    "de-en": "Helsinki-NLP/opus-mt-de-en",
+    "ja-en": "Helsinki-NLP/opus-mt-ja-en",
+}
+
+ENV_PREFIX = "PLAYGROUND_"
+TRUE_WORDS = {"1", "true", "yes", "on"}
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    value = env.get(name)
+    return default if value is None else value.strip().lower() in TRUE_WORDS
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name)
+    if value is None or not value.strip():
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"{name} must be a whole number, got {value!r}") from None
+
+
+def _translation_models(env: Mapping[str, str]) -> dict[str, str]:
+    models = dict(DEFAULT_TRANSLATION_MODELS)
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX + "TRANSLATION_") and value.strip():
+            pair = key.removeprefix(ENV_PREFIX + "TRANSLATION_").lower().split("_")
+            if len(pair) == 2 and all(pair):
+                models["-".join(pair)] = value.strip()
+    return models
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the app runs with. Build with `from_env` or `from_args`."""
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    auth: tuple[str, str] | None = None
+    offline: bool = False
+    chat_model: str = DEFAULT_CHAT_MODEL
+    sentiment_model: str = DEFAULT_SENTIMENT_MODEL
+    translation_models: Mapping[str, str] = field(
+        default_factory=lambda: dict(DEFAULT_TRANSLATION_MODELS)
+    )
+    extra_chat_models: tuple[str, ...] = ()
+    device: str = "auto"
+    dtype: str = "auto"
+    max_new_tokens: int = 512
+    max_input_tokens: int = 4096
+    max_loaded_models: int = 4
+    cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "transformers-playground")
+    trust_remote_code: frozenset[str] = frozenset()
+    concurrency_limit: int = 1
+    max_queue_size: int = 64
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from PLAYGROUND_* variables (and HF_HUB_OFFLINE)."""
+        env = os.environ if env is None else env
+        defaults = cls()
+        auth = env.get(ENV_PREFIX + "AUTH")
+        extra = env.get(ENV_PREFIX + "CHAT_MODELS", "")
+        trusted = env.get(ENV_PREFIX + "TRUST_REMOTE_CODE", "")
+        return cls(
+            host=env.get(ENV_PREFIX + "HOST", defaults.host),
+            port=_int(env, ENV_PREFIX + "PORT", defaults.port),
+            share=_flag(env, ENV_PREFIX + "SHARE"),
+            auth=parse_auth(auth) if auth else None,
+            offline=_flag(env, ENV_PREFIX + "OFFLINE") or _flag(env, "HF_HUB_OFFLINE"),
+            chat_model=env.get(ENV_PREFIX + "CHAT_MODEL", "").strip() or defaults.chat_model,
+            sentiment_model=env.get(ENV_PREFIX + "SENTIMENT_MODEL", "").strip()
+            or defaults.sentiment_model,
+            translation_models=_translation_models(env),
+            extra_chat_models=tuple(m.strip() for m in extra.split(",") if m.strip()),
+            device=env.get(ENV_PREFIX + "DEVICE", defaults.device),
+            dtype=env.get(ENV_PREFIX + "DTYPE", defaults.dtype),
+            max_new_tokens=_int(env, ENV_PREFIX + "MAX_NEW_TOKENS", defaults.max_new_tokens),
+            max_input_tokens=_int(env, ENV_PREFIX + "MAX_INPUT_TOKENS", defaults.max_input_tokens),
+            max_loaded_models=_int(
+                env, ENV_PREFIX + "MAX_LOADED_MODELS", defaults.max_loaded_models
+            ),
+            cache_dir=env.get(ENV_PREFIX + "CACHE_DIR", defaults.cache_dir),
+            trust_remote_code=frozenset(m.strip() for m in trusted.split(",") if m.strip()),
+            concurrency_limit=_int(env, ENV_PREFIX + "CONCURRENCY", defaults.concurrency_limit),
+            max_queue_size=_int(env, ENV_PREFIX + "MAX_QUEUE", defaults.max_queue_size),
+        )
+
+    @classmethod
+    def from_args(
+        cls, argv: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Flags override the environment, which overrides the defaults."""
+        base = cls.from_env(env)
+        parser = argparse.ArgumentParser(
+            prog="app.py", description="Transformers Playground: open models, run locally."
+        )
+        parser.add_argument("--host", default=base.host, help="address to listen on")
+        parser.add_argument("--port", type=int, default=base.port)
+        parser.add_argument(
+            "--share", action="store_true", default=base.share, help="public share link"
+        )
+        parser.add_argument(
+            "--auth", metavar="USER:PASS", type=parse_auth, default=base.auth,
+            help="require a login (protect a shared link)",
+        )
+        parser.add_argument(
+            "--offline", action="store_true", default=base.offline,
+            help="never touch the Hugging Face Hub",
+        )
+        parser.add_argument("--chat-model", default=base.chat_model)
+        parser.add_argument("--sentiment-model", default=base.sentiment_model)
+        parser.add_argument("--device", default=base.device, help="auto, cpu, cuda or mps")
+        parser.add_argument("--dtype", default=base.dtype, help="auto, float32 or bfloat16")
+        args = parser.parse_args(list(argv))
+        return dataclasses.replace(base, **vars(args))
+
+
+def parse_auth(value: str) -> tuple[str, str]:
+    """'user:pass' -> ('user', 'pass'); the password may itself hold ':'."""
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise argparse.ArgumentTypeError("auth must look like USER:PASSWORD")
+    return user, password

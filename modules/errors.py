@@ -1,0 +1,37 @@
+"""Exceptions whose message is meant for the person using the app.
+
+Logic modules raise these; the UI shows `str(error)` as one clear line and the
+HTTP API returns it in its error body. Anything else is a bug and is logged.
+"""
+
+
+class PlaygroundError(Exception):
+    """An error the user can act on; its message is safe to show."""
+
+
+class InvalidInputError(PlaygroundError, ValueError):
+    """Bad text or an out-of-range parameter."""
+
+
+class ModelError(PlaygroundError):
+    """A model could not be loaded or used."""
+
+
+class InvalidModelError(ModelError):
+    """The model reference is malformed, or names something that is not a model."""
+
+
+class ModelNotFoundError(ModelError):
+    """No such model on the Hub, or no such file or folder."""
+
+
+class ModelOfflineError(ModelError):
+    """The model is not on this machine and the Hub cannot be reached."""
+
+
+class GatedModelError(ModelError):
+    """The model needs an accepted licence and an HF_TOKEN."""
+
+
+class ModelOutOfMemoryError(ModelError):
+    """Not enough memory to load or run the model."""

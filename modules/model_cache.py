@@ -1,0 +1,274 @@
+"""The one place that loads and holds models.
+
+Every tab and the HTTP API ask `ModelCache.get` for a (model, tokenizer) pair.
+A model is loaded once per process however many threads ask at once; the least
+recently used models are dropped beyond a bound, and their memory is freed.
+Loading failures become `ModelError`s whose message a user can act on.
+"""
+
+from __future__ import annotations
+
+import enum
+import gc
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import huggingface_hub
+import torch
+from huggingface_hub.errors import (
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from modules.config import Settings
+from modules.device import pick_device, pick_dtype
+from modules.errors import (
+    GatedModelError,
+    InvalidModelError,
+    ModelError,
+    ModelNotFoundError,
+    ModelOfflineError,
+    ModelOutOfMemoryError,
+)
+from modules.gguf_conversion import ensure_converted
+from modules.model_refs import ModelRef, parse_model_ref
+
+log = logging.getLogger(__name__)
+StatusCallback = Callable[[str], None]
+
+
+class ModelKind(enum.Enum):
+    CAUSAL_LM = AutoModelForCausalLM
+    SEQ2SEQ = AutoModelForSeq2SeqLM
+    CLASSIFIER = AutoModelForSequenceClassification
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to use, with what the UI needs to say about it."""
+
+    ref: ModelRef
+    kind: ModelKind
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    dtype: torch.dtype
+    nbytes: int
+    # Held while a request runs the model, for callers that must not interleave.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.ref.display_name
+
+    @property
+    def description(self) -> str:
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"{self.name} ({self.device.type}, {dtype})"
+
+
+def _model_bytes(model: torch.nn.Module) -> int:
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+class ModelCache:
+    """Loads each (reference, kind) once; keeps at most `max_models`, LRU first out."""
+
+    def __init__(self, settings: Settings, max_models: int | None = None) -> None:
+        self.settings = settings
+        self.max_models = max(1, max_models or settings.max_loaded_models)
+        self.device = pick_device(settings.device)
+        self._lock = threading.Lock()
+        self._models: OrderedDict[tuple[str, ModelKind], LoadedModel] = OrderedDict()
+        self._loading: dict[tuple[str, ModelKind], Future[LoadedModel]] = {}
+        self.loads = 0  # how many real loads happened: tests and benchmarks read it
+
+    # --- public -----------------------------------------------------------
+    def get(
+        self, ref: str, kind: ModelKind, on_status: StatusCallback | None = None
+    ) -> LoadedModel:
+        """The loaded model for `ref`, loading it (once, whoever asks) if needed."""
+        key = (ref.strip(), kind)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            future = self._loading.get(key)
+            owner = future is None
+            if owner:
+                future = self._loading[key] = Future()
+        if not owner:
+            if on_status:
+                on_status(f"Waiting for {key[0]} to finish loading…")
+            return future.result()
+        try:
+            loaded = self._load(key[0], kind, on_status)
+        except BaseException as error:
+            with self._lock:
+                del self._loading[key]
+            future.set_exception(error)
+            raise
+        with self._lock:
+            del self._loading[key]
+            self._models[key] = loaded
+            evicted = self._evict_beyond_bound()
+        future.set_result(loaded)
+        self._free(evicted)
+        return loaded
+
+    def loaded_names(self) -> list[str]:
+        """Loaded model references, least recently used first."""
+        with self._lock:
+            return [ref for ref, _ in self._models]
+
+    def is_loaded(self, ref: str, kind: ModelKind) -> bool:
+        with self._lock:
+            return (ref.strip(), kind) in self._models
+
+    def evict(self, ref: str, kind: ModelKind) -> bool:
+        with self._lock:
+            dropped = self._models.pop((ref.strip(), kind), None)
+        self._free([dropped] if dropped else [])
+        return dropped is not None
+
+    def total_bytes(self) -> int:
+        with self._lock:
+            return sum(m.nbytes for m in self._models.values())
+
+    # --- loading ----------------------------------------------------------
+    def _evict_beyond_bound(self) -> list[LoadedModel]:
+        evicted = []
+        while len(self._models) > self.max_models:
+            _, oldest = self._models.popitem(last=False)
+            evicted.append(oldest)
+        return evicted
+
+    @staticmethod
+    def _free(evicted: list[LoadedModel]) -> None:
+        if not evicted:
+            return
+        for model in evicted:
+            log.info("Unloading %s", model.description)
+        evicted.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _load(self, text: str, kind: ModelKind, on_status: StatusCallback | None) -> LoadedModel:
+        ref = parse_model_ref(text)
+        generative = kind is not ModelKind.CLASSIFIER
+        dtype = pick_dtype(self.settings.dtype, self.device, generative=generative)
+        source, options = self._source(ref, on_status)
+        if on_status:
+            on_status(f"Loading {ref.display_name}…")
+        log.info("Loading %s as %s on %s", ref.text, kind.name, self.device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **options)
+            model = kind.value.from_pretrained(source, dtype=dtype, **options)
+        except (torch.OutOfMemoryError, MemoryError) as error:
+            raise ModelOutOfMemoryError(
+                f"Not enough memory to load {ref.display_name}: try a smaller model "
+                "or lower PLAYGROUND_MAX_LOADED_MODELS."
+            ) from error
+        except Exception as error:
+            raise self._explain(ref, error) from error
+        model.to(self.device).eval()
+        self.loads += 1
+        return LoadedModel(
+            ref=ref, kind=kind, model=model, tokenizer=tokenizer,
+            device=self.device, dtype=dtype, nbytes=_model_bytes(model),
+        )
+
+    def _source(self, ref: ModelRef, on_status: StatusCallback | None) -> tuple[str, dict]:
+        """Where from_pretrained reads, and with which options."""
+        if ref.gguf_file is not None:
+            try:
+                folder = ensure_converted(ref.gguf_file, self.settings.cache_dir, on_status)
+            except Exception as error:
+                raise InvalidModelError(
+                    f"Could not read the GGUF file {ref.text}: {error}"
+                ) from error
+            return str(folder), {}
+        if ref.folder is not None:
+            return str(ref.folder), {"trust_remote_code": ref.text in self.settings.trust_remote_code}
+        if on_status and not self._in_hub_cache(ref):
+            on_status(f"Downloading {ref.hub_id} from the Hugging Face Hub…")
+        return ref.hub_id, {
+            "revision": ref.revision,
+            "local_files_only": self.settings.offline,
+            "trust_remote_code": ref.text in self.settings.trust_remote_code
+            or ref.hub_id in self.settings.trust_remote_code,
+        }
+
+    @staticmethod
+    def _in_hub_cache(ref: ModelRef) -> bool:
+        try:
+            found = huggingface_hub.try_to_load_from_cache(
+                ref.hub_id, "config.json", revision=ref.revision
+            )
+        except Exception:
+            return False
+        return isinstance(found, str)
+
+    def _explain(self, ref: ModelRef, error: Exception) -> ModelError:
+        """Turn a loading exception into one sentence the user can act on."""
+        if isinstance(error, ModelError):
+            return error
+        name = ref.display_name
+        chain = _exception_chain(error)
+        text = " ".join(str(e) for e in chain)
+        if any(isinstance(e, GatedRepoError) for e in chain):
+            return GatedModelError(
+                f"{name} is gated: accept its licence on huggingface.co and set HF_TOKEN."
+            )
+        if any(isinstance(e, RevisionNotFoundError) for e in chain):
+            return ModelNotFoundError(f"{name}: no such revision on the Hub.")
+        if any(isinstance(e, RepositoryNotFoundError) for e in chain) or "is not a local folder and is not a valid model identifier" in text:
+            return ModelNotFoundError(f"No model called '{name}' on the Hub (or it is private).")
+        offline = self.settings.offline or any(
+            isinstance(e, LocalEntryNotFoundError) for e in chain
+        ) or "couldn't connect" in text.lower() or "offline" in text.lower()
+        if ref.hub_id and offline:
+            return ModelOfflineError(
+                f"{name} is not on this machine and the Hugging Face Hub cannot be reached. "
+                "Download it where there is a network (`hf download "
+                f"{ref.hub_id}`) or point the setting at a local model folder."
+            )
+        if "trust_remote_code" in text:
+            return InvalidModelError(
+                f"{name} runs its own code from the Hub; allow it explicitly with "
+                f"PLAYGROUND_TRUST_REMOTE_CODE={ref.hub_id or ref.text} if you trust it."
+            )
+        if "Unrecognized" in text or "does not appear to have" in text or "not supported" in text:
+            return InvalidModelError(f"{name} is not a model this tab can use: {_first_line(error)}")
+        log.exception("Unexpected error loading %s", ref.text)
+        return ModelError(f"Could not load {name}: {_first_line(error)}")
+
+
+def _exception_chain(error: BaseException) -> list[BaseException]:
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__

