@@ -65,7 +65,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
-    auth: tuple[str, str] | None = None
+    auth: tuple[str, str] | None = field(default=None, repr=False)
     offline: bool = False
     chat_model: str = DEFAULT_CHAT_MODEL
     sentiment_model: str = DEFAULT_SENTIMENT_MODEL
@@ -82,6 +82,12 @@ class Settings:
     trust_remote_code: frozenset[str] = frozenset()
     concurrency_limit: int = 1
     max_queue_size: int = 64
+    # The /v1 API's key (None: open). Never logged or shown.
+    api_key: str | None = field(default=None, repr=False)
+    # An OpenAI-compatible server (vLLM, TGI, llama.cpp, Ollama) to chat through instead.
+    remote_base_url: str | None = None
+    remote_api_key: str | None = field(default=None, repr=False)
+    remote_model: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -113,6 +119,10 @@ class Settings:
             trust_remote_code=frozenset(m.strip() for m in trusted.split(",") if m.strip()),
             concurrency_limit=_int(env, ENV_PREFIX + "CONCURRENCY", defaults.concurrency_limit),
             max_queue_size=_int(env, ENV_PREFIX + "MAX_QUEUE", defaults.max_queue_size),
+            api_key=env.get(ENV_PREFIX + "API_KEY") or None,
+            remote_base_url=env.get(ENV_PREFIX + "REMOTE_BASE_URL") or None,
+            remote_api_key=env.get(ENV_PREFIX + "REMOTE_API_KEY") or None,
+            remote_model=env.get(ENV_PREFIX + "REMOTE_MODEL") or None,
         )
 
     @classmethod
@@ -141,6 +151,14 @@ class Settings:
         parser.add_argument("--sentiment-model", default=base.sentiment_model)
         parser.add_argument("--device", default=base.device, help="auto, cpu, cuda or mps")
         parser.add_argument("--dtype", default=base.dtype, help="auto, float32 or bfloat16")
+        parser.add_argument(
+            "--api-key", default=base.api_key, help="require this key on the /v1 API"
+        )
+        parser.add_argument(
+            "--remote-base-url", default=base.remote_base_url,
+            help="chat through an OpenAI-compatible server instead of a local model",
+        )
+        parser.add_argument("--remote-model", default=base.remote_model)
         args = parser.parse_args(list(argv))
         return dataclasses.replace(base, **vars(args))
 

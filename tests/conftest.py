@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny random models built here, and the app's real model cache.
+
+Nothing in the tests may reach the network, so the Hub is switched off before
+transformers is imported anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import dataclasses  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.tiny_models import (  # noqa: E402
+    build_tiny_causal_lm,
+    build_tiny_distilbert,
+    build_tiny_marian,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm_dir(tmp_path_factory):
+    """A Llama-style causal LM with a ChatML chat template (random weights)."""
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-causal-lm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_marian_dir(tmp_path_factory):
+    """A Marian translation model with sentencepiece tokenizers (random weights)."""
+    return build_tiny_marian(tmp_path_factory.mktemp("tiny-marian"))
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert_dir(tmp_path_factory):
+    """A DistilBERT sst-2-style classifier, labels NEGATIVE/POSITIVE (random weights)."""
+    return build_tiny_distilbert(tmp_path_factory.mktemp("tiny-distilbert"))
+
+
+def make_settings(**overrides):
+    """Offline settings for tests; the converted embedded model is reused across runs."""
+    from modules.config import Settings
+
+    return dataclasses.replace(Settings(offline=True), **overrides)
+
+
+@pytest.fixture(scope="session")
+def shared_cache():
+    """One ModelCache for the whole session, as in the app: the embedded model loads once."""
+    from modules.model_cache import ModelCache
+
+    return ModelCache(make_settings(max_loaded_models=8))
+
+
+@pytest.fixture(scope="session")
+def embedded_chat_model(shared_cache):
+    """The real embedded SmolLM2-135M-Instruct, loaded through the app's cache."""
+    from modules.config import EMBEDDED_MODEL
+    from modules.model_cache import ModelKind
+
+    return shared_cache.get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
