@@ -88,6 +88,8 @@ class Settings:
     remote_base_url: str | None = None
     remote_api_key: str | None = field(default=None, repr=False)
     remote_model: str | None = None
+    # CPU chat models: int8 weight-only linears (modules/fast_decode.py). PLAYGROUND_FAST_DECODE=0 turns it off.
+    fast_decode: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -123,6 +125,7 @@ class Settings:
             remote_base_url=env.get(ENV_PREFIX + "REMOTE_BASE_URL") or None,
             remote_api_key=env.get(ENV_PREFIX + "REMOTE_API_KEY") or None,
             remote_model=env.get(ENV_PREFIX + "REMOTE_MODEL") or None,
+            fast_decode=_flag(env, ENV_PREFIX + "FAST_DECODE", defaults.fast_decode),
         )
 
     @classmethod

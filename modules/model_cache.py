@@ -44,6 +44,7 @@ from modules.errors import (
     ModelOfflineError,
     ModelOutOfMemoryError,
 )
+from modules.fast_decode import prepare_for_fast_decode
 from modules.gguf_conversion import ensure_converted
 from modules.model_refs import ModelRef, parse_model_ref
 
@@ -68,6 +69,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     nbytes: int
+    # How the weights are stored when not plainly in `dtype` (e.g. "int8 weights").
+    quantization: str | None = None
     # Held while a request runs the model, for callers that must not interleave.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -78,6 +81,8 @@ class LoadedModel:
     @property
     def description(self) -> str:
         dtype = str(self.dtype).removeprefix("torch.")
+        if self.quantization:
+            dtype += f", {self.quantization}"
         return f"{self.name} ({self.device.type}, {dtype})"
 
 
@@ -188,11 +193,19 @@ class ModelCache:
         except Exception as error:
             raise self._explain(ref, error) from error
         model.to(self.device).eval()
+        quantization = self._after_load(model, kind, dtype)
         self.loads += 1
         return LoadedModel(
             ref=ref, kind=kind, model=model, tokenizer=tokenizer,
             device=self.device, dtype=dtype, nbytes=_model_bytes(model),
+            quantization=quantization,
         )
+
+    def _after_load(self, model: PreTrainedModel, kind: ModelKind, dtype: torch.dtype) -> str | None:
+        """Optional speed-up for chat models (PLAYGROUND_FAST_DECODE); says how weights are stored."""
+        if kind is not ModelKind.CAUSAL_LM or not self.settings.fast_decode:
+            return None
+        return prepare_for_fast_decode(model, self.device, dtype)
 
     def _source(self, ref: ModelRef, on_status: StatusCallback | None) -> tuple[str, dict]:
         """Where from_pretrained reads, and with which options."""

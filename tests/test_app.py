@@ -13,8 +13,11 @@ def test_app_exposes_demo_without_launching(monkeypatch):
     sys.modules.pop("app", None)
     app = importlib.import_module("app")
     assert isinstance(app.demo, gr.Blocks)
-    assert app.demo.server_name is None  # built, not launched
-    tabs = [block.label for block in app.demo.blocks.values() if isinstance(block, gr.Tab)]
+    assert not app.demo.is_running  # built, not launched
+    tabs = [  # the top-level tabs (a tab may hold tabs of its own)
+        block.label for block in app.demo.blocks.values()
+        if isinstance(block, gr.Tab) and block.parent.parent is app.demo
+    ]
     assert tabs == ["Chat", "Translation", "Sentiment", "Next-token explorer"]
     header = next(
         block.value for block in app.demo.blocks.values()

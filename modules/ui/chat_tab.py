@@ -1,11 +1,309 @@
-"""The chat tab (layout and event wiring only)."""
+"""The chat tab: layout and event wiring. The work happens in `modules.chat`.
+
+The conversation lives in a gr.State as OpenAI-style messages (plus each
+reply's usage line); the Chatbot shows it with the usage line under each reply.
+Send is the `chat` API endpoint; Stop reaches the running generation through a
+per-session cancel event, and a closed tab or client closes the generator,
+which stops `model.generate` too.
+"""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
 
 import gradio as gr
 
 from modules.app_context import AppContext
+from modules.chat import (
+    CancelRegistry,
+    ChatChunk,
+    GenerationParams,
+    format_usage,
+    stream_chat,
+)
+from modules.config import EMBEDDED_MODEL
+from modules.errors import PlaygroundError
+from modules.gpu import gpu
+from modules.model_cache import ModelKind
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+EXAMPLES = [
+    "请写一首赞美秋天的五言绝句",
+    "What is the capital of France?",
+    "Explain recursion to a ten-year-old, then show a short Python example.",
+]
+Message = dict[str, str]
 
 
 def build(context: AppContext) -> None:
-    gr.Markdown("This tab is being built.")
+    settings = context.settings
+    cancels = CancelRegistry()
+    remote = bool(settings.remote_base_url)
+    history = gr.State([])
+
+    with gr.Row(equal_height=True):
+        model = gr.Dropdown(
+            choices=[settings.remote_model or "remote"] if remote else context.chat_model_choices(),
+            value=(settings.remote_model or "remote") if remote else context.chat_model.ref,
+            label="Chat model", allow_custom_value=not remote, interactive=not remote,
+            info="A configured model, the embedded one, or a local folder / .gguf path.",
+            scale=2,
+        )
+        model_status = gr.Markdown(_model_line(context, None), elem_id="chat-model-status")
+    chatbot = gr.Chatbot(
+        label="Conversation", height=520, buttons=["copy", "copy_all"],
+        placeholder="Ask anything. Replies stream as they are written; **Stop** ends them.",
+        feedback_options=None,
+    )
+    with gr.Row(equal_height=True):
+        message = gr.Textbox(
+            placeholder="Type a message (Enter sends, Shift+Enter starts a new line)",
+            label="Message", show_label=False, lines=1, max_lines=8, scale=8, autofocus=True,
+        )
+        send = gr.Button("Send", variant="primary", scale=1, min_width=80)
+        stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, visible=False)
+    with gr.Row():
+        retry = gr.Button("🔄 Retry", size="sm")
+        undo = gr.Button("↩️ Undo", size="sm")
+        clear = gr.Button("🗑️ Clear", size="sm")
+    status = gr.Markdown("", elem_id="chat-status")
+    gr.Examples(EXAMPLES, inputs=[message], label="Try")
+
+    with gr.Accordion("System prompt and generation settings", open=False):
+        system_prompt = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2)
+        with gr.Row():
+            max_new_tokens = gr.Slider(
+                1, settings.max_new_tokens, value=min(256, settings.max_new_tokens), step=1,
+                label="Max new tokens",
+            )
+            temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature")
+            top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
+        with gr.Row():
+            top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)")
+            repetition_penalty = gr.Slider(
+                0.5, 2.0, value=1.1, step=0.05, label="Repetition penalty"
+            )
+            do_sample = gr.Checkbox(True, label="Sample (off = greedy)")
+            seed = gr.Number(
+                None, label="Seed (blank = random)", precision=0, minimum=0,
+                info="Same seed and settings give the same reply.",
+            )
+
+    settings_inputs = [
+        system_prompt, model, max_new_tokens, temperature, top_p, top_k,
+        repetition_penalty, do_sample, seed,
+    ]
+    reply_outputs = [chatbot, history, message, status]
+
+    def respond(
+        message: str, history: list[dict], system_prompt: str, model: str,
+        max_new_tokens: float, temperature: float, top_p: float, top_k: float,
+        repetition_penalty: float, do_sample: bool, seed: float | None = None,
+        request: gr.Request = None,
+    ) -> Iterator[tuple]:
+        """Send a message and stream the reply. The conversation so far is kept per session."""
+        knobs = (max_new_tokens, temperature, top_p, top_k, repetition_penalty, do_sample, seed)
+        yield from _stream_reply(context, cancels, _session(request), history, message,
+                                 system_prompt, model, knobs)
+
+    def regenerate(
+        history: list[dict], system_prompt: str, model: str,
+        max_new_tokens: float, temperature: float, top_p: float, top_k: float,
+        repetition_penalty: float, do_sample: bool, seed: float | None = None,
+        request: gr.Request = None,
+    ) -> Iterator[tuple]:
+        """Drop the last reply and write a new one for the same message."""
+        if not history or history[-1]["role"] != "assistant":
+            raise gr.Error("There is no reply to retry yet.")
+        knobs = (max_new_tokens, temperature, top_p, top_k, repetition_penalty, do_sample, seed)
+        yield from _stream_reply(context, cancels, _session(request), history[:-2],
+                                 history[-2]["content"], system_prompt, model, knobs)
+
+    def arm(request: gr.Request):
+        cancels.arm(_session(request))
+        return gr.update(visible=False), gr.update(visible=True)
+
+    def stop_generation(request: gr.Request) -> str:
+        cancels.stop(_session(request))
+        return "Stopping…"
+
+    def clear_chat(request: gr.Request):
+        cancels.stop(_session(request))
+        cancels.arm(_session(request))
+        return [], [], "", ""
+
+    def load_model(ref: str, progress=gr.Progress()) -> str:
+        return _load_model(context, ref, progress)
+
+    busy = [send, stop]
+    sent = gr.on([message.submit, send.click], arm, outputs=busy, queue=False,
+                 api_visibility="private")
+    chat_event = sent.then(
+        respond, [message, history, *settings_inputs], reply_outputs,
+        api_name="chat", concurrency_id="chat", show_progress="minimal",
+    )
+    chat_event.then(_idle, outputs=busy, queue=False, api_visibility="private")
+    retry_event = retry.click(arm, outputs=busy, queue=False, api_visibility="private").then(
+        regenerate, [history, *settings_inputs], reply_outputs,
+        api_name="retry", concurrency_id="chat", show_progress="minimal",
+    )
+    retry_event.then(_idle, outputs=busy, queue=False, api_visibility="private")
+    stop.click(stop_generation, outputs=[status], queue=False, api_name="stop")
+    # Undo and Clear rewrite the conversation, so a reply still streaming is dropped.
+    undo.click(_undo, [history], [chatbot, history, message, status], queue=False,
+               api_name="undo", cancels=[chat_event, retry_event]).then(
+        _idle, outputs=busy, queue=False, api_visibility="private")
+    clear.click(clear_chat, outputs=[chatbot, history, message, status], queue=False,
+                api_name="clear", cancels=[chat_event, retry_event]).then(
+        _idle, outputs=busy, queue=False, api_visibility="private")
+    if not remote:
+        model.change(load_model, [model], [model_status], api_name="load_chat_model",
+                     concurrency_id="load")
+
+
+# --- handlers (plain functions; no layout) -----------------------------------
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "anonymous"
+
+
+def _idle():
+    return gr.update(visible=True), gr.update(visible=False)
+
+
+def _undo(past: list[dict]):
+    """Remove the last exchange and put its message back in the box to edit."""
+    if not past:
+        return [], [], gr.skip(), "Nothing to undo."
+    cut = max((i for i, m in enumerate(past) if m["role"] == "user"), default=0)
+    text = past[cut]["content"] if past[cut]["role"] == "user" else ""
+    kept = past[:cut]
+    return _display(kept), kept, text, ""
+
+
+def _model_line(context: AppContext, loaded_description: str | None) -> str:
+    settings = context.settings
+    if settings.remote_base_url:
+        return f"Active: **{settings.remote_model or 'remote model'}** via a remote server."
+    name = loaded_description or context.chat_model.ref
+    line = f"Active: **{name}**"
+    if context.chat_model.ref == EMBEDDED_MODEL or context.chat_model.reason.startswith("offline"):
+        line += f" — {context.chat_model.reason}"
+    return line + ("" if loaded_description else " (loads on first message)")
+
+
+def _load_model(context: AppContext, ref: str, progress: gr.Progress) -> str:
+    ref = (ref or "").strip()
+    if not ref:
+        raise gr.Error("Choose a model or type a local folder / .gguf path.")
+    progress(0, desc=f"Loading {ref}…")
+    try:
+        loaded = context.cache.get(ref, ModelKind.CAUSAL_LM, on_status=lambda s: progress(0, desc=s))
+    except PlaygroundError as error:
+        raise gr.Error(str(error)) from error
+    line = f"Active: **{loaded.description}**"
+    if ref == context.chat_model.ref and ref == EMBEDDED_MODEL:
+        line += f" — {context.chat_model.reason}"
+    return line
+
+
+def _params(context: AppContext, knobs: tuple) -> GenerationParams:
+    max_new, temperature, top_p, top_k, penalty, sample, seed = knobs
+    return GenerationParams(
+        max_new_tokens=max_new, temperature=temperature, top_p=top_p, top_k=top_k,
+        repetition_penalty=penalty, do_sample=bool(sample),
+        seed=None if seed is None or seed == "" else seed,
+    ).validated(context.settings.max_new_tokens)
+
+
+def _display(past: list[dict]) -> list[dict]:
+    """Chatbot messages: each reply with its usage line as a second, quieter part."""
+    shown = []
+    for m in past:
+        if m["role"] == "assistant" and m.get("usage"):
+            shown.append({"role": "assistant", "content": [m["content"], f"<sub>{m['usage']}</sub>"]})
+        else:
+            shown.append({"role": m["role"], "content": m["content"]})
+    return shown
+
+
+def _model_messages(past: list[dict], system: str, text: str) -> list[Message]:
+    messages = [{"role": "system", "content": system}] if system and system.strip() else []
+    messages += [{"role": m["role"], "content": m["content"]} for m in past]
+    return messages + [{"role": "user", "content": text}]
+
+
+@gpu
+def _stream_reply(context: AppContext, cancels: CancelRegistry, session: str, past: list[dict],
+                  text: str, system: str, model_ref: str, knobs: tuple) -> Iterator[tuple]:
+    """Yield (chatbot, history, textbox, status) as the reply grows."""
+    text = text if isinstance(text, str) else ""
+    past = list(past or [])
+    if not text.strip():
+        raise gr.Error("Type a message first.")
+    try:
+        params = _params(context, knobs)
+    except PlaygroundError as error:
+        raise gr.Error(str(error)) from error
+    messages = _model_messages(past, system, text)
+    asked = past + [{"role": "user", "content": text}]
+    yield _display(asked) + [{"role": "assistant", "content": "…"}], past, "", ""
+    if _needs_loading(context, model_ref):
+        yield gr.skip(), gr.skip(), gr.skip(), f"Loading {model_ref}… (first use)"
+    cancel = cancels.begin(session)
+    reply = None
+    chunks = None
+    try:
+        chunks = _chunks(context, model_ref, messages, params, cancel)
+        for chunk in chunks:
+            reply = chunk
+            if chunk.finish_reason is None:
+                answer = {"role": "assistant", "content": chunk.text}
+                yield _display(asked) + [answer], asked + [answer], gr.skip(), gr.skip()
+        answer = _final_answer(reply)
+        notice = reply.notice if reply else None
+        line = (f"⚠️ {notice} " if notice else "") + answer["usage"]
+        yield _display(asked + [answer]), asked + [answer], gr.skip(), line
+    except PlaygroundError as error:
+        yield _display(past), past, text, f"⚠️ {error}"
+        raise gr.Error(str(error)) from error
+    finally:
+        if chunks is not None:
+            chunks.close()  # a client that went away: stop generating now
+        cancels.end(session, cancel)
+
+
+def _needs_loading(context: AppContext, model_ref: str) -> bool:
+    if context.settings.remote_base_url:
+        return False
+    ref = (model_ref or context.chat_model.ref).strip()
+    return not context.cache.is_loaded(ref, ModelKind.CAUSAL_LM)
+
+
+def _final_answer(reply: ChatChunk | None) -> dict:
+    if reply is None or reply.usage is None:
+        return {"role": "assistant", "content": reply.text if reply else "", "usage": "finish: cancelled"}
+    return {"role": "assistant", "content": reply.text,
+            "usage": format_usage(reply.usage, reply.finish_reason)}
+
+
+def _chunks(context: AppContext, model_ref: str, messages: list[Message],
+            params: GenerationParams, cancel: threading.Event) -> Iterator[ChatChunk]:
+    """Chunks from the remote server when one is configured, else from the local model."""
+    settings = context.settings
+    if settings.remote_base_url:
+        try:
+            from modules.remote_backend import stream_remote_chat
+        except ImportError as error:
+            raise PlaygroundError(
+                "Chatting through a remote server is not available in this build "
+                "(modules/remote_backend.py is missing)."
+            ) from error
+        yield from stream_remote_chat(
+            settings.remote_base_url, settings.remote_api_key,
+            settings.remote_model or "", messages, params, cancel,
+        )
+        return
+    ref = (model_ref or context.chat_model.ref).strip()
+    loaded = context.cache.get(ref, ModelKind.CAUSAL_LM)
+    yield from stream_chat(loaded, messages, params, cancel, settings.max_input_tokens)

@@ -1,0 +1,251 @@
+"""CPU decode speed of the embedded chat model, configuration by configuration.
+
+    HF_HUB_OFFLINE=1 python -m benchmarks.decode_speed [--tokens 64] [--repeats 3]
+
+Prints two tables from one run:
+
+1. Greedy agreement with the float32 reference on 10 fixed prompts (20 tokens):
+   how many prompts give the same first 20 tokens, and the shortest common prefix.
+2. Speed: for each configuration (dtype, int8 weights, threads, bare generate or
+   the streamed chat path) the median decode tokens/s, time to first token for a
+   ~200-token prompt, and the ratio to llama.cpp's 116 tokens/s on this machine
+   kind (llama-bench, SmolLM2-135M-Instruct Q4_1, 2 cores).
+
+The machine is shared, so configurations run interleaved, round after round, and
+only medians and ratios within one run mean anything. The OpenMP wait policy is
+fixed when torch loads: run once with OMP_WAIT_POLICY=ACTIVE and once with
+PASSIVE to compare those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers.generation.streamers import BaseStreamer  # noqa: E402
+
+from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
+from modules.model_cache import LoadedModel, ModelCache, ModelKind  # noqa: E402
+
+LLAMA_CPP_DECODE = 116.0  # tokens/s, llama-bench on this machine kind
+AGREEMENT_TOKENS = 20
+FIXED_PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain photosynthesis to a ten-year-old.",
+    "List three uses of a paperclip.",
+    "How do I reverse a list in Python?",
+    "What is 17 times 23?",
+    "Give me a tip for sleeping better.",
+    "Translate 'good morning' into Spanish.",
+    "Why is the sky blue?",
+    "Write the opening line of a mystery novel.",
+]
+LONG_PROMPT = (
+    "You are helping me plan a trip. I will spend two weeks travelling by train "
+    "through France, Switzerland and northern Italy in late spring. I like old "
+    "towns, mountains, museums about science and history, and simple local food; "
+    "I do not like crowded beaches or nightclubs. My budget is moderate, I speak "
+    "a little French, and I will carry one backpack. I want to see Lyon, Annecy, "
+    "Geneva, Zermatt, Lake Como and Turin, but I am open to swapping one of them "
+    "for somewhere quieter. Please write a detailed day-by-day itinerary with the "
+    "train connections, what to see in each place, one dish to try in each town, "
+    "and a short note about what to pack for the mountains at that time of year. "
+    "Finish with three mistakes first-time travellers often make on such a trip "
+    "and how I can avoid them."
+)
+
+
+class _FirstTokenClock(BaseStreamer):
+    """Records when generate produced its first new token (the first put is the prompt)."""
+
+    def __init__(self) -> None:
+        self.puts = 0
+        self.first_token_at: float | None = None
+
+    def put(self, value) -> None:
+        self.puts += 1
+        if self.puts == 2:
+            self.first_token_at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def prompt_ids(loaded: LoadedModel, text: str) -> torch.Tensor:
+    messages = [{"role": "user", "content": text}]
+    ids = loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    return torch.tensor([list(ids)])
+
+
+def greedy(loaded: LoadedModel, ids: torch.Tensor, tokens: int, **kwargs) -> torch.Tensor:
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, do_sample=False,
+            temperature=None, top_p=None, top_k=None,
+            pad_token_id=loaded.tokenizer.pad_token_id, **kwargs,
+        )
+    return out[0, ids.shape[1]:]
+
+
+def bare_run(loaded: LoadedModel, ids: torch.Tensor, tokens: int) -> tuple[float, float]:
+    """(time to first token, decode tokens/s) for one greedy generate of exactly `tokens`."""
+    clock = _FirstTokenClock()
+    start = time.perf_counter()
+    out = greedy(loaded, ids, tokens, min_new_tokens=tokens, streamer=clock)
+    end = time.perf_counter()
+    return clock.first_token_at - start, (len(out) - 1) / (end - clock.first_token_at)
+
+
+def chat_run(loaded: LoadedModel, text: str, tokens: int) -> tuple[float, float]:
+    """The same figures as users see them: `stream_chat`, consumer side."""
+    from modules.chat import GenerationParams, stream_chat
+
+    params = GenerationParams(do_sample=False, max_new_tokens=tokens)
+    start = time.perf_counter()
+    first = None
+    deltas = 0
+    usage = None
+    for chunk in stream_chat(loaded, [{"role": "user", "content": text}], params):
+        if chunk.delta and first is None:
+            first = time.perf_counter()
+        deltas += bool(chunk.delta)
+        usage = chunk.usage or usage
+    end = time.perf_counter()
+    tokens_out = usage.completion_tokens if usage else deltas
+    return first - start, (tokens_out - 1) / (end - first)
+
+
+def agreement(reference: list[list[int]], candidate: list[list[int]]) -> tuple[int, str]:
+    """(prompts whose greedy tokens match fully, first differing positions)."""
+    full, firsts = 0, []
+    for ref, got in zip(reference, candidate):
+        if ref == got:
+            full += 1
+            continue
+        same = 0
+        while same < min(len(ref), len(got)) and ref[same] == got[same]:
+            same += 1
+        firsts.append(same)
+    return full, ",".join(map(str, sorted(firsts))) or "-"
+
+
+def teacher_forced_top1(loaded: LoadedModel, ids: torch.Tensor, continuation: list[int],
+                        reference: list[int] | None = None) -> list[int]:
+    """Argmax at each step when fed the reference continuation one token at a time.
+
+    Step by step (not one long forward) so quantized layers run their decode kernel.
+    """
+    with torch.inference_mode():
+        out = loaded.model(input_ids=ids, use_cache=True)
+        picks = [int(out.logits[0, -1].argmax())]
+        cache = out.past_key_values
+        for token in continuation[:-1]:
+            out = loaded.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            picks.append(int(out.logits[0, -1].argmax()))
+    return picks
+
+
+def load(dtype: str, fast_decode: bool) -> LoadedModel:
+    """The embedded model through the app's own cache (and its fast-decode hook)."""
+    settings = dataclasses.replace(Settings(offline=True), dtype=dtype, fast_decode=fast_decode)
+    return ModelCache(settings).get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
+    parser.add_argument("--no-chat", action="store_true", help="skip the streamed chat path rows")
+    args = parser.parse_args()
+    policy = os.environ.get("OMP_WAIT_POLICY", "(unset)")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, OMP_WAIT_POLICY={policy}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+
+    models = {
+        "fp32": load("float32", fast_decode=False),
+        "bf16": load("bfloat16", fast_decode=False),
+        "bf16+int8w": load("bfloat16", fast_decode=True),
+    }
+    print_agreement(models)
+
+    ids = prompt_ids(models["bf16"], LONG_PROMPT)
+    print(f"\nSpeed: prompt {ids.shape[1]} tokens, {args.tokens} new tokens, "
+          f"{args.repeats} interleaved rounds, medians")
+    threads = [int(t) for t in args.threads.split(",")]
+    runs: dict[str, Callable[[], tuple[float, float]]] = {}
+    for n in threads:
+        for name, loaded in models.items():
+            runs[f"generate {name}, {n} thread(s)"] = _with_threads(
+                n, lambda lm=loaded: bare_run(lm, ids, args.tokens))
+        if not args.no_chat:
+            for name in ("bf16", "bf16+int8w"):
+                runs[f"chat path {name}, {n} thread(s)"] = _with_threads(
+                    n, lambda lm=models[name]: chat_run(lm, LONG_PROMPT, args.tokens))
+    print_speed(runs, args.repeats)
+
+
+def _with_threads(n: int, run: Callable[[], tuple[float, float]]) -> Callable[[], tuple[float, float]]:
+    def wrapped() -> tuple[float, float]:
+        torch.set_num_threads(n)
+        return run()
+    return wrapped
+
+
+def print_agreement(models: dict[str, LoadedModel]) -> None:
+    reference_model = models["fp32"]
+    prompts = [prompt_ids(reference_model, text) for text in FIXED_PROMPTS]
+    outputs = {
+        name: [greedy(loaded, ids, AGREEMENT_TOKENS).tolist() for ids in prompts]
+        for name, loaded in models.items()
+    }
+    reference = outputs["fp32"]
+    forced = {
+        name: [teacher_forced_top1(loaded, ids, ref) for ids, ref in zip(prompts, reference)]
+        for name, loaded in models.items()
+    }
+    positions = sum(len(ref) for ref in reference)
+    print(f"\nGreedy agreement with fp32, {len(prompts)} prompts × {AGREEMENT_TOKENS} tokens")
+    print(f"{'configuration':<14} {'identical':>10} {'first difference at':>20} "
+          f"{'top-1 = fp32 (teacher-forced)':>30}")
+    for name, tokens in outputs.items():
+        full, firsts = agreement(reference, tokens)
+        same = sum(a == b for f, r in zip(forced[name], forced["fp32"]) for a, b in zip(f, r))
+        print(f"{name:<14} {full:>7}/{len(prompts)} {firsts:>20} "
+              f"{same:>20}/{positions} ({same / positions:.1%})")
+    tokenizer = reference_model.tokenizer
+    for i, text in enumerate(FIXED_PROMPTS):
+        ref = outputs["fp32"][i]
+        for name, tokens in outputs.items():
+            if name != "fp32" and tokens[i] != ref:
+                print(f"  differs ({name}) on {text!r}:\n    fp32: {tokenizer.decode(ref)!r}"
+                      f"\n    {name}: {tokenizer.decode(tokens[i])!r}")
+
+
+def print_speed(runs: dict[str, Callable[[], tuple[float, float]]], repeats: int) -> None:
+    for run in runs.values():  # warm-up: first calls allocate and pack
+        run()
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            results[name].append(run())
+    print(f"{'configuration':<34} {'decode tok/s':>12} {'TTFT s':>8} {'vs llama.cpp':>13}")
+    for name, values in results.items():
+        speed = statistics.median(v[1] for v in values)
+        ttft = statistics.median(v[0] for v in values)
+        print(f"{name:<34} {speed:>12.1f} {ttft:>8.3f} {speed / LLAMA_CPP_DECODE:>12.0%}")
+    print(f"(load average now {os.getloadavg()[0]:.1f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,427 @@
+"""The OpenAI-compatible HTTP API (`/v1`), served next to the Gradio page.
+
+Real clients (the `openai` package, LangChain, curl, other chat UIs) speak the
+chat-completions protocol. This module translates it to and from the chat logic in
+`modules.chat` (the same code the Chat tab runs) on the app's one model cache. It
+imports no gradio: `create_api(context)` is a plain FastAPI app, mounted at /v1 by
+`modules.launch.create_app`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modules.app_context import AppContext
+from modules.chat import ChatChunk, GenerationParams, Usage, stream_chat
+from modules.errors import (
+    InvalidInputError,
+    InvalidModelError,
+    ModelError,
+    ModelNotFoundError,
+    ModelOfflineError,
+    ModelOutOfMemoryError,
+    PlaygroundError,
+)
+from modules.model_cache import LoadedModel, ModelKind
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+OWNER = "transformers-playground"
+ROLES = {"system", "user", "assistant"}
+ROLE_ALIASES = {"developer": "system"}  # newer OpenAI clients send "developer"
+KIND_WORDS = {int: "an integer", bool: "true or false", dict: "an object"}
+# GenerationParams field -> the request field a client knows it by.
+PARAM_NAMES = {"max_new_tokens": "max_tokens", "temperature": "temperature",
+               "top_p": "top_p", "top_k": "top_k", "seed": "seed", "stop": "stop",
+               "repetition_penalty": "repetition_penalty"}
+CONTEXT_WORDS = ("context window", "context length", "too long")
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's JSON shape with an HTTP status."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = (
+            status, message, type_, param, code)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type,
+                          "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A checked /v1/chat/completions request."""
+
+    model: str
+    messages: list[dict[str, str]]
+    params: GenerationParams
+    stream: bool
+    include_usage: bool
+
+
+# --- the app ---------------------------------------------------------------
+def create_api(context: AppContext) -> FastAPI:
+    """The /v1 app: models and chat completions on `context`'s cache and settings."""
+    api = FastAPI(title="Transformers Playground OpenAI-compatible API",
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    api.add_exception_handler(ApiError, _api_error_response)
+    api.add_exception_handler(StarletteHTTPException, _http_error_response)
+    api.add_exception_handler(Exception, _unexpected_error_response)
+    require_key = Depends(_key_checker(context.settings.api_key))
+
+    @api.get("/models", dependencies=[require_key])
+    def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(m) for m in context.chat_model_choices()]}
+
+    @api.get("/models/{model_id:path}", dependencies=[require_key])
+    def get_model(model_id: str) -> dict[str, Any]:
+        return _model_card(_known_model(context, model_id))
+
+    @api.post("/chat/completions", dependencies=[require_key])
+    async def chat_completions(request: Request):
+        chat = parse_chat_request(await _json_body(request), context)
+        loaded = await run_in_threadpool(_load, context, chat.model)
+        cancel = threading.Event()
+        chunks = stream_chat(loaded, chat.messages, chat.params, cancel=cancel,
+                             max_input_tokens=context.settings.max_input_tokens)
+        streaming = False
+        try:
+            # The first chunk is read before answering, so a bad request gets a real status.
+            first = await _while_connected(request, cancel, lambda: _next_chunk(chunks))
+            headers = {"X-Playground-Notice": _header_safe(first.notice)} if first.notice else {}
+            if chat.stream:
+                streaming = True  # from here the event stream closes `chunks`
+                return StreamingResponse(
+                    _sse_stream(chat, first, chunks, cancel), media_type="text/event-stream",
+                    headers={**headers, "Cache-Control": "no-cache"},
+                )
+            last = await _while_connected(request, cancel, lambda: _read_to_end(first, chunks))
+            return JSONResponse(_completion_body(chat.model, last), headers=headers)
+        finally:
+            if not streaming:
+                await _close(chunks, cancel)
+
+    return api
+
+
+def _key_checker(api_key: str | None):
+    """A dependency that demands `Authorization: Bearer <api_key>` when a key is set."""
+
+    def check(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            given.strip().encode(), api_key.encode()
+        ):
+            raise ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
+                           code="invalid_api_key")
+
+    return check
+
+
+# --- request parsing ---------------------------------------------------------
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    return body
+
+
+def parse_chat_request(body: dict[str, Any], context: AppContext) -> ChatRequest:
+    """Check a chat-completions body; raise ApiError (400/404) naming the bad field."""
+    unsupported = [f for f in ("tools", "functions", "tool_choice", "logprobs")
+                   if body.get(f) not in (None, False, [])]
+    if unsupported:
+        raise ApiError(400, f"'{unsupported[0]}' is not supported by this server.",
+                       param=unsupported[0])
+    if _typed(body, "n", int, 1) != 1:
+        raise ApiError(400, "Only n=1 is supported.", param="n")
+    model = body.get("model") or context.chat_model.ref
+    if not isinstance(model, str):
+        raise ApiError(400, "'model' must be a string.", param="model")
+    stream = _typed(body, "stream", bool, False)
+    stream_options = _typed(body, "stream_options", dict, None) or {}
+    return ChatRequest(
+        model=_known_model(context, model),
+        messages=parse_messages(body.get("messages")),
+        params=_generation_params(body, context.settings.max_new_tokens),
+        stream=stream,
+        include_usage=stream and bool(stream_options.get("include_usage")),
+    )
+
+
+def parse_messages(messages: Any) -> list[dict[str, str]]:
+    """OpenAI messages -> [{"role", "content"}] with text content only."""
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list.", param="messages")
+    parsed = []
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise ApiError(400, f"{where} must be an object.", param=where)
+        role = message.get("role")
+        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else None
+        if role not in ROLES:
+            raise ApiError(400, f"{where}.role must be one of system, user, assistant "
+                           f"(got {str(message.get('role'))[:40]!r}).", param=f"{where}.role")
+        parsed.append({"role": role, "content": _text_content(message.get("content"), where)})
+    return parsed
+
+
+def _text_content(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # [{"type": "text", "text": "..."}]
+        parts = []
+        for part in content:
+            if not (isinstance(part, dict) and part.get("type") == "text"
+                    and isinstance(part.get("text"), str)):
+                raise ApiError(400, f"{where}.content: only text parts are supported.",
+                               param=f"{where}.content")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise ApiError(400, f"{where}.content must be a string or a list of text parts.",
+                   param=f"{where}.content")
+
+
+def _generation_params(body: dict[str, Any], max_new_tokens_limit: int) -> GenerationParams:
+    """Sampling settings; ranges are checked by `GenerationParams.validated`, as in the tab.
+
+    Omitted fields take the app's defaults (the Chat tab's), max_tokens the server's cap;
+    temperature 0 means greedy."""
+    defaults = GenerationParams()
+
+    def given(name: str, default: Any) -> Any:
+        value = body.get(name)
+        return default if value is None else value
+
+    stop = given("stop", [])
+    if not isinstance(stop, (str, list)):
+        raise ApiError(400, "'stop' must be a string or a list of strings.", param="stop")
+    params = GenerationParams(
+        max_new_tokens=given("max_completion_tokens", given("max_tokens", max_new_tokens_limit)),
+        temperature=given("temperature", defaults.temperature),
+        top_p=given("top_p", defaults.top_p),
+        top_k=given("top_k", defaults.top_k),  # top_k, repetition_penalty: as vLLM accepts them
+        repetition_penalty=given("repetition_penalty", defaults.repetition_penalty),
+        seed=body.get("seed"),
+        stop=(stop,) if isinstance(stop, str) else tuple(stop),
+    )
+    try:
+        return params.validated(max_new_tokens_limit)
+    except (InvalidInputError, TypeError) as error:
+        param = _param_named_in(str(error))
+        message = str(error).replace("max_new_tokens", "max_tokens")
+        raise ApiError(400, message if param else f"Invalid sampling settings: {message}",
+                       param=param) from None
+
+
+def _typed(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ApiError(400, f"'{name}' must be {KIND_WORDS[kind]}.", param=name)
+    return value
+
+
+def _param_named_in(message: str) -> str | None:
+    return next((api for field, api in PARAM_NAMES.items() if message.startswith(field)), None)
+
+
+# --- models ------------------------------------------------------------------
+def _known_model(context: AppContext, model: str) -> str:
+    choices = context.chat_model_choices()
+    if model not in choices:
+        raise ApiError(404, f"The model '{model[:200]}' does not exist here; "
+                       f"GET /v1/models lists the {len(choices)} available.",
+                       param="model", code="model_not_found")
+    return model
+
+
+def _model_card(model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": OWNER}
+
+
+def _load(context: AppContext, model: str) -> LoadedModel:
+    try:
+        return context.cache.get(model, ModelKind.CAUSAL_LM)
+    except (ModelNotFoundError, InvalidModelError) as error:
+        raise ApiError(404, str(error), param="model", code="model_not_found") from None
+    except (ModelOfflineError, ModelOutOfMemoryError) as error:
+        raise ApiError(503, str(error), type_="server_error", code="model_unavailable") from None
+    except ModelError as error:
+        raise ApiError(500, str(error), type_="server_error") from None
+
+
+# --- generation ------------------------------------------------------------------
+async def _next_chunk(chunks: Iterator[ChatChunk]) -> ChatChunk:
+    """The next chunk, read on a worker thread; chat errors become 400s."""
+    try:
+        chunk = await run_in_threadpool(next, chunks, None)
+    except InvalidInputError as error:
+        code = "context_length_exceeded" if any(
+            w in str(error).lower() for w in CONTEXT_WORDS) else None
+        raise ApiError(400, str(error), param="messages", code=code) from None
+    except PlaygroundError as error:
+        raise ApiError(500, str(error), type_="server_error") from None
+    if chunk is None:
+        raise ApiError(500, "The model produced no reply.", type_="server_error")
+    return chunk
+
+
+async def _read_to_end(chunk: ChatChunk, chunks: Iterator[ChatChunk]) -> ChatChunk:
+    while chunk.finish_reason is None:
+        chunk = await _next_chunk(chunks)
+    return chunk
+
+
+async def _while_connected(request: Request, cancel: threading.Event,
+                           read: Callable[[], Awaitable[T]]) -> T:
+    """Await `read()`; if the client hangs up meanwhile, set `cancel` so generation stops."""
+    result, error = None, None
+    async with anyio.create_task_group() as watchers:
+        watchers.start_soon(_cancel_on_disconnect, request, cancel)
+        try:
+            result = await read()
+        except ApiError as raised:  # re-raised below, not wrapped in an ExceptionGroup
+            error = raised
+        watchers.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return result
+
+
+async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    cancel.set()
+
+
+async def _close(chunks: Iterator[ChatChunk], cancel: threading.Event) -> None:
+    """Stop generation and release the model, even while being cancelled ourselves."""
+    cancel.set()
+    with anyio.CancelScope(shield=True):
+        await run_in_threadpool(getattr(chunks, "close", lambda: None))
+
+
+async def _sse_stream(chat: ChatRequest, first: ChatChunk, chunks: Iterator[ChatChunk],
+                      cancel: threading.Event) -> AsyncIterator[str]:
+    """Server-sent events: role, content deltas, finish_reason, [usage], [DONE].
+
+    Starlette cancels this generator when the client disconnects; `finally` then
+    stops generation."""
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def event(delta: dict[str, str], finish_reason: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        payload = _chunk_body(completion_id, created, chat.model, [choice])
+        if chat.include_usage:
+            payload["usage"] = None
+        return _sse(payload)
+
+    chunk = first
+    try:
+        yield event({"role": "assistant", "content": ""})
+        while True:
+            if chunk.delta:
+                yield event({"content": chunk.delta})
+            if chunk.finish_reason is not None:
+                break
+            chunk = await _next_chunk(chunks)
+        yield event({}, _openai_finish_reason(chunk.finish_reason))
+        if chat.include_usage:
+            yield _sse({**_chunk_body(completion_id, created, chat.model, []),
+                        "usage": _usage_body(chunk.usage)})
+        yield "data: [DONE]\n\n"
+    except ApiError as error:  # the status line is already sent: report in the stream
+        yield _sse(error.body())
+    except Exception:
+        log.exception("Unexpected error while streaming a chat completion")
+        yield _sse(ApiError(500, "Internal server error.", type_="server_error").body())
+    finally:
+        await _close(chunks, cancel)
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def _chunk_body(completion_id: str, created: int, model: str,
+                choices: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+            "model": model, "system_fingerprint": None, "choices": choices}
+
+
+def _completion_body(model: str, last: ChatChunk) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": last.text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": _openai_finish_reason(last.finish_reason),
+        }],
+        "usage": _usage_body(last.usage),
+    }
+
+
+def _openai_finish_reason(reason: str | None) -> str:
+    return reason if reason in ("stop", "length") else "stop"
+
+
+def _usage_body(usage: Usage | None) -> dict[str, int] | None:
+    if usage is None:
+        return None
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def _header_safe(text: str) -> str:
+    return text.encode("ascii", "replace").decode()[:500]
+
+
+# --- error responses ----------------------------------------------------------
+async def _api_error_response(request: Request, error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+async def _http_error_response(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    kind = "not_found" if error.status_code == 404 else None
+    return JSONResponse(
+        ApiError(error.status_code, str(error.detail), code=kind).body(),
+        status_code=error.status_code,
+    )
+
+
+async def _unexpected_error_response(request: Request, error: Exception) -> JSONResponse:
+    log.exception("Unexpected error in %s %s", request.method, request.url.path)
+    return JSONResponse(
+        ApiError(500, "Internal server error.", type_="server_error").body(), status_code=500
+    )

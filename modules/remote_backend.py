@@ -1,0 +1,270 @@
+"""Chat through an OpenAI-compatible server (vLLM, TGI, llama.cpp server, Ollama, or
+another copy of this app) instead of a local model.
+
+`stream_remote_chat` yields the same `ChatChunk`s as `modules.chat.stream_chat`, so
+the chat tab treats both alike. The HTTP stream is read on a helper thread: Stop (the
+`cancel` event) or closing the generator returns at once, and the helper closes the
+connection when the server sends its next line, which makes the server stop too.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import httpx
+
+from modules.chat import ChatChunk, GenerationParams, Usage
+from modules.errors import InvalidInputError, ModelError, ModelNotFoundError
+
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 300.0  # a long prompt on a busy server can take minutes before its first token
+POLL_INTERVAL_S = 0.05
+SERVER_ERROR_CHARS = 300
+OPENAI_FINISH_REASONS = {"stop", "length"}
+
+
+def stream_remote_chat(
+    base_url: str,
+    api_key: str | None,
+    model: str,
+    messages: Sequence[dict[str, str]],
+    params: GenerationParams,
+    cancel: threading.Event | None = None,
+) -> Iterator[ChatChunk]:
+    """Stream a reply from `{base_url}/chat/completions` (base_url usually ends in /v1).
+
+    An empty `model` means the server's first model (`GET /models`): a vLLM or TGI
+    server usually serves exactly one."""
+    url = chat_completions_url(base_url)
+    headers = {"Accept": "text/event-stream"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    model = (model or "").strip() or first_served_model(base_url, headers)
+    request = build_request_body(model, messages, params)
+    yield from _stream(url, headers, request, cancel or threading.Event())
+
+
+def first_served_model(base_url: str, headers: dict[str, str]) -> str:
+    """The first id that `GET {base_url}/models` lists."""
+    url = base_url.strip().rstrip("/") + "/models"
+    try:
+        response = httpx.get(url, headers=headers, timeout=CONNECT_TIMEOUT_S)
+    except httpx.HTTPError as error:
+        raise ModelError(
+            f"Cannot reach the remote model server at {_where(url)} ({type(error).__name__})."
+        ) from None
+    if response.status_code >= 400:
+        raise _http_error(response, "")
+    models = (_json_or_none(response) or {}).get("data") or []
+    if not models or not isinstance(models[0], dict) or not models[0].get("id"):
+        raise ModelNotFoundError(
+            f"The remote server at {_where(url)} lists no models: set PLAYGROUND_REMOTE_MODEL."
+        )
+    return str(models[0]["id"])
+
+
+def chat_completions_url(base_url: str) -> str:
+    base = (base_url or "").strip().rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise InvalidInputError(
+            "The remote server URL must start with http:// or https:// "
+            "(for example http://localhost:8000/v1)."
+        )
+    return base + "/chat/completions"
+
+
+def build_request_body(
+    model: str, messages: Sequence[dict[str, str]], params: GenerationParams
+) -> dict[str, Any]:
+    """The OpenAI request for these settings. Only standard fields: strict servers
+    (OpenAI itself) reject unknown ones, so top_k and repetition_penalty are not sent."""
+    if not messages:
+        raise InvalidInputError("The conversation is empty: type a message first.")
+    body: dict[str, Any] = {
+        "model": model.strip(),
+        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": params.max_new_tokens,
+        "temperature": params.temperature if params.do_sample else 0.0,
+        "top_p": params.top_p if params.do_sample else 1.0,
+    }
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if params.stop:
+        body["stop"] = list(params.stop)
+    return body
+
+
+def _stream(
+    url: str, headers: dict[str, str], body: dict[str, Any], cancel: threading.Event
+) -> Iterator[ChatChunk]:
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+    stop_reading = threading.Event()
+    reader = threading.Thread(
+        target=_read_events, args=(url, headers, body, events, stop_reading),
+        name="remote-chat-reader", daemon=True,
+    )
+    started = time.perf_counter()
+    reader.start()
+    text, finish_reason, usage_fields, first_token_at = "", None, None, None
+    content_events = 0
+    try:
+        while True:
+            if cancel.is_set():
+                yield ChatChunk(text=text, delta="", finish_reason="cancelled")
+                return
+            try:
+                kind, value = events.get(timeout=POLL_INTERVAL_S)
+            except queue.Empty:
+                continue
+            if kind == "error":
+                raise value
+            if kind == "done":
+                break
+            delta, reason, usage = _parse_event(value)
+            usage_fields = usage or usage_fields
+            finish_reason = reason or finish_reason
+            if delta:
+                content_events += 1
+                first_token_at = first_token_at or time.perf_counter()
+                text += delta
+                yield ChatChunk(text=text, delta=delta)
+        yield ChatChunk(
+            text=text, delta="",
+            finish_reason=finish_reason if finish_reason in OPENAI_FINISH_REASONS else "stop",
+            usage=_usage(usage_fields, content_events, started, first_token_at,
+                         time.perf_counter()),
+        )
+    finally:
+        stop_reading.set()
+
+
+def _read_events(
+    url: str, headers: dict[str, str], body: dict[str, Any],
+    events: queue.Queue, stop_reading: threading.Event,
+) -> None:
+    """Runs on the helper thread: put ("event", json) items, then ("done"|"error", ...)."""
+    timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
+    try:
+        with httpx.Client(timeout=timeout) as client, client.stream(
+            "POST", url, json=body, headers=headers
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                events.put(("error", _http_error(response, body["model"])))
+                return
+            for line in response.iter_lines():
+                if stop_reading.is_set():
+                    return  # leaving the `with` closes the connection: the server stops
+                data = _sse_data(line)
+                if data is None:
+                    continue
+                if data == "[DONE]":
+                    break
+                events.put(("event", json.loads(data)))
+        events.put(("done", None))
+    except httpx.TimeoutException:
+        events.put(("error", ModelError(f"The remote model server at {_where(url)} timed out.")))
+    except httpx.HTTPError as error:
+        events.put(("error", ModelError(
+            f"Cannot reach the remote model server at {_where(url)} ({type(error).__name__})."
+        )))
+    except json.JSONDecodeError:
+        events.put(("error", ModelError(
+            f"The remote server at {_where(url)} sent something that is not an "
+            "OpenAI-compatible stream."
+        )))
+
+
+def _sse_data(line: str) -> str | None:
+    """The payload of a `data:` line; None for comments, blank lines and other fields."""
+    if not line.startswith("data:"):
+        return None
+    return line[len("data:"):].strip()
+
+
+def _parse_event(event: Any) -> tuple[str, str | None, dict | None]:
+    """(text delta, finish reason, usage) from one chat.completion.chunk."""
+    if not isinstance(event, dict):
+        raise ModelError("The remote server sent a malformed stream event.")
+    if event.get("error"):
+        raise ModelError(f"The remote server failed: {_error_message(event)}")
+    choices = event.get("choices") or []
+    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+    delta = choice.get("delta") or {}
+    content = delta.get("content") if isinstance(delta, dict) else None
+    usage = event.get("usage")
+    return (content if isinstance(content, str) else "",
+            choice.get("finish_reason"),
+            usage if isinstance(usage, dict) else None)
+
+
+def _usage(fields: dict | None, content_events: int, started: float,
+           first_token_at: float | None, finished: float) -> Usage:
+    """The server's token counts, with timings measured here.
+
+    A server that sends no counts (it ignored stream_options) gets an estimate: one
+    token per streamed content event, as vLLM, TGI and llama.cpp stream them."""
+    fields = fields or {}
+    prompt = int(fields.get("prompt_tokens") or 0)
+    completion = int(fields.get("completion_tokens") or content_events)
+    generating = finished - first_token_at if first_token_at is not None else 0.0
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=int(fields.get("total_tokens") or prompt + completion),
+        time_to_first_token_s=first_token_at - started if first_token_at is not None else None,
+        tokens_per_second=completion / generating if completion and generating > 0 else None,
+    )
+
+
+def _http_error(response: httpx.Response, model: str) -> Exception:
+    """An error status as a PlaygroundError carrying the server's own explanation."""
+    status, where = response.status_code, _where(str(response.request.url))
+    detail = _error_message(_json_or_none(response)) or response.text.strip()
+    detail = detail[:SERVER_ERROR_CHARS] or response.reason_phrase
+    if status in (401, 403):
+        return ModelError(
+            f"The remote model server at {where} refused the request (HTTP {status}): "
+            "check PLAYGROUND_REMOTE_API_KEY."
+        )
+    if status == 404 and model and "model" in detail.lower():
+        return ModelNotFoundError(f"The remote server at {where} has no model '{model}': {detail}")
+    if status == 404:
+        return ModelError(
+            f"The remote server at {where} answered 404 Not Found for "
+            f"{response.request.url.path}: check the base URL (it usually ends in /v1)."
+        )
+    if 400 <= status < 500:
+        return InvalidInputError(f"The remote server rejected the request: {detail}")
+    return ModelError(f"The remote model server at {where} failed (HTTP {status}): {detail}")
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _error_message(body: Any) -> str:
+    """The message of an OpenAI-shaped error body (or a bare {"error": "..."} one)."""
+    if not isinstance(body, dict):
+        return ""
+    error = body.get("error", body)
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("detail") or "")
+    return str(error or "")
+
+
+def _where(url: str) -> str:
+    """scheme://host:port only: never echo credentials or paths that may hold them."""
+    parsed = httpx.URL(url)
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.host}{port}"
