@@ -35,3 +35,15 @@ class GatedModelError(ModelError):
 
 class ModelOutOfMemoryError(ModelError):
     """Not enough memory to load or run the model."""
+
+
+def require_text(value: object, what: str) -> str:
+    """`value` if it is a string (None counts as empty); a clear error for any other type.
+
+    API clients can send anything: a list or a number where text belongs is a user error.
+    """
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"The {what} must be text, not {type(value).__name__}.")
+    return value

@@ -339,14 +339,26 @@ def next_token_distribution(
     shown = validate_shown(shown)
     if isinstance(text_or_ids, str) or _is_messages(text_or_ids):
         ids = encode_prompt(loaded, text_or_ids, use_chat_template, max_input_tokens)
-    else:
+    elif _is_token_ids(text_or_ids):
+        vocab = loaded.model.get_input_embeddings().num_embeddings
+        if any(not 0 <= int(i) < vocab for i in text_or_ids):
+            raise InvalidInputError(f"Token ids must be from 0 to {vocab - 1}.")
         ids = check_fits(loaded, [int(i) for i in text_or_ids], max_input_tokens)
+    else:
+        raise InvalidInputError(
+            "The prompt must be text, a list of token ids, or a list of {role, content} messages."
+        )
     logits = next_token_logits(loaded, ids)
     return distribution_from_logits(logits, loaded.tokenizer, settings, shown)
 
 
 def _is_messages(value: object) -> bool:
     return isinstance(value, Sequence) and bool(value) and isinstance(value[0], Mapping)
+
+
+def _is_token_ids(value: object) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str) and all(
+        is_whole(i) for i in value)
 
 
 def token_rank(logits: torch.Tensor, token_id: int) -> int:

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import torch
 
-from modules.errors import InvalidInputError, InvalidModelError, ModelError, ModelOfflineError
+from modules.errors import (
+    InvalidInputError,
+    InvalidModelError,
+    ModelError,
+    ModelOfflineError,
+    require_text,
+)
 from modules.model_cache import LoadedModel, ModelCache, ModelKind, StatusCallback
 
 FALLBACK_MAX_LENGTH = 512  # when neither tokenizer nor config says
@@ -70,7 +76,7 @@ class Explanation:
 # --- text checks -----------------------------------------------------------
 def clean_text(text: str | None) -> str:
     """The text to classify, or a clear error for empty or absurdly long input."""
-    text = (text or "").replace("\x00", "")
+    text = require_text(text, "text").replace("\x00", "")
     if not text.strip():
         raise InvalidInputError("Type or paste some text to analyse.")
     if len(text) > MAX_TEXT_CHARS:

@@ -21,7 +21,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from modules.config import ENV_PREFIX, Settings
-from modules.errors import InvalidInputError, ModelError, ModelOfflineError
+from modules.errors import InvalidInputError, ModelError, ModelOfflineError, require_text
 from modules.model_cache import LoadedModel, ModelCache, ModelKind, StatusCallback
 from modules.sentences import split_sentences, split_to_fit
 
@@ -95,7 +95,7 @@ def env_var_for(direction: str) -> str:
 
 def model_for(models: Mapping[str, str], direction: str) -> str:
     """The model reference for a direction, or a clear error naming the ones there are."""
-    key = (direction or "").strip().lower()
+    key = require_text(direction, "translation direction").strip().lower()
     if key in models:
         return models[key]
     known = ", ".join(direction_label(d) for d in models) or "none"
@@ -119,8 +119,8 @@ def load_translator(
     batch_size: int = BATCH_SIZE,
 ) -> Translator:
     """The direction's model from the shared cache; failures say how to supply the model."""
-    direction = (direction or "").strip().lower()
     ref = model_for(settings.translation_models, direction)
+    direction = direction.strip().lower()
     try:
         loaded = cache.get(ref, ModelKind.SEQ2SEQ, on_status)
     except ModelOfflineError as error:
@@ -141,7 +141,8 @@ def load_translator(
 # --- text preparation ---------------------------------------------------------
 def clean_text(text: str) -> str:
     """NFC, '\\n' line ends, no zero-width or control characters (tabs and newlines stay)."""
-    text = unicodedata.normalize("NFC", (text or "").replace("\r\n", "\n").replace("\r", "\n"))
+    text = require_text(text, "text to translate").replace("\r\n", "\n").replace("\r", "\n")
+    text = unicodedata.normalize("NFC", text)
     text = _INVISIBLE.sub("", text)
     return "".join(
         ch for ch in text if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cs")

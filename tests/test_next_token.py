@@ -268,6 +268,10 @@ def test_a_bad_token_id_is_refused(tiny):
         nt.append_token(tiny, state, 10**6, "picked", nt.SamplingSettings())
     with pytest.raises(InvalidInputError, match="strategy"):
         nt.take_steps(tiny, state, 1, "beam", nt.SamplingSettings())
+    with pytest.raises(InvalidInputError, match="Token ids must be"):
+        nt.next_token_distribution(tiny, [1, 10**9])
+    with pytest.raises(InvalidInputError, match="must be text"):
+        nt.next_token_distribution(tiny, {"a": 1})
 
 
 # --- the real embedded model --------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import gradio as gr
 
 from modules.app_context import AppContext
+from modules.ui.errors import user_error
 from modules.chat import (
     CancelRegistry,
     ChatChunk,
@@ -115,7 +116,7 @@ def build(context: AppContext) -> None:
     ) -> Iterator[tuple]:
         """Drop the last reply and write a new one for the same message."""
         if not history or history[-1]["role"] != "assistant":
-            raise gr.Error("There is no reply to retry yet.")
+            raise user_error("There is no reply to retry yet.")
         knobs = (max_new_tokens, temperature, top_p, top_k, repetition_penalty, do_sample, seed)
         yield from _stream_reply(context, cancels, _session(request), history[:-2],
                                  history[-2]["content"], system_prompt, model, knobs)
@@ -195,12 +196,12 @@ def _model_line(context: AppContext, loaded_description: str | None) -> str:
 def _load_model(context: AppContext, ref: str, progress: gr.Progress) -> str:
     ref = (ref or "").strip()
     if not ref:
-        raise gr.Error("Choose a model or type a local folder / .gguf path.")
+        raise user_error("Choose a model or type a local folder / .gguf path.")
     progress(0, desc=f"Loading {ref}…")
     try:
         loaded = context.cache.get(ref, ModelKind.CAUSAL_LM, on_status=lambda s: progress(0, desc=s))
     except PlaygroundError as error:
-        raise gr.Error(str(error)) from error
+        raise user_error(error) from error
     line = f"Active: **{loaded.description}**"
     if ref == context.chat_model.ref and ref == EMBEDDED_MODEL:
         line += f" — {context.chat_model.reason}"
@@ -240,11 +241,11 @@ def _stream_reply(context: AppContext, cancels: CancelRegistry, session: str, pa
     text = text if isinstance(text, str) else ""
     past = list(past or [])
     if not text.strip():
-        raise gr.Error("Type a message first.")
+        raise user_error("Type a message first.")
     try:
         params = _params(context, knobs)
     except PlaygroundError as error:
-        raise gr.Error(str(error)) from error
+        raise user_error(error) from error
     messages = _model_messages(past, system, text)
     asked = past + [{"role": "user", "content": text}]
     yield _display(asked) + [{"role": "assistant", "content": "…"}], past, "", ""
@@ -266,7 +267,7 @@ def _stream_reply(context: AppContext, cancels: CancelRegistry, session: str, pa
         yield _display(asked + [answer]), asked + [answer], gr.skip(), line
     except PlaygroundError as error:
         yield _display(past), past, text, f"⚠️ {error}"
-        raise gr.Error(str(error)) from error
+        raise user_error(error) from error
     finally:
         if chunks is not None:
             chunks.close()  # a client that went away: stop generating now

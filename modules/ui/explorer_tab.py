@@ -18,6 +18,7 @@ import pandas as pd
 
 from modules import next_token as nt
 from modules.app_context import AppContext
+from modules.ui.errors import user_error
 from modules.errors import PlaygroundError
 from modules.gpu import gpu
 from modules.model_cache import LoadedModel, ModelKind
@@ -53,7 +54,7 @@ def _user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except PlaygroundError as error:
-            raise gr.Error(str(error)) from error
+            raise user_error(error) from error
 
     return wrapper
 
@@ -230,7 +231,7 @@ def build(context: AppContext) -> None:
         session, loaded = session_for(session, prompt, chat, ref)
         row = evt.row_value or []
         if len(row) < len(TABLE_HEADERS):
-            raise gr.Error("Click a row of the candidates table.")
+            raise user_error("Click a row of the candidates table.")
         settings = nt.SamplingSettings(temperature, top_k, top_p).validated()
         with session.explorer.lock:
             nt.append_token(loaded, session.explorer, _whole(row[TABLE_HEADERS.index("id")]), "picked", settings)
@@ -333,5 +334,5 @@ def _whole(value) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
     if value is None or not nt.is_whole(value):
-        raise gr.Error(f"Expected a whole number, got {value!r}.")
+        raise user_error(f"Expected a whole number, got {value!r}.")
     return int(value)

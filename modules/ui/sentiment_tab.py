@@ -16,6 +16,7 @@ import pandas as pd
 
 from modules import sentiment, zero_shot
 from modules.app_context import AppContext
+from modules.ui.errors import user_error
 from modules.errors import PlaygroundError
 from modules.gpu import gpu
 from modules.model_cache import ModelKind
@@ -116,7 +117,7 @@ def build(context: AppContext) -> None:
                 explanation = sentiment.explain(classifier, text)
                 pieces, notes = explanation.pieces, notes + [explanation.notice]
         except PlaygroundError as error:
-            raise gr.Error(str(error)) from error
+            raise user_error(error) from error
         return result.scores, pieces, "\n\n".join(n for n in notes if n)
 
     @gpu
@@ -131,7 +132,7 @@ def build(context: AppContext) -> None:
                 zero_shot.parse_labels(labels)
             results = classify_texts(texts, mode, model_ref, labels, calibrate, progress)
         except PlaygroundError as error:
-            raise gr.Error(str(error)) from error
+            raise user_error(error) from error
         rows = sentiment.result_rows(texts, results)
         counts = sentiment.label_counts(results)
         chart_data = pd.DataFrame({"label": list(counts), "count": list(counts.values())})
@@ -144,7 +145,7 @@ def build(context: AppContext) -> None:
             header, rows = sentiment.read_csv(csv_path)
             guess = sentiment.guess_text_column(header, rows)
         except PlaygroundError as error:
-            raise gr.Error(str(error)) from error
+            raise user_error(error) from error
         return gr.Dropdown(choices=header, value=guess)
 
     def switch_mode(mode):

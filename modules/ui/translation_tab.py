@@ -11,6 +11,7 @@ import gradio as gr
 
 from modules import translation
 from modules.app_context import AppContext
+from modules.ui.errors import user_error
 from modules.errors import PlaygroundError
 from modules.gpu import gpu
 
@@ -60,7 +61,7 @@ def build(context: AppContext) -> None:
                 ),
             )
         except PlaygroundError as error:
-            raise gr.Error(str(error)) from error
+            raise user_error(error) from error
 
     @gpu
     def translate_all(lines: str, file_path: str | None, direction: str, progress=gr.Progress()):
@@ -78,7 +79,7 @@ def build(context: AppContext) -> None:
                 lambda done, total: progress((done, total), desc="Translating", unit="sentences"),
             )
         except PlaygroundError as error:
-            raise gr.Error(str(error)) from error
+            raise user_error(error) from error
         return [list(row) for row in zip(texts, results)], _write_csv(texts, results, direction)
 
     def swap_direction(direction: str, text: str, translated: str):
