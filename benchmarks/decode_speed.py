@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
+from modules.fast_decode import quantize_linears_int8  # noqa: E402
 from modules.model_cache import LoadedModel, ModelCache, ModelKind  # noqa: E402
 
 LLAMA_CPP_DECODE = 116.0  # tokens/s, llama-bench on this machine kind
@@ -161,11 +162,18 @@ def load(dtype: str, fast_decode: bool) -> LoadedModel:
     return ModelCache(settings).get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
 
 
+def load_int8_only() -> LoadedModel:
+    """The previous default, for the record: transformers' layers, every linear int8."""
+    loaded = load("bfloat16", fast_decode=False)
+    quantize_linears_int8(loaded.model, torch.bfloat16)
+    return loaded
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
+    parser.add_argument("--threads", default="2", help="comma-separated torch thread counts")
     parser.add_argument("--no-chat", action="store_true", help="skip the streamed chat path rows")
     args = parser.parse_args()
     policy = os.environ.get("OMP_WAIT_POLICY", "(unset)")
@@ -175,7 +183,8 @@ def main() -> None:
     models = {
         "fp32": load("float32", fast_decode=False),
         "bf16": load("bfloat16", fast_decode=False),
-        "bf16+int8w": load("bfloat16", fast_decode=True),
+        "int8 linears": load_int8_only(),
+        "fused int4": load("bfloat16", fast_decode=True),  # the app's default
     }
     print_agreement(models)
 
@@ -189,7 +198,7 @@ def main() -> None:
             runs[f"generate {name}, {n} thread(s)"] = _with_threads(
                 n, lambda lm=loaded: bare_run(lm, ids, args.tokens))
         if not args.no_chat:
-            for name in ("bf16", "bf16+int8w"):
+            for name in ("bf16", "fused int4"):
                 runs[f"chat path {name}, {n} thread(s)"] = _with_threads(
                     n, lambda lm=models[name]: chat_run(lm, LONG_PROMPT, args.tokens))
     print_speed(runs, args.repeats)

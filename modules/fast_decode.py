@@ -1,18 +1,24 @@
-"""Faster CPU decoding for chat models: int8 weight-only linear layers.
+"""Faster CPU decoding for chat models: fused layers and weight-only int4/int8 kernels.
 
-On CPU a 135M-parameter model decodes one token per forward, and each forward
-runs ~210 matrix-vector products (7 per layer × 30 layers + the LM head). The
-profile (benchmarks/decode_speed.py, notes in its docstring) shows bf16 `F.linear`
-taking ~78% of a decode step; torch's weight-only int8 kernel
-(`torch._weight_int8pack_mm`, bf16 activations, one scale per output row) reads
-half the bytes and has less per-call overhead, and decodes ~1.6-1.8x faster here.
-Prompts (many rows at once) go through oneDNN's bf16 matmul on the same int8
-values instead, which keeps time to first token at bf16 speed.
+Decoding one token of SmolLM2-135M on 2 CPU cores costs two things: reading every
+weight once (~134 MB in int8, 67 MB in int4; memory bandwidth bound) and ~3,000
+small tensor operations of transformers' Llama layers (dispatch bound). Both are cut
+here (figures in benchmarks/decode_speed.py):
 
-This is an approximation of the float model: the benchmark reports greedy and
-teacher-forced top-1 agreement with the float32 reference, and the model's
-description says "int8 weights" so the explorer's probabilities are read for what
-they are. PLAYGROUND_FAST_DECODE=0 (Settings.fast_decode=False) turns it off.
+* Llama layers become `FusedLlamaLayer`s (modules/fused_llama.py): the same
+  arithmetic in about a third of the operations.
+* Their projections get weight-only quantized kernels: torch's int4 kernel
+  (`_weight_int4pack_mm_for_cpu`, groups of 32 with a scale and a zero point) where
+  the weights are already 4-bit, as a Q4_1 GGUF file's are: the groups then hold
+  exactly the file's values, so nothing is lost. Other weights get int8 with one
+  scale per output row (`_weight_int8pack_mm`), an approximation whose agreement
+  with float32 the benchmark reports.
+* The LM head (the token embedding, not 4-bit in the GGUF file) gets int8.
+
+Prompts (many rows at once) go through bf16 matmuls on the same quantized values,
+which keeps time to first token at bf16 speed. The model's description names the
+weights' format, so the explorer's probabilities are read for what they are.
+Settings.fast_decode=False (PLAYGROUND_FAST_DECODE=0) turns all of it off.
 Measured and not adopted: static KV cache, static cache + torch.compile (inductor,
 freezing on/off): within ±7% of eager after 55-120 s of compiling.
 """
@@ -20,23 +26,24 @@ freezing on/off): within ±7% of eager after 55-120 s of compiling.
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from modules.fused_llama import fuse_layers
 
 log = logging.getLogger(__name__)
 
-FAST_DECODE_ENV = "PLAYGROUND_FAST_DECODE"
-QUANTIZED_TAG = "int8 weights"
+INT8_TAG = "int8 weights"
+INT4_TAG = "int4 weights as in its GGUF file, int8 head"
 # Above this many rows (prompt tokens) a quantized layer uses its float copy.
 PREFILL_ROWS = 8
-
-
-def fast_decode_enabled(env: dict[str, str] | None = None) -> bool:
-    """On unless PLAYGROUND_FAST_DECODE is 0/false/no/off."""
-    value = (os.environ if env is None else env).get(FAST_DECODE_ENV, "1")
-    return value.strip().lower() not in {"0", "false", "no", "off"}
+INT4_GROUP = 32  # a GGUF Q4_0/Q4_1 block
+# A weight counts as 4-bit when re-quantizing it to 4 bits moves no value by more than
+# this fraction of the largest (bf16 rounding of exact 4-bit values stays far below;
+# genuinely float weights land at ~3-5 %).
+INT4_EXACT_TOLERANCE = 0.01
 
 
 def int8_kernel_available() -> bool:
@@ -44,53 +51,118 @@ def int8_kernel_available() -> bool:
     return hasattr(torch, "_weight_int8pack_mm")
 
 
-class Int8WeightOnlyLinear(nn.Module):
-    """y = x @ (int8 W · row scale)ᵀ + b, computed by torch's weight-only int8 kernel.
+def int4_kernel_available() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
 
-    Symmetric per-output-row quantization: scale = max|W_row| / 127, so each row
-    keeps 255 levels over its own range. Activations stay in `compute_dtype`.
+
+class _QuantizedLinear(nn.Module):
+    """y = x Wᵀ (+ b) from quantized weights: a kernel for a few rows, bf16 for many.
+
+    The quantized kernels are matrix-vector kernels; for a long prompt a bf16 matmul
+    over the same quantized values (`dequantized`) is several times faster.
     """
 
-    def __init__(
-        self, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16,
-        keep_float_for_prefill: bool = True,
-    ) -> None:
+    def __init__(self, out_features: int, in_features: int, bias: torch.Tensor | None,
+                 compute_dtype: torch.dtype) -> None:
         super().__init__()
-        weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        # The int8 kernel is a matrix-vector kernel: for a long prompt (many rows at
-        # once) float weights through oneDNN are several times faster. The float copy
-        # holds the int8 values themselves (exact in bf16) and the scale is applied
-        # after the product, as the int8 kernel does, so a prompt read in one pass and
-        # the same text fed token by token (the explorer) see the same model.
-        float_weight = quantized.to(compute_dtype) if keep_float_for_prefill else None
-        self.register_buffer("float_weight", float_weight, persistent=False)
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
+        self.out_features, self.in_features = out_features, in_features
         self.compute_dtype = compute_dtype
-        self.register_buffer("weight_int8", quantized.contiguous(), persistent=False)
-        self.register_buffer("scale", scale.to(compute_dtype), persistent=False)
-        bias = None if linear.bias is None else linear.bias.detach().to(compute_dtype)
-        self.register_buffer("bias", bias, persistent=False)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(compute_dtype),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1]).to(self.compute_dtype)
-        if self.float_weight is not None and flat.shape[0] > PREFILL_ROWS:
-            out = torch.nn.functional.linear(flat, self.float_weight) * self.scale
-        else:
-            out = torch._weight_int8pack_mm(flat, self.weight_int8, self.scale)
+        out = self.many_rows(flat) if flat.shape[0] > PREFILL_ROWS else self.few_rows(flat)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class Int8WeightOnlyLinear(_QuantizedLinear):
+    """int8 weights with one scale per output row (scale = max|W_row| / 127).
+
+    The bf16 copy holds the int8 values themselves (exact in bf16) and the scale is
+    applied after the product, as the int8 kernel does, so a prompt read in one pass
+    and the same text fed token by token (the explorer) see the same model.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 compute_dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__(weight.shape[0], weight.shape[1], bias, compute_dtype)
+        weight = weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self.register_buffer("weight_int8", quantized.contiguous(), persistent=False)
+        self.register_buffer("float_weight", quantized.to(compute_dtype), persistent=False)
+        self.register_buffer("scale", scale.to(compute_dtype), persistent=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16):
+        return cls(linear.weight, linear.bias, compute_dtype)
+
+    def few_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int8pack_mm(flat, self.weight_int8, self.scale)
+
+    def many_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        return F.linear(flat, self.float_weight) * self.scale
+
+
+def int4_groups(weight: torch.Tensor, group: int = INT4_GROUP):
+    """(q in 0..15, scale, zero) per group of `group` inputs: W ≈ (q - 8)·scale + zero.
+
+    Asymmetric min/max quantization, the shape of a GGUF Q4_1 block (W = d·q + m), so
+    a Q4_1 block comes back as the same 16 levels.
+    """
+    rows, columns = weight.shape
+    groups = weight.detach().float().reshape(rows, columns // group, group)
+    low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+    scale = ((high - low) / 15).clamp(min=1e-12)
+    q = torch.round((groups - low) / scale).clamp(0, 15)
+    return q.reshape(rows, columns), scale[..., 0], (low + 8 * scale)[..., 0]
+
+
+def is_4bit(weight: torch.Tensor, group: int = INT4_GROUP) -> bool:
+    """Are these weights 4-bit values already (e.g. from a Q4_1 GGUF file)?"""
+    if weight.ndim != 2 or weight.shape[1] % group or weight.shape[0] % 8:
+        return False
+    q, scale, zero = int4_groups(weight, group)
+    rows, columns = weight.shape
+    rebuilt = (q.reshape(rows, -1, group) - 8) * scale[..., None] + zero[..., None]
+    error = (rebuilt.reshape(rows, columns) - weight.float()).abs().max()
+    return bool(error <= INT4_EXACT_TOLERANCE * weight.float().abs().max())
+
+
+class Int4WeightOnlyLinear(_QuantizedLinear):
+    """4-bit weights in groups of 32 with a bf16 scale and zero point, torch's CPU int4 kernel."""
+
+    def __init__(self, weight: torch.Tensor, compute_dtype: torch.dtype = torch.bfloat16,
+                 group: int = INT4_GROUP) -> None:
+        super().__init__(weight.shape[0], weight.shape[1], None, compute_dtype)
+        self.group = group
+        q, scale, zero = int4_groups(weight, group)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+        self.register_buffer("packed", packed, persistent=False)
+        scales_and_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
+        self.register_buffer("scales_and_zeros", scales_and_zeros.to(compute_dtype), persistent=False)
+        rows, columns = weight.shape
+        dequantized = (q.reshape(rows, -1, group) - 8) * scale[..., None] + zero[..., None]
+        self.register_buffer("float_weight", dequantized.reshape(rows, columns).to(compute_dtype),
+                             persistent=False)
+
+    def few_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            flat, self.packed, self.group, self.scales_and_zeros)
+
+    def many_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        return F.linear(flat, self.float_weight)
 
 
 def quantize_linears_int8(model: nn.Module, compute_dtype: torch.dtype = torch.bfloat16) -> int:
-    """Replace every nn.Linear in `model` (LM head included) by an int8 one; returns the count.
+    """Replace every plain nn.Linear in `model` (LM head included) by an int8 one; the count.
 
     A tied LM head gets its own int8 copy; the input embedding keeps its float weights.
     """
@@ -101,18 +173,33 @@ def quantize_linears_int8(model: nn.Module, compute_dtype: torch.dtype = torch.b
         if type(child) is nn.Linear
     ]
     for parent, name, child in targets:
-        setattr(parent, name, Int8WeightOnlyLinear(child, compute_dtype))
+        setattr(parent, name, Int8WeightOnlyLinear.from_linear(child, compute_dtype))
     return len(targets)
 
 
 def prepare_for_fast_decode(model: nn.Module, device: torch.device, dtype: torch.dtype) -> str | None:
-    """Quantize a bf16 causal LM on CPU in place; returns QUANTIZED_TAG, or None if left as is.
+    """Fuse and quantize a bf16 causal LM on CPU in place; says how its weights are held.
 
     Only CPU + bfloat16 (the CPU default for chat models): on GPU the float kernels
     are already fast, and an explicit float32 choice means the user wants precision.
+    Returns INT4_TAG when the layers run on 4-bit weights, INT8_TAG when on int8,
+    None when the model was left as it is.
     """
     if device.type != "cpu" or dtype != torch.bfloat16 or not int8_kernel_available():
         return None
-    count = quantize_linears_int8(model, dtype)
-    log.info("Fast decode: %d linear layers now hold int8 weights", count)
-    return QUANTIZED_TAG if count else None
+    formats: list[str] = []
+
+    def make_linear(weight: torch.Tensor) -> nn.Module:
+        if int4_kernel_available() and is_4bit(weight):
+            formats.append("int4")
+            return Int4WeightOnlyLinear(weight, dtype)
+        formats.append("int8")
+        return Int8WeightOnlyLinear(weight, None, dtype)
+
+    fused = fuse_layers(model, make_linear)
+    rest = quantize_linears_int8(model, dtype)
+    log.info("Fast decode: %d fused layers (%d int4, %d int8 projections), %d more int8 linears",
+             fused, formats.count("int4"), formats.count("int8"), rest)
+    if formats and set(formats) == {"int4"}:
+        return INT4_TAG
+    return INT8_TAG if formats or rest else None

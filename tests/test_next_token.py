@@ -36,11 +36,13 @@ def assert_same_scores(cached: torch.Tensor, fresh: torch.Tensor) -> None:
     """Equal up to bfloat16 rounding (one step is 1/32 at these logit sizes).
 
     On CPU the chat model holds int8 weights (modules/fast_decode.py): one new token
-    goes through the int8 matrix-vector kernel, a whole text through a bf16 matmul on
-    the same int8 values, and the two round differently (measured: up to ~0.2 here).
+    goes through the int8 matrix-vector kernel and a float32 attention for one query,
+    a whole text through a bf16 matmul on the same int8 values and SDPA; the two round
+    differently (measured: up to ~0.2 here).
     """
     assert torch.allclose(cached, fresh, atol=0.3, rtol=0)
-    assert torch.allclose(cached.softmax(-1), fresh.softmax(-1), atol=5e-3, rtol=0)
+    # A logit off by d moves its probability by a factor e^d: 0.1 -> ~10 %.
+    assert torch.allclose(cached.softmax(-1), fresh.softmax(-1), atol=1e-3, rtol=0.15)
 
 
 def hf_warped(logits, temperature, top_k, top_p) -> torch.Tensor:
@@ -166,7 +168,7 @@ def test_stepping_with_the_cache_matches_a_fresh_pass(tiny):
     fresh_dist = nt.next_token_distribution(tiny, state.ids, temperature=1.5, shown=5)
     assert [c.id for c in cached.candidates][:3] == [c.id for c in fresh_dist.candidates][:3]
     for a, b in zip(cached.candidates, fresh_dist.candidates, strict=True):
-        assert a.probability == pytest.approx(b.probability, abs=5e-3)
+        assert a.probability == pytest.approx(b.probability, abs=1e-3, rel=0.15)
 
 
 def test_undo_restores_the_previous_text_and_distribution(tiny):
