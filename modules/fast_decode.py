@@ -111,47 +111,45 @@ class Int8WeightOnlyLinear(_QuantizedLinear):
         return F.linear(flat, self.float_weight) * self.scale
 
 
-def int4_groups(weight: torch.Tensor, group: int = INT4_GROUP):
-    """(q in 0..15, scale, zero) per group of `group` inputs: W ≈ (q - 8)·scale + zero.
+def exact_int4_groups(weight: torch.Tensor, group: int = INT4_GROUP):
+    """(q in 0..15, scale, zero) per group of `group` inputs with W = (q - 8)·scale + zero,
+    when the weights already are 4-bit values; None when they are not.
 
-    Asymmetric min/max quantization, the shape of a GGUF Q4_1 block (W = d·q + m), so
-    a Q4_1 block comes back as the same 16 levels.
+    Asymmetric min/max quantization is the shape of a GGUF Q4_1 block (W = d·q + m), so
+    a Q4_1 block comes back as its own 16 levels. One pass of in-place arithmetic: this
+    runs on every load.
     """
     rows, columns = weight.shape
+    if weight.ndim != 2 or columns % group or rows % 8:
+        return None
     groups = weight.detach().float().reshape(rows, columns // group, group)
     low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
-    scale = ((high - low) / 15).clamp(min=1e-12)
-    q = torch.round((groups - low) / scale).clamp(0, 15)
-    return q.reshape(rows, columns), scale[..., 0], (low + 8 * scale)[..., 0]
-
-
-def is_4bit(weight: torch.Tensor, group: int = INT4_GROUP) -> bool:
-    """Are these weights 4-bit values already (e.g. from a Q4_1 GGUF file)?"""
-    if weight.ndim != 2 or weight.shape[1] % group or weight.shape[0] % 8:
-        return False
-    q, scale, zero = int4_groups(weight, group)
-    rows, columns = weight.shape
-    rebuilt = (q.reshape(rows, -1, group) - 8) * scale[..., None] + zero[..., None]
-    error = (rebuilt.reshape(rows, columns) - weight.float()).abs().max()
-    return bool(error <= INT4_EXACT_TOLERANCE * weight.float().abs().max())
+    scale = ((high - low) / 15).clamp_(min=1e-12)
+    q = (groups - low).div_(scale).round_()
+    error = torch.addcmul(low, q, scale).sub_(groups).abs_().amax()
+    if error > INT4_EXACT_TOLERANCE * torch.maximum(low.abs(), high.abs()).amax():
+        return None
+    zero = low.add_(scale, alpha=8)
+    return q.reshape(rows, columns), scale[..., 0], zero[..., 0]
 
 
 class Int4WeightOnlyLinear(_QuantizedLinear):
-    """4-bit weights in groups of 32 with a bf16 scale and zero point, torch's CPU int4 kernel."""
+    """4-bit weights in groups of 32 with a bf16 scale and zero point, torch's CPU int4 kernel.
 
-    def __init__(self, weight: torch.Tensor, compute_dtype: torch.dtype = torch.bfloat16,
+    Built from weights that are 4-bit already (`exact_int4_groups`), so the bf16 weight
+    itself serves the many-rows path.
+    """
+
+    def __init__(self, weight: torch.Tensor, groups, compute_dtype: torch.dtype = torch.bfloat16,
                  group: int = INT4_GROUP) -> None:
         super().__init__(weight.shape[0], weight.shape[1], None, compute_dtype)
         self.group = group
-        q, scale, zero = int4_groups(weight, group)
+        q, scale, zero = groups
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
         self.register_buffer("packed", packed, persistent=False)
         scales_and_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
         self.register_buffer("scales_and_zeros", scales_and_zeros.to(compute_dtype), persistent=False)
-        rows, columns = weight.shape
-        dequantized = (q.reshape(rows, -1, group) - 8) * scale[..., None] + zero[..., None]
-        self.register_buffer("float_weight", dequantized.reshape(rows, columns).to(compute_dtype),
-                             persistent=False)
+        self.register_buffer("float_weight", weight.detach().to(compute_dtype), persistent=False)
 
     def few_rows(self, flat: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -190,9 +188,10 @@ def prepare_for_fast_decode(model: nn.Module, device: torch.device, dtype: torch
     formats: list[str] = []
 
     def make_linear(weight: torch.Tensor) -> nn.Module:
-        if int4_kernel_available() and is_4bit(weight):
+        groups = exact_int4_groups(weight) if int4_kernel_available() else None
+        if groups is not None:
             formats.append("int4")
-            return Int4WeightOnlyLinear(weight, dtype)
+            return Int4WeightOnlyLinear(weight, groups, dtype)
         formats.append("int8")
         return Int8WeightOnlyLinear(weight, None, dtype)
 

@@ -17,8 +17,7 @@ from modules.fast_decode import (
     PREFILL_ROWS,
     Int4WeightOnlyLinear,
     Int8WeightOnlyLinear,
-    int4_groups,
-    is_4bit,
+    exact_int4_groups,
 )
 from modules.fused_llama import FusedLlamaLayer
 from modules.model_cache import ModelCache, ModelKind
@@ -56,16 +55,18 @@ def four_bit_weight(rows: int, columns: int, group: int = 32) -> torch.Tensor:
 
 def test_4bit_weights_are_recognised_and_kept_exactly():
     weight = four_bit_weight(64, 128)
-    assert is_4bit(weight) and is_4bit(weight.bfloat16())
-    assert not is_4bit(torch.randn(64, 128))  # float weights would lose precision
-    q, scale, zero = int4_groups(weight)
+    assert exact_int4_groups(weight.bfloat16()) is not None
+    assert exact_int4_groups(torch.randn(64, 128)) is None  # float weights would lose precision
+    assert exact_int4_groups(torch.randn(64, 100)) is None  # not whole groups of 32
+    q, scale, zero = exact_int4_groups(weight)
+    assert q.min() >= 0 and q.max() <= 15
     rebuilt = (q.reshape(64, 4, 32) - 8) * scale[..., None] + zero[..., None]
     assert torch.allclose(rebuilt.reshape(64, 128), weight, atol=1e-6)
 
 
 def test_int4_linear_computes_with_its_exact_weights():
     weight = four_bit_weight(96, 128).bfloat16()
-    quantized = Int4WeightOnlyLinear(weight)
+    quantized = Int4WeightOnlyLinear(weight, exact_int4_groups(weight))
     for rows in (1, 3, PREFILL_ROWS + 4):  # the int4 kernel, then the bf16 prefill path
         x = torch.randn(1, rows, 128, dtype=torch.bfloat16)
         expected = x.float() @ weight.float().T
