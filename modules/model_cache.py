@@ -259,8 +259,8 @@ class ModelCache:
         if ref.hub_id and offline:
             return ModelOfflineError(
                 f"{name} is not on this machine and the Hugging Face Hub cannot be reached. "
-                "Download it where there is a network (`hf download "
-                f"{ref.hub_id}`) or point the setting at a local model folder."
+                "Download it where there is a network ('hf download "
+                f"{ref.hub_id}') or point the setting at a local model folder."
             )
         if "trust_remote_code" in text:
             return InvalidModelError(

@@ -127,7 +127,7 @@ def load_translator(
         raise ModelOfflineError(
             f"The {direction_label(direction)} model ({ref}) is not on this machine and the "
             "Hugging Face Hub cannot be reached: download it where there is a network "
-            f"(`hf download {ref.partition('@')[0]}`) and copy the folder here, then set "
+            f"('hf download {ref.partition('@')[0]}') and copy the folder here, then set "
             f"{env_var_for(direction)}=/path/to/that/folder."
         ) from error
     except ModelError as error:

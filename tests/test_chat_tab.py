@@ -129,3 +129,15 @@ def test_embedded_model_offline_through_the_page(app, client):
 def test_invalid_model_is_a_clear_error(client):
     with pytest.raises(Exception, match="(?i)model|folder|found"):
         client.predict("/no/such/folder", api_name="/load_chat_model")
+
+
+def test_default_seed_is_random_and_a_set_seed_repeats(client):
+    """The seed box's default (-1) samples afresh each time; a set seed gives the same reply."""
+    sampled = {"do_sample": True, "temperature": 1.0, "max_new_tokens": 16}
+
+    def fresh_reply(seed: int) -> str:
+        client.predict(api_name="/clear")  # the same one-message conversation each time
+        return reply_text(client.predict("Hi", api_name="/chat", seed=seed, **sampled)[0])
+
+    assert len({fresh_reply(-1) for _ in range(2)}) == 2
+    assert len({fresh_reply(7) for _ in range(2)}) == 1

@@ -29,6 +29,7 @@ from modules.gpu import gpu
 from modules.model_cache import ModelKind
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+RANDOM_SEED = -1
 EXAMPLES = [
     "请写一首赞美秋天的五言绝句",
     "What is the capital of France?",
@@ -86,8 +87,8 @@ def build(context: AppContext) -> None:
                 0.5, 2.0, value=1.1, step=0.05, label="Repetition penalty"
             )
             do_sample = gr.Checkbox(True, label="Sample (off = greedy)")
-            seed = gr.Number(
-                None, label="Seed (blank = random)", precision=0, minimum=0,
+            seed = gr.Number(  # Gradio turns a blank number box into 0, so -1 means random
+                RANDOM_SEED, label="Seed (-1 = random)", precision=0, minimum=RANDOM_SEED,
                 info="Same seed and settings give the same reply.",
             )
 
@@ -125,9 +126,8 @@ def build(context: AppContext) -> None:
         cancels.arm(_session(request))
         return gr.update(visible=False), gr.update(visible=True)
 
-    def stop_generation(request: gr.Request) -> str:
+    def stop_generation(request: gr.Request) -> None:
         cancels.stop(_session(request))
-        return "Stopping…"
 
     def clear_chat(request: gr.Request):
         cancels.stop(_session(request))
@@ -150,7 +150,9 @@ def build(context: AppContext) -> None:
         api_name="retry", concurrency_id="chat", show_progress="minimal",
     )
     retry_event.then(_idle, outputs=busy, queue=False, api_visibility="private")
-    stop.click(stop_generation, outputs=[status], queue=False, api_name="stop")
+    # No output: the reply's own last update says "finish: cancelled" (a "Stopping…"
+    # written here could land after it and stay).
+    stop.click(stop_generation, queue=False, api_name="stop")
     # Undo and Clear rewrite the conversation, so a reply still streaming is dropped.
     undo.click(_undo, [history], [chatbot, history, message, status], queue=False,
                api_name="undo", cancels=[chat_event, retry_event]).then(
@@ -161,6 +163,9 @@ def build(context: AppContext) -> None:
     if not remote:
         model.change(load_model, [model], [model_status], api_name="load_chat_model",
                      concurrency_id="load")
+        for event in (chat_event, retry_event):  # the first message loaded the model: say so
+            event.then(lambda ref: _loaded_model_line(context, ref), [model], [model_status],
+                       queue=False, api_visibility="private")
 
 
 # --- handlers (plain functions; no layout) -----------------------------------
@@ -193,6 +198,14 @@ def _model_line(context: AppContext, loaded_description: str | None) -> str:
     return line + ("" if loaded_description else " (loads on first message)")
 
 
+def _loaded_model_line(context: AppContext, ref: str | None):
+    """The status line for `ref` if it is loaded now (no loading here), else unchanged."""
+    ref = (ref or context.chat_model.ref).strip()
+    if not context.cache.is_loaded(ref, ModelKind.CAUSAL_LM):
+        return gr.skip()
+    return _model_line(context, context.cache.get(ref, ModelKind.CAUSAL_LM).description)
+
+
 def _load_model(context: AppContext, ref: str, progress: gr.Progress) -> str:
     ref = (ref or "").strip()
     if not ref:
@@ -213,7 +226,7 @@ def _params(context: AppContext, knobs: tuple) -> GenerationParams:
     return GenerationParams(
         max_new_tokens=max_new, temperature=temperature, top_p=top_p, top_k=top_k,
         repetition_penalty=penalty, do_sample=bool(sample),
-        seed=None if seed is None or seed == "" else seed,
+        seed=None if seed is None or seed == "" or seed == RANDOM_SEED else seed,
     ).validated(context.settings.max_new_tokens)
 
 
@@ -249,7 +262,8 @@ def _stream_reply(context: AppContext, cancels: CancelRegistry, session: str, pa
     messages = _model_messages(past, system, text)
     asked = past + [{"role": "user", "content": text}]
     yield _display(asked) + [{"role": "assistant", "content": "…"}], past, "", ""
-    if _needs_loading(context, model_ref):
+    loading = _needs_loading(context, model_ref)
+    if loading:
         yield gr.skip(), gr.skip(), gr.skip(), f"Loading {model_ref}… (first use)"
     cancel = cancels.begin(session)
     reply = None
@@ -260,7 +274,10 @@ def _stream_reply(context: AppContext, cancels: CancelRegistry, session: str, pa
             reply = chunk
             if chunk.finish_reason is None:
                 answer = {"role": "assistant", "content": chunk.text}
-                yield _display(asked) + [answer], asked + [answer], gr.skip(), gr.skip()
+                # Text means the model has loaded: clear the "Loading…" line.
+                status = "" if loading else gr.skip()
+                loading = False
+                yield _display(asked) + [answer], asked + [answer], gr.skip(), status
         answer = _final_answer(reply)
         notice = reply.notice if reply else None
         line = (f"⚠️ {notice} " if notice else "") + answer["usage"]

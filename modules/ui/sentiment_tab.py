@@ -57,7 +57,11 @@ def build(context: AppContext) -> None:
     with gr.Tab("One text"):
         text = gr.Textbox(label="Text", lines=4, max_lines=20, placeholder="Type or paste text…")
         with gr.Row():
-            explain = gr.Checkbox(True, label="Explain: colour the words that pushed the prediction")
+            # As switch_mode leaves it: word colouring is a classifier-mode feature.
+            explain = gr.Checkbox(
+                True, label=_explain_label(start_mode == ZERO_SHOT),
+                interactive=start_mode == CLASSIFIER,
+            )
             analyse_button = gr.Button("Analyse", variant="primary")
         gr.Examples(EXAMPLES, inputs=[text], label="Try")
         scores = gr.Label(label="Scores (all labels)")
