@@ -22,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from modules.chat import GenerationParams, render_prompt_ids, stream_chat  # noqa: E402
+from modules.compute import main_thread_lent, run_jobs  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
 from modules.model_cache import ModelCache, ModelKind  # noqa: E402
 
@@ -34,25 +35,27 @@ USER_PROMPTS = [
 ]
 
 
-def in_worker_thread(function, *args):
-    """Run on a fresh thread, as the chat path's generate does.
+def as_in_the_app(function, *args):
+    """Run `function` as a request thread does, while this (main) thread runs the
+    generation jobs, as `python app.py` lends it (modules/compute.py)."""
+    result, stop = [], threading.Event()
 
-    On this machine torch runs several times slower on the main thread than on
-    a worker thread under load, so both sides of the comparison use a worker.
-    """
-    result = []
-    worker = threading.Thread(target=lambda: result.append(function(*args)))
-    worker.start()
-    worker.join()
+    def request() -> None:
+        while not main_thread_lent():
+            time.sleep(0.005)
+        try:
+            result.append(function(*args))
+        finally:
+            stop.set()
+
+    threading.Thread(target=request).start()
+    run_jobs(stop)
     return result[0]
 
 
 def bare_generate(loaded, prompt: str, tokens: int) -> tuple[float, int]:
-    """Seconds and new tokens for one greedy model.generate call, nothing else."""
-    return in_worker_thread(_bare_generate, loaded, prompt, tokens)
-
-
-def _bare_generate(loaded, prompt: str, tokens: int) -> tuple[float, int]:
+    """Seconds and new tokens for one greedy model.generate call, nothing else, on the
+    main thread (where the app generates)."""
     ids = torch.tensor([render_prompt_ids(loaded.tokenizer, [{"role": "user", "content": prompt}])])
     start = time.perf_counter()
     out = loaded.model.generate(
@@ -68,7 +71,11 @@ def bare_first_token(loaded, prompt: str) -> float:
 
 
 def chat_once(loaded, prompt: str, tokens: int) -> dict:
-    """Consumer-side figures for one streamed reply."""
+    """Consumer-side figures for one streamed reply, served as the app serves it."""
+    return as_in_the_app(_chat_once, loaded, prompt, tokens)
+
+
+def _chat_once(loaded, prompt: str, tokens: int) -> dict:
     params = GenerationParams(do_sample=False, max_new_tokens=tokens)
     start = time.perf_counter()
     first = None
@@ -83,12 +90,16 @@ def chat_once(loaded, prompt: str, tokens: int) -> dict:
 
 
 def concurrent_users(loaded, users: int, tokens: int) -> dict:
+    return as_in_the_app(_concurrent_users, loaded, users, tokens)
+
+
+def _concurrent_users(loaded, users: int, tokens: int) -> dict:
     results: list[dict] = [{} for _ in range(users)]
     barrier = threading.Barrier(users)
 
     def user(index: int) -> None:
         barrier.wait()
-        results[index] = chat_once(loaded, USER_PROMPTS[index % len(USER_PROMPTS)], tokens)
+        results[index] = _chat_once(loaded, USER_PROMPTS[index % len(USER_PROMPTS)], tokens)
 
     threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
     start = time.perf_counter()

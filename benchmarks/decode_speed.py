@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
+from benchmarks.chat_throughput import as_in_the_app  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
 from modules.fast_decode import quantize_linears_int8  # noqa: E402
 from modules.model_cache import LoadedModel, ModelCache, ModelKind  # noqa: E402
@@ -104,6 +105,11 @@ def bare_run(loaded: LoadedModel, ids: torch.Tensor, tokens: int) -> tuple[float
     out = greedy(loaded, ids, tokens, min_new_tokens=tokens, streamer=clock)
     end = time.perf_counter()
     return clock.first_token_at - start, (len(out) - 1) / (end - clock.first_token_at)
+
+
+def chat_run_in_app(loaded: LoadedModel, text: str, tokens: int) -> tuple[float, float]:
+    """`chat_run` as `python app.py` serves it: generation on the lent main thread."""
+    return as_in_the_app(chat_run, loaded, text, tokens)
 
 
 def chat_run(loaded: LoadedModel, text: str, tokens: int) -> tuple[float, float]:
@@ -200,7 +206,9 @@ def main() -> None:
         if not args.no_chat:
             for name in ("bf16", "fused int4"):
                 runs[f"chat path {name}, {n} thread(s)"] = _with_threads(
-                    n, lambda lm=models[name]: chat_run(lm, LONG_PROMPT, args.tokens))
+                    n, lambda lm=models[name]: chat_run_in_app(lm, LONG_PROMPT, args.tokens))
+            runs["chat path fused int4, no lent main thread"] = _with_threads(
+                n, lambda lm=models["fused int4"]: chat_run(lm, LONG_PROMPT, args.tokens))
     print_speed(runs, args.repeats)
 
 

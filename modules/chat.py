@@ -12,13 +12,14 @@ Promises kept here rather than in every caller:
   system prompt stays) and says so; one message that cannot fit is an error.
 * Stop means stop: setting `cancel`, or closing the generator (a client that
   went away), ends `model.generate` at the next token via a StoppingCriteria.
+* Generation runs on the process's main thread when the app lends it
+  (modules/compute.py: torch decodes about twice as fast there).
 * One generation at a time per model (`LoadedModel.lock`): on a small CPU,
   interleaved generations only slow each other down (see benchmarks/).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import queue
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from modules.compute import Job, live_jobs, start_job
 from modules.errors import InvalidInputError, ModelError, ModelOutOfMemoryError, PlaygroundError
 from modules.model_cache import LoadedModel
 
@@ -51,9 +53,6 @@ PLAIN_TRANSCRIPT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
-
-_thread_numbers = itertools.count(1)
-
 
 # --- values ----------------------------------------------------------------
 @dataclass(frozen=True)
@@ -328,14 +327,12 @@ class _Run:
     started_at: float | None = None
     finished_at: float | None = None
     error: BaseException | None = None
-    thread: threading.Thread | None = field(default=None, repr=False)
+    job: Job | None = field(default=None, repr=False)
 
 
 def live_generation_threads() -> int:
-    """How many generate threads are running now (tests check none are left behind)."""
-    return sum(
-        t.name.startswith(GENERATE_THREAD_PREFIX) and t.is_alive() for t in threading.enumerate()
-    )
+    """How many generations are queued or running now (tests check none are left behind)."""
+    return live_jobs(GENERATE_THREAD_PREFIX)
 
 
 def _eos_ids(loaded: LoadedModel) -> list[int]:
@@ -407,17 +404,16 @@ def stream_chat(
     kwargs = _generate_kwargs(loaded, prompt, params)
     kwargs["input_ids"] = torch.tensor([prompt.input_ids], device=loaded.device)
     kwargs["attention_mask"] = torch.ones_like(kwargs["input_ids"])
-    run.thread = threading.Thread(
-        target=_run_generate, args=(loaded, kwargs, params, streamer, watch, run),
-        name=f"{GENERATE_THREAD_PREFIX}-{next(_thread_numbers)}", daemon=True,
-    )
     stops = _StopScanner(params.stop)
     text = ""
     emitted = 0
     stopped_by_string = False
     try:
-        run.thread.start()
-        for piece in _pieces(streamer, run.thread):
+        run.job = start_job(
+            lambda: _run_generate(loaded, kwargs, params, streamer, watch, run),
+            GENERATE_THREAD_PREFIX,
+        )
+        for piece in _pieces(streamer, run.job):
             text += piece
             cut = stops.find(text)
             if cut is not None:
@@ -429,7 +425,7 @@ def stream_chat(
                 emitted = safe
             if stopped_by_string:
                 break
-        run.thread.join()
+        run.job.join()
         if run.error is not None:
             raise _explain(run.error)
         if emitted < len(text):  # a held-back partial stop string that never completed
@@ -441,8 +437,8 @@ def stream_chat(
         closed.set()  # a consumer that closed us early: generate stops at the next token
 
 
-def _pieces(streamer: TextIteratorStreamer, thread: threading.Thread) -> Iterator[str]:
-    """The streamer's text, not hanging if the thread died without ending it."""
+def _pieces(streamer: TextIteratorStreamer, thread: Job) -> Iterator[str]:
+    """The streamer's text, not hanging if the job died without ending it."""
     while True:
         try:
             piece = next(streamer)

@@ -1,7 +1,8 @@
 """Serve the app: the Gradio page at / and the OpenAI-compatible API at /v1, one process.
 
 `create_app(demo)` builds the FastAPI app (a Space still serves `demo` itself);
-`launch` runs it with uvicorn. A share link needs Gradio's own launcher, so with
+`launch` runs it with uvicorn on a background thread and lends the main thread to
+generation (modules/compute.py). A share link needs Gradio's own launcher, so with
 --share (and the share server reachable) the page is served without /v1.
 """
 
@@ -12,12 +13,13 @@ import ipaddress
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
+from modules.compute import run_jobs
 from modules.config import Settings
 from modules.openai_api import create_api
 
@@ -58,7 +60,33 @@ def launch(demo: gr.Blocks, settings: Settings, **kwargs) -> None:
     app = create_app(demo, auth=settings.auth)
     url = f"http://{_url_host(settings.host)}:{settings.port}"
     print(f"* Running on local URL:  {url}\n* OpenAI-compatible API: {url}{API_PREFIX}", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    _serve(app, settings.host, settings.port)
+
+
+def _serve(app: FastAPI, host: str, port: int) -> None:
+    """uvicorn on a background thread; this (main) thread runs generation jobs meanwhile."""
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    _lend_main_thread(thread.is_alive)
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _lend_main_thread(serving: Callable[[], bool]) -> None:
+    """Run generation on this thread (modules/compute.py) while `serving()`; Ctrl+C ends it."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        while serving():
+            stop.wait(0.5)
+        stop.set()
+
+    threading.Thread(target=watch, name="server-watch", daemon=True).start()
+    try:
+        run_jobs(stop)
+    except KeyboardInterrupt:
+        print("\nStopping.", flush=True)
 
 
 def _launch_with_share_link(demo: gr.Blocks, settings: Settings, **kwargs) -> None:
@@ -67,7 +95,9 @@ def _launch_with_share_link(demo: gr.Blocks, settings: Settings, **kwargs) -> No
     if settings.auth is None:
         log.warning("Sharing without --auth: anyone with the link can use this app.")
     demo.launch(server_name=settings.host, server_port=settings.port, share=True,
-                auth=settings.auth, show_error=True, **kwargs)
+                auth=settings.auth, show_error=True, prevent_thread_lock=True, **kwargs)
+    _lend_main_thread(lambda: demo.is_running)
+    demo.close()
 
 
 @contextlib.contextmanager

@@ -422,9 +422,10 @@ def _record_launches(monkeypatch, demo, share_reachable: bool) -> dict:
 
     calls: dict = {}
     monkeypatch.setattr(launch_module, "share_server_reachable", lambda: share_reachable)
-    monkeypatch.setattr(launch_module.uvicorn, "run",
-                        lambda app, **kw: calls.update(uvicorn=(app, kw)))
+    monkeypatch.setattr(launch_module, "_serve",
+                        lambda app, host, port: calls.update(uvicorn=(app, host, port)))
     monkeypatch.setattr(demo, "launch", lambda **kw: calls.update(gradio=kw))
+    monkeypatch.setattr(launch_module, "_lend_main_thread", lambda serving: None)
     return calls
 
 
@@ -439,9 +440,8 @@ def test_launch_serves_page_and_v1_with_uvicorn(monkeypatch, caplog, fresh_demo)
     demo = fresh_demo
     calls = _record_launches(monkeypatch, demo, share_reachable=False)
     launch(demo, make_settings(share=True, port=7999))
-    app, options = calls["uvicorn"]
-    assert "gradio" not in calls and options == {"host": "127.0.0.1", "port": 7999,
-                                                 "log_level": "warning"}
+    app, host, port = calls["uvicorn"]
+    assert "gradio" not in calls and (host, port) == ("127.0.0.1", 7999)
     assert [getattr(r, "path", None) for r in app.routes][:1] == ["/v1"]
     assert "Share link unavailable" in caplog.text
 

@@ -1,0 +1,101 @@
+"""Where generation runs: on the process's main thread when the app owns it.
+
+Measured on this project's 2-core machines (benchmarks/decode_speed.py): torch's
+OpenMP-parallel kernels run about twice as slowly on any thread but the process's
+initial one (torch's bundled libgomp), so a reply generated on a fresh thread decodes
+at half speed. `python app.py` therefore serves HTTP from a background thread and
+lends its main thread to `run_jobs`; `start_job` hands generation to it. Where
+nothing runs that loop (a Space importing `demo`, the tests) each job gets a thread
+of its own, as before. Jobs run one after another, as generation on one model is
+serialized anyway; a job whose request was cancelled while it waited returns at once.
+
+The main thread is a resource of the whole process, so the job queue is too: it is
+the one piece of module-level state here, and it only ever holds pending jobs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+_numbers = itertools.count(1)
+_pending: queue.SimpleQueue[Job] = queue.SimpleQueue()
+_loop_running = threading.Event()
+_live_lock = threading.Lock()
+_live: set[Job] = set()
+
+
+class Job:
+    """A function to run once, on the main thread's loop or on its own thread."""
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        self.target = target
+        self.name = f"{name}-{next(_numbers)}"
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.target()
+        except BaseException:  # a job reports its own errors; never let one end the loop
+            log.exception("Job %s failed", self.name)
+        finally:
+            with _live_lock:
+                _live.discard(self)
+            self._done.set()
+
+    def is_alive(self) -> bool:
+        return not self._done.is_set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._done.wait(timeout)
+
+
+def start_job(target: Callable[[], None], name: str) -> Job:
+    """Run `target` on the main thread's loop if it is running, else on a new thread."""
+    job = Job(target, name)
+    with _live_lock:
+        _live.add(job)
+    if _loop_running.is_set():
+        _pending.put(job)
+    else:
+        threading.Thread(target=job.run, name=job.name, daemon=True).start()
+    return job
+
+
+def main_thread_lent() -> bool:
+    """Is `run_jobs` taking jobs now?"""
+    return _loop_running.is_set()
+
+
+def live_jobs(prefix: str) -> int:
+    """Jobs named `prefix…` that are queued or running."""
+    with _live_lock:
+        return sum(job.name.startswith(prefix) for job in _live)
+
+
+def run_jobs(stop: threading.Event) -> None:
+    """Run submitted jobs on this (the main) thread until `stop` is set.
+
+    Jobs still queued when it stops are handed to threads of their own.
+    """
+    _loop_running.set()
+    try:
+        while not stop.is_set():
+            try:
+                job = _pending.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            job.run()
+    finally:
+        _loop_running.clear()
+        while True:
+            try:
+                job = _pending.get_nowait()
+            except queue.Empty:
+                break
+            threading.Thread(target=job.run, name=job.name, daemon=True).start()

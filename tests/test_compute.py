@@ -1,0 +1,82 @@
+"""Generation jobs run on the main thread when the app lends it, on threads otherwise.
+
+pytest runs tests on the process's main thread, so these tests lend it to `run_jobs`
+themselves and submit work from another thread, as the app's request threads do.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from modules.chat import GenerationParams, live_generation_threads, stream_chat
+from modules.compute import live_jobs, main_thread_lent, run_jobs, start_job
+from modules.model_cache import ModelKind
+
+
+def lend_main_thread_while(work) -> None:
+    """Run `work` on a helper thread while this (main) thread runs the job loop."""
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def helper() -> None:
+        try:
+            while not main_thread_lent():
+                time.sleep(0.01)
+            work()
+        except BaseException as error:  # reported on the main thread below
+            failure.append(error)
+        finally:
+            stop.set()
+
+    threading.Thread(target=helper).start()
+    run_jobs(stop)
+    if failure:
+        raise failure[0]
+
+
+def test_jobs_run_in_order_on_the_main_thread_and_survive_a_failing_one():
+    ran: list[tuple[int, threading.Thread]] = []
+
+    def record(number: int) -> None:
+        ran.append((number, threading.current_thread()))
+        if number == 1:
+            raise RuntimeError("a job that fails")  # logged; the loop goes on
+
+    def submit() -> None:
+        jobs = [start_job(lambda n=n: record(n), "test-job") for n in range(3)]
+        for job in jobs:
+            job.join(timeout=10)
+            assert not job.is_alive()
+
+    lend_main_thread_while(submit)
+    assert [n for n, _ in ran] == [0, 1, 2]
+    assert all(thread is threading.main_thread() for _, thread in ran)
+    assert live_jobs("test-job") == 0
+
+
+def test_without_the_loop_each_job_gets_its_own_thread():
+    where: list[threading.Thread] = []
+    job = start_job(lambda: where.append(threading.current_thread()), "test-job")
+    job.join(timeout=10)
+    assert where and where[0] is not threading.main_thread()
+    assert live_jobs("test-job") == 0
+
+
+def test_a_reply_generated_on_the_main_thread_is_the_same_reply(shared_cache, tiny_causal_lm_dir):
+    tiny = shared_cache.get(str(tiny_causal_lm_dir), ModelKind.CAUSAL_LM)
+    messages = [{"role": "user", "content": "Hello there"}]
+    params = GenerationParams(do_sample=False, max_new_tokens=12)
+    on_a_thread = list(stream_chat(tiny, messages, params))[-1].text
+    threads: set[threading.Thread] = set()
+    hook = tiny.model.register_forward_hook(
+        lambda *_: threads.add(threading.current_thread()))
+    replies: list[str] = []
+    try:
+        lend_main_thread_while(
+            lambda: replies.append(list(stream_chat(tiny, messages, params))[-1].text))
+    finally:
+        hook.remove()
+    assert replies == [on_a_thread]
+    assert threads == {threading.main_thread()}
+    assert live_generation_threads() == 0
