@@ -15,11 +15,15 @@ the one piece of module-level state here, and it only ever holds pending jobs.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import logging
 import queue
 import threading
 from collections.abc import Callable
+from pathlib import Path
+
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,40 @@ def start_job(target: Callable[[], None], name: str) -> Job:
     else:
         threading.Thread(target=job.run, name=job.name, daemon=True).start()
     return job
+
+
+def leave_the_cores_to_the_main_thread() -> None:
+    """On a request thread, while the main thread generates: run torch on one core here.
+
+    Every thread that runs torch keeps its own OpenMP team; once more team threads
+    live than there are cores, the runtime stops spinning between parallel regions and
+    the main thread's decoding halves (measured). One thread per request thread keeps
+    the teams to the main thread's own. Called before model work (ModelCache.get).
+    """
+    if (not _loop_running.is_set() or threading.current_thread() is threading.main_thread()
+            or getattr(_single_threaded, "done", False)):
+        return
+    _single_threaded.done = True
+    if OPENMP is not None:
+        OPENMP.omp_set_num_threads(1)
+
+
+def _find_openmp() -> ctypes.CDLL | None:
+    """The OpenMP runtime torch loaded, to set this thread's team size alone
+    (torch.set_num_threads changes it for the whole process)."""
+    folder = Path(torch.__file__).parent / "lib"
+    for library in sorted(folder.glob("libgomp*.so*")) + sorted(folder.glob("libiomp*.so*")):
+        try:
+            openmp = ctypes.CDLL(str(library))
+            openmp.omp_set_num_threads  # noqa: B018 (raises AttributeError if absent)
+            return openmp
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+_single_threaded = threading.local()
+OPENMP = _find_openmp()
 
 
 def main_thread_lent() -> bool:

@@ -34,6 +34,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from modules.compute import leave_the_cores_to_the_main_thread
 from modules.config import Settings
 from modules.device import pick_device, pick_dtype
 from modules.errors import (
@@ -108,6 +109,7 @@ class ModelCache:
         self, ref: str, kind: ModelKind, on_status: StatusCallback | None = None
     ) -> LoadedModel:
         """The loaded model for `ref`, loading it (once, whoever asks) if needed."""
+        leave_the_cores_to_the_main_thread()  # this thread is about to run the model
         key = (ref.strip(), kind)
         with self._lock:
             if key in self._models:

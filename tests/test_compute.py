@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from modules.chat import GenerationParams, live_generation_threads, stream_chat
 from modules.compute import live_jobs, main_thread_lent, run_jobs, start_job
 from modules.model_cache import ModelKind
@@ -80,3 +82,22 @@ def test_a_reply_generated_on_the_main_thread_is_the_same_reply(shared_cache, ti
     assert replies == [on_a_thread]
     assert threads == {threading.main_thread()}
     assert live_generation_threads() == 0
+
+
+def test_request_threads_leave_the_cores_to_the_main_thread(shared_cache, tiny_causal_lm_dir):
+    """While the main thread generates, a thread that asks the cache for a model runs
+    torch on one core (its own OpenMP team would halve the main thread's speed)."""
+    from modules.compute import OPENMP as omp
+
+    if omp is None:
+        pytest.skip("no OpenMP runtime beside torch: nothing to limit")
+    seen: list[int] = []
+
+    def request() -> None:
+        shared_cache.get(str(tiny_causal_lm_dir), ModelKind.CAUSAL_LM)
+        seen.append(omp.omp_get_max_threads())
+
+    main_before = omp.omp_get_max_threads()
+    lend_main_thread_while(request)
+    assert seen == [1]
+    assert omp.omp_get_max_threads() == main_before  # the main thread keeps its cores

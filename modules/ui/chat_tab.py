@@ -10,6 +10,7 @@ which stops `model.generate` too.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import gradio as gr
@@ -30,6 +31,10 @@ from modules.model_cache import ModelKind
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 RANDOM_SEED = -1
+# The page gets the growing reply at most this often: every update costs the server
+# (and the browser) work that competes with generation for the CPU, and 20 updates a
+# second look as smooth as one per token (benchmarks/decode_speed.py measures both).
+UI_UPDATE_INTERVAL_S = 0.05
 EXAMPLES = [
     "请写一首赞美秋天的五言绝句",
     "What is the capital of France?",
@@ -270,9 +275,11 @@ def _stream_reply(context: AppContext, cancels: CancelRegistry, session: str, pa
     chunks = None
     try:
         chunks = _chunks(context, model_ref, messages, params, cancel)
+        shown_at = 0.0
         for chunk in chunks:
             reply = chunk
-            if chunk.finish_reason is None:
+            if chunk.finish_reason is None and time.monotonic() - shown_at >= UI_UPDATE_INTERVAL_S:
+                shown_at = time.monotonic()
                 answer = {"role": "assistant", "content": chunk.text}
                 # Text means the model has loaded: clear the "Loading…" line.
                 status = "" if loading else gr.skip()
