@@ -23,6 +23,7 @@ from dataclasses import dataclass  # noqa: E402
 
 import openai  # noqa: E402
 
+from benchmarks.chat_throughput import as_in_the_app  # noqa: E402
 from modules.chat import GenerationParams, stream_chat  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
 from modules.launch import create_app, serve_in_thread  # noqa: E402
@@ -101,9 +102,10 @@ def main() -> None:
     measure_in_process(loaded, messages, 4)  # warm-up: first-call costs out of the way
     print(f"model: {loaded.description}; prompt: {args.prompt!r}; "
           f"max_tokens={args.max_tokens}, greedy; {os.cpu_count()} CPUs; one run each\n")
-    local = measure_in_process(loaded, messages, args.max_tokens)
+    # Both as `python app.py` serves them: generation on the lent main thread.
+    local = as_in_the_app(measure_in_process, loaded, messages, args.max_tokens)
     with serve_in_thread(create_app(demo)) as url:
-        remote = measure_api(url + "/v1", args.model, messages, args.max_tokens)
+        remote = as_in_the_app(measure_api, url + "/v1", args.model, messages, args.max_tokens)
     print_table([local, remote])
     print(f"\nsame text on both paths: {local.text == remote.text}")
 
