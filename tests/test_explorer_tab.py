@@ -58,6 +58,7 @@ def test_explorer_uses_the_chat_model_from_the_shared_cache(demo, shared_cache, 
     for token_id in session.explorer.ids:
         assert f">{token_id}<" in chips  # every id under its chip
     assert f"{len(session.explorer.ids)} tokens" in summary
+    assert tiny.description in summary and "quantized" in summary  # int8 on CPU: said so
     assert len(chart) == 10 and set(chart["status"]) == {"kept"}
 
 

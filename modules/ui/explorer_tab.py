@@ -95,6 +95,14 @@ def summary_markdown(explorer: nt.ExplorerState, dist: nt.Distribution) -> str:
     )
 
 
+def model_note(loaded: LoadedModel) -> str:
+    """Which model scored, and in what precision: quantized weights shift probabilities a little."""
+    note = f"  \nScored by {loaded.description}."
+    if loaded.quantization:
+        note += " Its weights are quantized: probabilities differ slightly from the float model's."
+    return note
+
+
 def _tie_note(dist: nt.Distribution) -> str:
     k = dist.settings.top_k
     if not k or dist.kept_by_top_k <= k:
@@ -175,7 +183,8 @@ def build(context: AppContext) -> None:
     def distribution_views(session, loaded, shown, temperature, top_k, top_p):
         settings = nt.SamplingSettings(temperature, top_k, top_p)
         dist = nt.distribution_from_logits(session.explorer.logits, loaded.tokenizer, settings, shown)
-        return summary_markdown(session.explorer, dist), chart_frame(dist), table_frame(dist)
+        summary = summary_markdown(session.explorer, dist) + model_note(loaded)
+        return summary, chart_frame(dist), table_frame(dist)
 
     def all_views(session, loaded, shown, temperature, top_k, top_p):
         explorer, tokenizer = session.explorer, loaded.tokenizer
