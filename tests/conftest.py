@@ -13,6 +13,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import dataclasses  # noqa: E402
+import socket  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -63,3 +64,24 @@ def embedded_chat_model(shared_cache):
     from modules.model_cache import ModelKind
 
     return shared_cache.get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_ref(tiny_causal_lm_dir):
+    """The tiny chat model's reference, as a user would type it."""
+    return str(tiny_causal_lm_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(shared_cache, tiny_ref):
+    """The tiny chat model, loaded through the shared cache."""
+    from modules.model_cache import ModelKind
+
+    return shared_cache.get(tiny_ref, ModelKind.CAUSAL_LM)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -11,15 +10,9 @@ from gradio_client import Client
 from modules.chat import live_generation_threads
 from modules.config import EMBEDDED_MODEL
 from modules.ui.layout import build_demo
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 
 GREEDY = {"do_sample": False, "max_new_tokens": 16}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 
 import gradio as gr
 import pytest
@@ -12,7 +11,7 @@ from modules import next_token as nt
 from modules.model_cache import ModelKind
 from modules.ui.explorer_tab import TABLE_HEADERS
 from modules.ui.layout import build_demo
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 
 PROMPT = "The quick brown fox"
 KNOBS = (10, 1.0, 0, 1.0)  # shown, temperature, top_k, top_p
@@ -32,11 +31,6 @@ def handler(demo, api_name):
     [fn] = [f.fn for f in demo.fns.values() if f.api_name == api_name]
     return fn
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ids_in_table(table) -> list[int]:

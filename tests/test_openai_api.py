@@ -18,7 +18,6 @@ import pytest
 from modules.chat import GenerationParams, live_generation_threads, stream_chat
 from modules.config import EMBEDDED_MODEL
 from modules.launch import create_app, serve_in_thread
-from modules.model_cache import ModelKind
 from modules.ui.layout import build_demo
 from tests.conftest import make_settings
 
@@ -74,16 +73,6 @@ def base_url(server):
 @pytest.fixture(scope="module")
 def client(base_url):
     return openai.OpenAI(base_url=base_url, api_key=API_KEY, max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def tiny_ref(tiny_causal_lm_dir):
-    return str(tiny_causal_lm_dir)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(shared_cache, tiny_ref):
-    return shared_cache.get(tiny_ref, ModelKind.CAUSAL_LM)
 
 
 def local_reply(loaded, messages, **params):

@@ -15,7 +15,6 @@ import pytest
 from modules.chat import GenerationParams, stream_chat
 from modules.config import EMBEDDED_MODEL
 from modules.errors import InvalidInputError, ModelError, ModelNotFoundError, PlaygroundError
-from modules.model_cache import ModelKind
 from modules.remote_backend import build_request_body, stream_remote_chat
 from tests.test_openai_api import (
     CAPITAL_QUESTION,
@@ -35,16 +34,6 @@ def remote_url(tiny_causal_lm_dir, shared_cache):
         url, _,
     ):
         yield url + "/v1"
-
-
-@pytest.fixture(scope="module")
-def tiny_ref(tiny_causal_lm_dir):
-    return str(tiny_causal_lm_dir)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(shared_cache, tiny_ref):
-    return shared_cache.get(tiny_ref, ModelKind.CAUSAL_LM)
 
 
 def remote(url, model, messages, cancel=None, key=REMOTE_KEY, **params):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import socket
 
 import pytest
 from gradio_client import Client, handle_file
@@ -11,13 +10,8 @@ from gradio_client import Client, handle_file
 from modules.config import EMBEDDED_MODEL
 from modules.ui.layout import build_demo
 from modules.ui.sentiment_tab import CLASSIFIER, ZERO_SHOT
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +21,7 @@ def served(shared_cache, tiny_distilbert_dir, tiny_causal_lm_dir):
     )
     demo = build_demo(settings, cache=shared_cache)
     demo.launch(
-        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True,
+        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
         quiet=True,
     )
     try:

@@ -4,22 +4,16 @@ gradio_client, on the tiny random Marian model (gibberish, so structure is check
 from __future__ import annotations
 
 import csv
-import socket
 
 import pytest
 import torch
 from gradio_client import Client
 
 from modules.ui.layout import build_demo
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 
 NOT_CACHED = "Helsinki-NLP/opus-mt-xx-yy"
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
