@@ -67,7 +67,7 @@ def build(context: AppContext) -> None:
         scores = gr.Label(label="Scores (all labels)")
         why = gr.HighlightedText(
             label="Why (red: the word supports the top label, purple: it argues against it)",
-            show_legend=False, show_inline_category=False,
+            show_legend=False, show_inline_category=False, visible=start_mode == CLASSIFIER,
         )
         notice = gr.Markdown("", elem_id="sentiment-notice")
 
@@ -157,6 +157,7 @@ def build(context: AppContext) -> None:
         return (
             gr.Textbox(visible=not zero), gr.Textbox(visible=zero), gr.Checkbox(visible=zero),
             gr.Checkbox(interactive=not zero, label=_explain_label(zero)),
+            gr.HighlightedText(visible=not zero),  # word colouring is classifier-only
         )
 
     inputs = [mode, model_ref, labels, calibrate]
@@ -169,7 +170,7 @@ def build(context: AppContext) -> None:
     )
     csv_file.change(pick_column, csv_file, column, api_visibility="private", queue=False)
     mode.change(
-        switch_mode, mode, [model_ref, labels, calibrate, explain],
+        switch_mode, mode, [model_ref, labels, calibrate, explain, why],
         api_visibility="private", queue=False,
     )
 
