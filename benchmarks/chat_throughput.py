@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from modules.chat import GenerationParams, render_prompt_ids, stream_chat  # noqa: E402
-from modules.compute import main_thread_lent, run_jobs  # noqa: E402
+from modules.compute import lend_main_thread_while  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
 from modules.model_cache import ModelCache, ModelKind  # noqa: E402
 
@@ -38,19 +38,7 @@ USER_PROMPTS = [
 def as_in_the_app(function, *args):
     """Run `function` as a request thread does, while this (main) thread runs the
     generation jobs, as `python app.py` lends it (modules/compute.py)."""
-    result, stop = [], threading.Event()
-
-    def request() -> None:
-        while not main_thread_lent():
-            time.sleep(0.005)
-        try:
-            result.append(function(*args))
-        finally:
-            stop.set()
-
-    threading.Thread(target=request).start()
-    run_jobs(stop)
-    return result[0]
+    return lend_main_thread_while(lambda: function(*args))
 
 
 def bare_generate(loaded, prompt: str, tokens: int) -> tuple[float, int]:

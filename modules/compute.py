@@ -21,11 +21,13 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 from pathlib import Path
 
 import torch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _numbers = itertools.count(1)
 _pending: queue.SimpleQueue[Job] = queue.SimpleQueue()
@@ -67,8 +69,12 @@ def start_job(target: Callable[[], None], name: str) -> Job:
     if _loop_running.is_set():
         _pending.put(job)
     else:
-        threading.Thread(target=job.run, name=job.name, daemon=True).start()
+        _on_own_thread(job)
     return job
+
+
+def _on_own_thread(job: Job) -> None:
+    threading.Thread(target=job.run, name=job.name, daemon=True).start()
 
 
 def leave_the_cores_to_the_main_thread() -> None:
@@ -105,15 +111,36 @@ _single_threaded = threading.local()
 OPENMP = _find_openmp()
 
 
-def main_thread_lent() -> bool:
-    """Is `run_jobs` taking jobs now?"""
-    return _loop_running.is_set()
-
-
 def live_jobs(prefix: str) -> int:
     """Jobs named `prefix…` that are queued or running."""
     with _live_lock:
         return sum(job.name.startswith(prefix) for job in _live)
+
+
+def lend_main_thread_while(work: Callable[[], T]) -> T:
+    """Run `work` on a helper thread while this (the main) thread runs jobs; its result.
+
+    How `python app.py` serves (work: the HTTP server), and how tests and benchmarks
+    run a request as the app would. An exception from `work` is raised here.
+    """
+    stop = threading.Event()
+    outcome: list[tuple[bool, object]] = []
+
+    def helper() -> None:
+        _loop_running.wait()  # jobs submitted by `work` must find the loop
+        try:
+            outcome.append((True, work()))
+        except BaseException as error:  # handed to the main thread below
+            outcome.append((False, error))
+        finally:
+            stop.set()
+
+    threading.Thread(target=helper, name="main-thread-lender", daemon=True).start()
+    run_jobs(stop)
+    succeeded, value = outcome[0]
+    if not succeeded:
+        raise value
+    return value
 
 
 def run_jobs(stop: threading.Event) -> None:
@@ -136,4 +163,4 @@ def run_jobs(stop: threading.Event) -> None:
                 job = _pending.get_nowait()
             except queue.Empty:
                 break
-            threading.Thread(target=job.run, name=job.name, daemon=True).start()
+            _on_own_thread(job)

@@ -13,13 +13,14 @@ import ipaddress
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
-from modules.compute import run_jobs
+from modules.compute import lend_main_thread_while
 from modules.config import Settings
 from modules.openai_api import create_api
 
@@ -68,23 +69,15 @@ def _serve(app: FastAPI, host: str, port: int) -> None:
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
-    _lend_main_thread(thread.is_alive)
+    _lend_main_thread(thread.join)
     server.should_exit = True
     thread.join(timeout=10)
 
 
-def _lend_main_thread(serving: Callable[[], bool]) -> None:
-    """Run generation on this thread (modules/compute.py) while `serving()`; Ctrl+C ends it."""
-    stop = threading.Event()
-
-    def watch() -> None:
-        while serving():
-            stop.wait(0.5)
-        stop.set()
-
-    threading.Thread(target=watch, name="server-watch", daemon=True).start()
+def _lend_main_thread(serving: Callable[[], None]) -> None:
+    """Run generation on this thread (modules/compute.py) until `serving()` returns; Ctrl+C ends it."""
     try:
-        run_jobs(stop)
+        lend_main_thread_while(serving)
     except KeyboardInterrupt:
         print("\nStopping.", flush=True)
 
@@ -96,8 +89,13 @@ def _launch_with_share_link(demo: gr.Blocks, settings: Settings, **kwargs) -> No
         log.warning("Sharing without --auth: anyone with the link can use this app.")
     demo.launch(server_name=settings.host, server_port=settings.port, share=True,
                 auth=settings.auth, show_error=True, prevent_thread_lock=True, **kwargs)
-    _lend_main_thread(lambda: demo.is_running)
+    _lend_main_thread(lambda: _wait_while(lambda: demo.is_running))
     demo.close()
+
+
+def _wait_while(condition: Callable[[], bool]) -> None:
+    while condition():
+        time.sleep(0.5)
 
 
 @contextlib.contextmanager

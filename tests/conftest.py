@@ -14,6 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import dataclasses  # noqa: E402
 import socket  # noqa: E402
+import time  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -85,3 +86,13 @@ def tiny_model(shared_cache, tiny_ref):
     from modules.model_cache import ModelKind
 
     return shared_cache.get(tiny_ref, ModelKind.CAUSAL_LM)
+
+
+def wait_for_generations(down_to: int = 0, timeout_s: float = 30.0) -> int:
+    """How many generations are live once they fall to `down_to`, or when time is up."""
+    from modules.chat import live_generation_threads
+
+    deadline = time.monotonic() + timeout_s
+    while live_generation_threads() > down_to and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return live_generation_threads()

@@ -26,7 +26,7 @@ from modules.chat import live_generation_threads
 from modules.config import DEFAULT_TRANSLATION_MODELS, EMBEDDED_MODEL
 from modules.launch import create_app, serve_in_thread
 from modules.ui.layout import build_demo
-from tests.conftest import make_settings
+from tests.conftest import make_settings, wait_for_generations
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -182,12 +182,6 @@ def last_usage(page: Page):
         has_text="finish:")
 
 
-def wait_for_threads(baseline: int, seconds: float = 30.0) -> int:
-    deadline = time.monotonic() + seconds
-    while live_generation_threads() > baseline and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return live_generation_threads()
-
 
 def completion_tokens(usage: str) -> int:
     found = re.search(r"completion (\d+)", usage)
@@ -244,7 +238,7 @@ def test_stop_ends_a_long_reply(page):
     expect(stop).to_be_hidden()
     stopped = last_reply_state(page)
     assert stopped["text"].strip(), "the reply written before Stop should stay"
-    assert wait_for_threads(baseline) == baseline, "a generate thread outlived Stop"
+    assert wait_for_generations(baseline, timeout_s=30) == baseline, "a generate thread outlived Stop"
     # No thread is left to write more: the reply is as it was when it stopped.
     assert last_reply_state(page) == stopped, "the reply changed after it was stopped"
     assert completion_tokens(stopped["usage"]) < 512

@@ -10,7 +10,7 @@ from gradio_client import Client
 from modules.chat import live_generation_threads
 from modules.config import EMBEDDED_MODEL
 from modules.ui.layout import build_demo
-from tests.conftest import free_port, make_settings
+from tests.conftest import free_port, make_settings, wait_for_generations
 
 GREEDY = {"do_sample": False, "max_new_tokens": 16}
 
@@ -32,12 +32,6 @@ def client(app):
 def reply_text(chatbot: list[dict]) -> str:
     return chatbot[-1]["content"][0]["text"]
 
-
-def wait_for_threads(baseline: int, seconds: float = 20.0) -> int:
-    deadline = time.monotonic() + seconds
-    while live_generation_threads() > baseline and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return live_generation_threads()
 
 
 def test_chat_streams_and_reports_usage(client):
@@ -103,7 +97,7 @@ def test_abandoned_and_cancelled_jobs_leave_no_generate_threads(app):
         if n % 2:
             job.cancel()
         client.close()  # the client goes away mid-reply
-    assert wait_for_threads(baseline) == baseline
+    assert wait_for_generations(baseline, timeout_s=20) == baseline
 
 
 def test_embedded_model_offline_through_the_page(app, client):

@@ -1,40 +1,19 @@
 """Generation jobs run on the main thread when the app lends it, on threads otherwise.
 
-pytest runs tests on the process's main thread, so these tests lend it to `run_jobs`
-themselves and submit work from another thread, as the app's request threads do.
+pytest runs tests on the process's main thread, so these tests lend it
+(`lend_main_thread_while`) and submit work from another thread, as the app's
+request threads do.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from modules.chat import GenerationParams, live_generation_threads, stream_chat
-from modules.compute import live_jobs, main_thread_lent, run_jobs, start_job
+from modules.compute import lend_main_thread_while, live_jobs, start_job
 from modules.model_cache import ModelKind
-
-
-def lend_main_thread_while(work) -> None:
-    """Run `work` on a helper thread while this (main) thread runs the job loop."""
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def helper() -> None:
-        try:
-            while not main_thread_lent():
-                time.sleep(0.01)
-            work()
-        except BaseException as error:  # reported on the main thread below
-            failure.append(error)
-        finally:
-            stop.set()
-
-    threading.Thread(target=helper).start()
-    run_jobs(stop)
-    if failure:
-        raise failure[0]
 
 
 def test_jobs_run_in_order_on_the_main_thread_and_survive_a_failing_one():

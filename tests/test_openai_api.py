@@ -15,11 +15,11 @@ import httpx
 import openai
 import pytest
 
-from modules.chat import GenerationParams, live_generation_threads, stream_chat
+from modules.chat import GenerationParams, stream_chat
 from modules.config import EMBEDDED_MODEL
 from modules.launch import create_app, serve_in_thread
 from modules.ui.layout import build_demo
-from tests.conftest import make_settings
+from tests.conftest import make_settings, wait_for_generations
 
 API_KEY = "test-key-123"
 CAPITAL_QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -50,12 +50,6 @@ def slowed_and_counted(model, delay_s: float = 0.05):
     finally:
         handle.remove()
 
-
-def wait_for_generation_to_end(timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while live_generation_threads() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert live_generation_threads() == 0
 
 
 @pytest.fixture(scope="module")
@@ -349,7 +343,7 @@ def test_closing_a_stream_stops_generation(client, tiny_ref, tiny_model):
             if received == 3:
                 break
         stream.close()
-        wait_for_generation_to_end()
+        assert wait_for_generations(timeout_s=60) == 0
     assert 3 <= calls[0] < LONG_GENERATION / 2
     assert tiny_model.lock.acquire(timeout=5)
     tiny_model.lock.release()
@@ -365,7 +359,7 @@ def test_a_non_streaming_client_that_hangs_up_stops_generation(base_url, tiny_re
                 json={"model": tiny_ref, "messages": messages,
                       "max_tokens": LONG_GENERATION, "temperature": 0},
             )
-        wait_for_generation_to_end()
+        assert wait_for_generations(timeout_s=60) == 0
     assert 1 <= calls[0] < LONG_GENERATION / 2
 
 

@@ -13,7 +13,6 @@ bad-input tests fail on it.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import re
@@ -28,9 +27,8 @@ from gradio_client import Client
 
 from modules.chat import GenerationParams, live_generation_threads, stream_chat
 from modules.config import DEFAULT_TRANSLATION_MODELS, EMBEDDED_MODEL
-from modules.launch import create_app, serve_in_thread
-from modules.ui.layout import build_demo
-from tests.conftest import make_settings
+from tests.conftest import wait_for_generations
+from tests.test_openai_api import running_app, slowed_and_counted
 
 GREEDY = {"do_sample": False, "max_new_tokens": 24, "repetition_penalty": 1.0}
 DISCONNECT_CYCLES = 50
@@ -39,23 +37,16 @@ DISCONNECT_CYCLES = 50
 RSS_GROWTH_BOUND_MB = 64
 
 
-@contextlib.contextmanager
-def serving(cache, **settings):
-    demo = build_demo(make_settings(**settings), cache=cache)
-    with serve_in_thread(create_app(demo)) as url:
-        yield url, demo
-
-
 @pytest.fixture(scope="module")
 def embedded_app(shared_cache, embedded_chat_model):
-    with serving(shared_cache) as (url, demo):
+    with running_app(shared_cache) as (url, demo):
         assert demo.playground.chat_model.ref == EMBEDDED_MODEL
         yield url
 
 
 @pytest.fixture(scope="module")
 def tiny_app(shared_cache, tiny_causal_lm_dir, tiny_marian_dir, tiny_distilbert_dir):
-    with serving(
+    with running_app(
         shared_cache, chat_model=str(tiny_causal_lm_dir),
         sentiment_model=str(tiny_distilbert_dir),
         translation_models={**DEFAULT_TRANSLATION_MODELS, "zh-en": str(tiny_marian_dir)},
@@ -66,12 +57,6 @@ def tiny_app(shared_cache, tiny_causal_lm_dir, tiny_marian_dir, tiny_distilbert_
 def reply_of(chatbot: list[dict]) -> str:
     return chatbot[-1]["content"][0]["text"]
 
-
-def wait_for_no_generation(timeout_s: float = 30.0) -> int:
-    deadline = time.monotonic() + timeout_s
-    while live_generation_threads() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return live_generation_threads()
 
 
 # --- many users at once ------------------------------------------------------------
@@ -121,16 +106,6 @@ def test_eight_simultaneous_chats_each_get_their_own_reply(embedded_app, embedde
 
 
 # --- clients that vanish mid-reply --------------------------------------------------
-@contextlib.contextmanager
-def slowed(model, delay_s: float = 0.05):
-    """Each forward pass `delay_s` slower: a reply left alone would take many seconds."""
-    handle = model.register_forward_hook(lambda *_: time.sleep(delay_s))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def chat_fn_index(demo) -> int:
     return next(i for i, fn in demo.fns.items() if fn.api_name == "chat")
 
@@ -167,12 +142,12 @@ def test_clients_that_hang_up_leave_no_threads_and_no_growing_memory(tiny_app, s
     baseline_threads = live_generation_threads()
     rss_after_warmup = None
     slowest_end = 0.0
-    with slowed(tiny.model):
+    with slowed_and_counted(tiny.model):  # 0.05 s per forward pass
         for cycle in range(DISCONNECT_CYCLES):
             start_chat_and_hang_up(url, fn_index, f"Tell me a long story, number {cycle}.")
             hung_up = time.perf_counter()
             # 200 slowed tokens would take over 10 s: ending in far less is the hang-up's doing.
-            assert wait_for_no_generation(timeout_s=5) == baseline_threads, f"cycle {cycle}"
+            assert wait_for_generations(baseline_threads, timeout_s=5) == baseline_threads, f"cycle {cycle}"
             slowest_end = max(slowest_end, time.perf_counter() - hung_up)
             if cycle == 4:
                 gc.collect()

@@ -16,12 +16,12 @@ from modules.chat import GenerationParams, stream_chat
 from modules.config import EMBEDDED_MODEL
 from modules.errors import InvalidInputError, ModelError, ModelNotFoundError, PlaygroundError
 from modules.remote_backend import build_request_body, stream_remote_chat
+from tests.conftest import wait_for_generations
 from tests.test_openai_api import (
     CAPITAL_QUESTION,
     LONG_GENERATION,
     running_app,
     slowed_and_counted,
-    wait_for_generation_to_end,
 )
 
 REMOTE_KEY = "remote-secret-456"
@@ -112,7 +112,7 @@ def test_cancel_event_stops_the_remote_generation(remote_url, tiny_ref, tiny_mod
             received.append(chunk)
             if len(received) == 3:
                 cancel.set()
-        wait_for_generation_to_end()
+        assert wait_for_generations(timeout_s=60) == 0
     assert received[-1].finish_reason == "cancelled"
     assert len(received) == 4
     assert calls[0] < LONG_GENERATION / 2
@@ -124,7 +124,7 @@ def test_closing_the_generator_stops_the_remote_generation(remote_url, tiny_ref,
                         max_new_tokens=LONG_GENERATION, **GREEDY)
         next(chunks), next(chunks)
         chunks.close()
-        wait_for_generation_to_end()
+        assert wait_for_generations(timeout_s=60) == 0
     assert 2 <= calls[0] < LONG_GENERATION / 2
 
 
