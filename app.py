@@ -10,7 +10,7 @@ import logging
 import sys
 
 from modules.config import Settings
-from modules.launch import launch
+from modules.serving.launch import launch
 from modules.ui.layout import build_demo
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

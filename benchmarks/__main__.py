@@ -46,15 +46,15 @@ from benchmarks.translation_throughput import corpus_sentences, measure  # noqa:
 from modules import next_token as nt  # noqa: E402
 from modules import sentiment, zero_shot  # noqa: E402
 from modules.config import DEFAULT_TRANSLATION_MODELS, EMBEDDED_MODEL, Settings  # noqa: E402
-from modules.model_cache import ModelCache, ModelKind  # noqa: E402
-from modules.translation import BATCH_SIZE, load_translator  # noqa: E402
+from modules.engine.model_cache import ModelCache, ModelKind  # noqa: E402
+from modules.tasks.translation import BATCH_SIZE, load_translator  # noqa: E402
 from modules.ui.layout import build_demo  # noqa: E402
-from tests.tiny_models import ENGLISH_CORPUS, build_tiny_distilbert, build_tiny_marian  # noqa: E402
+from testing.tiny_models import ENGLISH_CORPUS, build_tiny_distilbert, build_tiny_marian  # noqa: E402
 
 LOAD_SCRIPT = """
 import time, dataclasses
 from modules.config import EMBEDDED_MODEL, Settings
-from modules.model_cache import ModelCache, ModelKind
+from modules.engine.model_cache import ModelCache, ModelKind
 settings = dataclasses.replace(Settings(offline=True), cache_dir={cache_dir!r})
 started = time.perf_counter()
 ModelCache(settings).get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)

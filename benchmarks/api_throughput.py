@@ -1,6 +1,6 @@
 """Does the /v1 API cost speed? Tokens/s and time to first token, same model and prompt:
 
-* in-process: `modules.chat.stream_chat` called directly (what the Chat tab runs);
+* in-process: `modules.tasks.chat.stream_chat` called directly (what the Chat tab runs);
 * /v1: the app served by uvicorn on 127.0.0.1, streamed through the official `openai`
   client (SSE over HTTP, the same `stream_chat` underneath).
 
@@ -24,10 +24,10 @@ from dataclasses import dataclass  # noqa: E402
 import openai  # noqa: E402
 
 from benchmarks.chat_throughput import as_in_the_app  # noqa: E402
-from modules.chat import GenerationParams, stream_chat  # noqa: E402
+from modules.tasks.chat import GenerationParams, stream_chat  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
-from modules.launch import create_app, serve_in_thread  # noqa: E402
-from modules.model_cache import ModelCache, ModelKind  # noqa: E402
+from modules.serving.launch import create_app, serve_in_thread  # noqa: E402
+from modules.engine.model_cache import ModelCache, ModelKind  # noqa: E402
 from modules.ui.layout import build_demo  # noqa: E402
 
 PROMPT = "Explain in a few sentences why the sky is blue."

@@ -21,10 +21,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from modules.chat import GenerationParams, render_prompt_ids, stream_chat  # noqa: E402
-from modules.compute import lend_main_thread_while  # noqa: E402
+from modules.tasks.chat import GenerationParams, render_prompt_ids, stream_chat  # noqa: E402
+from modules.engine.compute import lend_main_thread_while  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
-from modules.model_cache import ModelCache, ModelKind  # noqa: E402
+from modules.engine.model_cache import ModelCache, ModelKind  # noqa: E402
 
 PROMPT = "Write a long story about a brave little dragon who learns to fly."
 USER_PROMPTS = [
@@ -37,7 +37,7 @@ USER_PROMPTS = [
 
 def as_in_the_app(function, *args):
     """Run `function` as a request thread does, while this (main) thread runs the
-    generation jobs, as `python app.py` lends it (modules/compute.py)."""
+    generation jobs, as `python app.py` lends it (modules/engine/compute.py)."""
     return lend_main_thread_while(lambda: function(*args))
 
 

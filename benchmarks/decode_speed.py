@@ -33,8 +33,8 @@ from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from benchmarks.chat_throughput import as_in_the_app  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
-from modules.fast_decode import quantize_linears_int8  # noqa: E402
-from modules.model_cache import LoadedModel, ModelCache, ModelKind  # noqa: E402
+from modules.engine.kernels.fast_decode import quantize_linears_int8  # noqa: E402
+from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind  # noqa: E402
 
 LLAMA_CPP_DECODE = 116.0  # tokens/s, llama-bench on this machine kind
 AGREEMENT_TOKENS = 20
@@ -114,7 +114,7 @@ def chat_run_in_app(loaded: LoadedModel, text: str, tokens: int) -> tuple[float,
 
 def chat_run(loaded: LoadedModel, text: str, tokens: int) -> tuple[float, float]:
     """The same figures as users see them: `stream_chat`, consumer side."""
-    from modules.chat import GenerationParams, stream_chat
+    from modules.tasks.chat import GenerationParams, stream_chat
 
     params = GenerationParams(do_sample=False, max_new_tokens=tokens)
     start = time.perf_counter()

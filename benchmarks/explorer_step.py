@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from modules import next_token as nt  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
-from modules.model_cache import ModelCache, ModelKind  # noqa: E402
+from modules.engine.model_cache import ModelCache, ModelKind  # noqa: E402
 from modules.ui.layout import build_demo  # noqa: E402
 
 SHORT_PROMPT = "The capital of France is"

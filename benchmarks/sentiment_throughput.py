@@ -2,7 +2,7 @@
 
 Run: `python -m benchmarks.sentiment_throughput [--threads 1] [--texts 128]`.
 
-* Classifier mode: the tiny random DistilBERT (tests/tiny_models.py, built into a temporary
+* Classifier mode: the tiny random DistilBERT (testing/tiny_models.py, built into a temporary
   folder, loaded through the app's ModelCache), texts one at a time vs batched.
 * Zero-shot mode: the embedded SmolLM2-135M-Instruct (the offline chat model), labels
   "positive, negative", one text per call vs all texts in one call (padded batches).
@@ -30,8 +30,8 @@ import torch  # noqa: E402
 
 from modules import sentiment, zero_shot  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
-from modules.model_cache import ModelCache, ModelKind  # noqa: E402
-from tests.tiny_models import ENGLISH_CORPUS, build_tiny_distilbert  # noqa: E402
+from modules.engine.model_cache import ModelCache, ModelKind  # noqa: E402
+from testing.tiny_models import ENGLISH_CORPUS, build_tiny_distilbert  # noqa: E402
 
 LABELLED = pathlib.Path(__file__).resolve().parent.parent / "tests" / "data" / "sentiment_labelled.csv"
 

@@ -1,14 +1,14 @@
 """Sentences per second, one at a time vs batched, on the tiny random Marian model.
 
 Run: `python -m benchmarks.translation_throughput [--sentences 128] [--threads 1]
-[--dtype auto]`. The model is built with tests/tiny_models.py into a temporary
+[--dtype auto]`. The model is built with testing/tiny_models.py into a temporary
 folder and loaded through the app's ModelCache, then the same sentences are
 translated with `Translator.translate_pieces` at several batch sizes. The random
 model never emits end-of-sentence, so every sentence runs to its output budget
 (3 x source tokens + 16): the work per sentence is fixed, which makes the runs
 comparable (a real opus-mt model stops earlier). Numbers are for this machine only.
 
-The app uses batches of 16 (modules.translation.BATCH_SIZE): most of the gain over one
+The app uses batches of 16 (modules.tasks.translation.BATCH_SIZE): most of the gain over one
 at a time, while a long text still streams every 16 sentences; larger batches win more
 here only because the tiny model's cost is per-step overhead, not arithmetic.
 """
@@ -27,10 +27,10 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from modules.config import Settings  # noqa: E402
-from modules.model_cache import ModelCache  # noqa: E402
-from modules.sentences import split_sentences  # noqa: E402
-from modules.translation import BATCH_SIZE, load_translator  # noqa: E402
-from tests.tiny_models import CORPUS, build_tiny_marian  # noqa: E402
+from modules.engine.model_cache import ModelCache  # noqa: E402
+from modules.tasks.sentences import split_sentences  # noqa: E402
+from modules.tasks.translation import BATCH_SIZE, load_translator  # noqa: E402
+from testing.tiny_models import CORPUS, build_tiny_marian  # noqa: E402
 
 BATCH_SIZES = (1, 4, 8, 16, 32, 64)
 

@@ -1,1 +1,3 @@
-"""Transformers Playground: logic modules (no Gradio) and the UI package `modules.ui`."""
+"""Transformers Playground. Four layers, imports only go downward:
+`ui` / `serving` -> `tasks` -> `engine` -> `config`, `errors` (tests/test_layers.py checks it).
+`app_context` wires an engine and tasks together for the two top layers."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modules.config import Settings
-from modules.model_cache import ModelCache
-from modules.model_choice import ActiveModel, active_chat_model, chat_model_choices
+from modules.engine.model_cache import ModelCache
+from modules.engine.model_choice import ActiveModel, active_chat_model, chat_model_choices
 
 
 @dataclass(frozen=True)

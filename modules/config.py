@@ -88,7 +88,7 @@ class Settings:
     remote_base_url: str | None = None
     remote_api_key: str | None = field(default=None, repr=False)
     remote_model: str | None = None
-    # CPU chat models: int8 weight-only linears (modules/fast_decode.py). PLAYGROUND_FAST_DECODE=0 turns it off.
+    # CPU chat models: int8 weight-only linears (modules/engine/kernels/fast_decode.py). PLAYGROUND_FAST_DECODE=0 turns it off.
     fast_decode: bool = True
 
     @classmethod

@@ -18,7 +18,7 @@ import time  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.tiny_models import (  # noqa: E402
+from testing.tiny_models import (  # noqa: E402
     build_tiny_causal_lm,
     build_tiny_distilbert,
     build_tiny_marian,
@@ -53,7 +53,7 @@ def make_settings(**overrides):
 @pytest.fixture(scope="session")
 def shared_cache():
     """One ModelCache for the whole session, as in the app: the embedded model loads once."""
-    from modules.model_cache import ModelCache
+    from modules.engine.model_cache import ModelCache
 
     return ModelCache(make_settings(max_loaded_models=8))
 
@@ -62,7 +62,7 @@ def shared_cache():
 def embedded_chat_model(shared_cache):
     """The real embedded SmolLM2-135M-Instruct, loaded through the app's cache."""
     from modules.config import EMBEDDED_MODEL
-    from modules.model_cache import ModelKind
+    from modules.engine.model_cache import ModelKind
 
     return shared_cache.get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
 
@@ -83,14 +83,14 @@ def tiny_ref(tiny_causal_lm_dir):
 @pytest.fixture(scope="module")
 def tiny_model(shared_cache, tiny_ref):
     """The tiny chat model, loaded through the shared cache."""
-    from modules.model_cache import ModelKind
+    from modules.engine.model_cache import ModelKind
 
     return shared_cache.get(tiny_ref, ModelKind.CAUSAL_LM)
 
 
 def wait_for_generations(down_to: int = 0, timeout_s: float = 30.0) -> int:
     """How many generations are live once they fall to `down_to`, or when time is up."""
-    from modules.chat import live_generation_threads
+    from modules.tasks.chat import live_generation_threads
 
     deadline = time.monotonic() + timeout_s
     while live_generation_threads() > down_to and time.monotonic() < deadline:

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from modules.chat import live_generation_threads
+from modules.tasks.chat import live_generation_threads
 from modules.config import DEFAULT_TRANSLATION_MODELS, EMBEDDED_MODEL
-from modules.launch import create_app, serve_in_thread
+from modules.serving.launch import create_app, serve_in_thread
 from modules.ui.layout import build_demo
 from tests.conftest import make_settings, wait_for_generations
 

@@ -1,4 +1,4 @@
-"""modules.chat: prompt building, streaming, stopping, context window, special tokens."""
+"""modules.tasks.chat: prompt building, streaming, stopping, context window, special tokens."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from modules.chat import (
+from modules.tasks.chat import (
     CancelRegistry,
     GenerationParams,
     context_window,
@@ -17,7 +17,7 @@ from modules.chat import (
     stream_chat,
 )
 from modules.errors import InvalidInputError
-from modules.model_cache import ModelKind
+from modules.engine.model_cache import ModelKind
 from tests.conftest import wait_for_generations
 
 GREEDY = GenerationParams(do_sample=False, max_new_tokens=24)

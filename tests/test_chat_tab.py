@@ -7,7 +7,7 @@ import time
 import pytest
 from gradio_client import Client
 
-from modules.chat import live_generation_threads
+from modules.tasks.chat import live_generation_threads
 from modules.config import EMBEDDED_MODEL
 from modules.ui.layout import build_demo
 from tests.conftest import free_port, make_settings, wait_for_generations

@@ -11,9 +11,9 @@ import threading
 
 import pytest
 
-from modules.chat import GenerationParams, live_generation_threads, stream_chat
-from modules.compute import lend_main_thread_while, live_jobs, start_job
-from modules.model_cache import ModelKind
+from modules.tasks.chat import GenerationParams, live_generation_threads, stream_chat
+from modules.engine.compute import lend_main_thread_while, live_jobs, start_job
+from modules.engine.model_cache import ModelKind
 
 
 def test_jobs_run_in_order_on_the_main_thread_and_survive_a_failing_one():
@@ -66,7 +66,7 @@ def test_a_reply_generated_on_the_main_thread_is_the_same_reply(shared_cache, ti
 def test_request_threads_leave_the_cores_to_the_main_thread(shared_cache, tiny_causal_lm_dir):
     """While the main thread generates, a thread that asks the cache for a model runs
     torch on one core (its own OpenMP team would halve the main thread's speed)."""
-    from modules.compute import OPENMP as omp
+    from modules.engine.compute import OPENMP as omp
 
     if omp is None:
         pytest.skip("no OpenMP runtime beside torch: nothing to limit")

@@ -7,8 +7,8 @@ import gradio as gr
 import pytest
 from gradio_client import Client
 
-from modules import next_token as nt
-from modules.model_cache import ModelKind
+from modules.tasks import next_token as nt
+from modules.engine.model_cache import ModelKind
 from modules.ui.explorer_tab import TABLE_HEADERS
 from modules.ui.layout import build_demo
 from tests.conftest import free_port, make_settings

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from modules.config import EMBEDDED_MODEL, Settings
-from modules.fast_decode import (
+from modules.engine.kernels.fast_decode import (
     INT4_TAG,
     INT8_TAG,
     PREFILL_ROWS,
@@ -19,8 +19,8 @@ from modules.fast_decode import (
     Int8WeightOnlyLinear,
     exact_int4_groups,
 )
-from modules.fused_llama import FusedLlamaLayer
-from modules.model_cache import ModelCache, ModelKind
+from modules.engine.kernels.fused_llama import FusedLlamaLayer
+from modules.engine.model_cache import ModelCache, ModelKind
 from tests.conftest import make_settings
 
 

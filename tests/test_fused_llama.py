@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from modules.fused_llama import FusedLlamaLayer, float_linear, fuse_layers, fusable
+from modules.engine.kernels.fused_llama import FusedLlamaLayer, float_linear, fuse_layers, fusable
 
 TOLERANCE = 1e-4
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from modules import gguf_conversion
+from modules.engine import gguf_conversion
 from modules.config import EMBEDDED_MODEL
 from modules.errors import (
     InvalidModelError,
@@ -18,8 +18,8 @@ from modules.errors import (
     ModelOfflineError,
     ModelOutOfMemoryError,
 )
-from modules.model_cache import ModelCache, ModelKind
-from modules.model_choice import active_chat_model, chat_model_choices
+from modules.engine.model_cache import ModelCache, ModelKind
+from modules.engine.model_choice import active_chat_model, chat_model_choices
 from tests.conftest import make_settings
 
 
@@ -179,7 +179,7 @@ def test_converted_embedded_model_is_reused(embedded_chat_model, monkeypatch):
 
 def test_conversion_keeps_the_gguf_weights(tmp_path):
     """The converted folder holds exactly the weights transformers dequantizes from the GGUF."""
-    from modules.model_refs import embedded_gguf_path
+    from modules.engine.model_refs import embedded_gguf_path
 
     gguf_file = embedded_gguf_path()
     status = []

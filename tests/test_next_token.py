@@ -13,9 +13,9 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from modules import next_token as nt
+from modules.tasks import next_token as nt
 from modules.errors import InvalidInputError
-from modules.model_cache import ModelKind
+from modules.engine.model_cache import ModelKind
 
 PROMPT = "Hello, how are you today? The quick brown fox"
 
@@ -35,7 +35,7 @@ def direct_logits(loaded, ids) -> torch.Tensor:
 def assert_same_scores(cached: torch.Tensor, fresh: torch.Tensor) -> None:
     """Equal up to bfloat16 rounding (one step is 1/32 at these logit sizes).
 
-    On CPU the chat model holds int8 weights (modules/fast_decode.py): one new token
+    On CPU the chat model holds int8 weights (modules/engine/kernels/fast_decode.py): one new token
     goes through the int8 matrix-vector kernel and a float32 attention for one query,
     a whole text through a bf16 matmul on the same int8 values and SDPA; the two round
     differently (measured: up to ~0.2 here).

@@ -15,9 +15,9 @@ import httpx
 import openai
 import pytest
 
-from modules.chat import GenerationParams, stream_chat
+from modules.tasks.chat import GenerationParams, stream_chat
 from modules.config import EMBEDDED_MODEL
-from modules.launch import create_app, serve_in_thread
+from modules.serving.launch import create_app, serve_in_thread
 from modules.ui.layout import build_demo
 from tests.conftest import make_settings, wait_for_generations
 
@@ -401,7 +401,7 @@ def test_login_protects_the_page_and_the_key_protects_v1(tiny_causal_lm_dir, sha
 # --- launching --------------------------------------------------------------------------------
 def _record_launches(monkeypatch, demo, share_reachable: bool) -> dict:
     """Stand in for the two blocking servers and the share-server probe; record the calls."""
-    import modules.launch as launch_module
+    import modules.serving.launch as launch_module
 
     calls: dict = {}
     monkeypatch.setattr(launch_module, "share_server_reachable", lambda: share_reachable)
@@ -418,7 +418,7 @@ def fresh_demo(tiny_causal_lm_dir, shared_cache):
 
 
 def test_launch_serves_page_and_v1_with_uvicorn(monkeypatch, caplog, fresh_demo):
-    from modules.launch import launch
+    from modules.serving.launch import launch
 
     demo = fresh_demo
     calls = _record_launches(monkeypatch, demo, share_reachable=False)
@@ -431,7 +431,7 @@ def test_launch_serves_page_and_v1_with_uvicorn(monkeypatch, caplog, fresh_demo)
 
 def test_launch_with_a_share_link_uses_gradio_and_says_v1_is_off(monkeypatch, caplog,
                                                                   fresh_demo):
-    from modules.launch import launch
+    from modules.serving.launch import launch
 
     demo = fresh_demo
     calls = _record_launches(monkeypatch, demo, share_reachable=True)

@@ -25,7 +25,7 @@ import psutil
 import pytest
 from gradio_client import Client
 
-from modules.chat import GenerationParams, live_generation_threads, stream_chat
+from modules.tasks.chat import GenerationParams, live_generation_threads, stream_chat
 from modules.config import DEFAULT_TRANSLATION_MODELS, EMBEDDED_MODEL
 from tests.conftest import wait_for_generations
 from tests.test_openai_api import running_app, slowed_and_counted
@@ -133,7 +133,7 @@ def start_chat_and_hang_up(url: str, fn_index: int, text: str) -> None:
 
 def test_clients_that_hang_up_leave_no_threads_and_no_growing_memory(tiny_app, shared_cache,
                                                                    tiny_causal_lm_dir):
-    from modules.model_cache import ModelKind
+    from modules.engine.model_cache import ModelKind
 
     url, demo = tiny_app
     tiny = shared_cache.get(str(tiny_causal_lm_dir), ModelKind.CAUSAL_LM)

@@ -12,10 +12,10 @@ import threading
 
 import pytest
 
-from modules.chat import GenerationParams, stream_chat
+from modules.tasks.chat import GenerationParams, stream_chat
 from modules.config import EMBEDDED_MODEL
 from modules.errors import InvalidInputError, ModelError, ModelNotFoundError, PlaygroundError
-from modules.remote_backend import build_request_body, stream_remote_chat
+from modules.tasks.remote_backend import build_request_body, stream_remote_chat
 from tests.conftest import wait_for_generations
 from tests.test_openai_api import (
     CAPITAL_QUESTION,
@@ -177,7 +177,7 @@ def test_chat_tab_streams_from_the_remote_server(remote_url):
     """The app configured with a remote server answers in its Chat tab without loading a model."""
     from gradio_client import Client
 
-    from modules.model_cache import ModelCache
+    from modules.engine.model_cache import ModelCache
     from tests.conftest import make_settings
 
     local_cache = ModelCache(make_settings())

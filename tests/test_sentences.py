@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modules.sentences import split_sentences, split_to_fit
+from modules.tasks.sentences import split_sentences, split_to_fit
 
 
 def test_chinese_sentences_split_at_full_width_marks():

@@ -7,9 +7,9 @@ import csv
 import pytest
 import torch
 
-from modules import sentiment
+from modules.tasks import sentiment
 from modules.errors import InvalidInputError, InvalidModelError, ModelOfflineError
-from modules.model_cache import ModelCache
+from modules.engine.model_cache import ModelCache
 from tests.conftest import make_settings
 
 LABELS = {"NEGATIVE", "POSITIVE"}

@@ -17,7 +17,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from tests.tiny_models import (
+from testing.tiny_models import (
     CAUSAL_LM_MAX_LENGTH,
     build_tiny_causal_lm,
     build_tiny_distilbert,

@@ -14,9 +14,9 @@ import torch
 
 from modules.config import Settings
 from modules.errors import InvalidInputError, ModelNotFoundError, ModelOfflineError
-from modules.model_cache import ModelCache
-from modules.sentences import split_sentences
-from modules.translation import (
+from modules.engine.model_cache import ModelCache
+from modules.tasks.sentences import split_sentences
+from modules.tasks.translation import (
     MAX_TEXT_CHARS,
     clean_text,
     default_direction,
@@ -33,7 +33,7 @@ from modules.translation import (
     translate_text,
 )
 from tests.conftest import make_settings
-from tests.tiny_models import CHINESE_CORPUS, ENGLISH_CORPUS
+from testing.tiny_models import CHINESE_CORPUS, ENGLISH_CORPUS
 
 SENTENCES = [
     "你好，今天过得怎么样？",

@@ -8,9 +8,9 @@ import pathlib
 import pytest
 import torch
 
-from modules import zero_shot
+from modules.tasks import zero_shot
 from modules.errors import InvalidInputError
-from modules.model_cache import ModelKind
+from modules.engine.model_cache import ModelKind
 
 LABELLED = pathlib.Path(__file__).parent / "data" / "sentiment_labelled.csv"
 

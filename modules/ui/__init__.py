@@ -1,1 +1,2 @@
-"""Gradio UI: one module per tab, `layout.build_demo` puts them together."""
+"""Gradio only: the page layout and one file per tab. Tabs lay out and wire; the work
+they show is done in `modules.tasks`."""

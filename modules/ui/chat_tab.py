@@ -1,4 +1,4 @@
-"""The chat tab: layout and event wiring. The work happens in `modules.chat`.
+"""The chat tab: layout and event wiring. The work happens in `modules.tasks.chat`.
 
 The conversation lives in a gr.State as OpenAI-style messages (plus each
 reply's usage line); the Chatbot shows it with the usage line under each reply.
@@ -17,7 +17,7 @@ import gradio as gr
 
 from modules.app_context import AppContext
 from modules.ui.errors import user_error
-from modules.chat import (
+from modules.tasks.chat import (
     CancelRegistry,
     ChatChunk,
     GenerationParams,
@@ -26,8 +26,8 @@ from modules.chat import (
 )
 from modules.config import EMBEDDED_MODEL
 from modules.errors import PlaygroundError
-from modules.gpu import gpu
-from modules.model_cache import ModelKind
+from modules.engine.gpu import gpu
+from modules.engine.model_cache import ModelKind
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 RANDOM_SEED = -1
@@ -318,11 +318,11 @@ def _chunks(context: AppContext, model_ref: str, messages: list[Message],
     settings = context.settings
     if settings.remote_base_url:
         try:
-            from modules.remote_backend import stream_remote_chat
+            from modules.tasks.remote_backend import stream_remote_chat
         except ImportError as error:
             raise PlaygroundError(
                 "Chatting through a remote server is not available in this build "
-                "(modules/remote_backend.py is missing)."
+                "(modules/tasks/remote_backend.py is missing)."
             ) from error
         yield from stream_remote_chat(
             settings.remote_base_url, settings.remote_api_key,

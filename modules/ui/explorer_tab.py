@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from modules import next_token as nt
+from modules.tasks import next_token as nt
 from modules.app_context import AppContext
 from modules.ui.errors import user_error
 from modules.errors import PlaygroundError
-from modules.gpu import gpu
-from modules.model_cache import LoadedModel, ModelKind
+from modules.engine.gpu import gpu
+from modules.engine.model_cache import LoadedModel, ModelKind
 
 SESSION_TTL_S = 1800  # an idle session's cache is dropped after this
 SURPRISE_FULL_BITS = 12.0  # a token this surprising (p ≤ 1/4096) is fully red

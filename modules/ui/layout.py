@@ -6,8 +6,8 @@ import gradio as gr
 
 from modules.app_context import AppContext
 from modules.config import Settings
-from modules.model_cache import ModelCache
-from modules.model_choice import with_connectivity
+from modules.engine.model_cache import ModelCache
+from modules.engine.model_choice import with_connectivity
 from modules.ui import chat_tab, explorer_tab, sentiment_tab, translation_tab
 
 TITLE = "Transformers Playground"

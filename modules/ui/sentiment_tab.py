@@ -1,5 +1,5 @@
-"""The sentiment tab (layout and event wiring; the work is in modules.sentiment and
-modules.zero_shot).
+"""The sentiment tab (layout and event wiring; the work is in modules.tasks.sentiment and
+modules.tasks.zero_shot).
 
 Two modes share one layout: a sequence-classification model, or zero-shot labels scored
 by the chat model (which works offline on the embedded model). Offline without the
@@ -14,14 +14,15 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from modules import sentiment, zero_shot
+from modules.tasks import sentiment
+from modules.tasks import zero_shot
 from modules.app_context import AppContext
 from modules.ui.errors import user_error
 from modules.errors import PlaygroundError
-from modules.gpu import gpu
-from modules.model_cache import ModelKind
-from modules.model_choice import available_locally
-from modules.sentiment import Classification
+from modules.engine.gpu import gpu
+from modules.engine.model_cache import ModelKind
+from modules.engine.model_choice import available_locally
+from modules.tasks.sentiment import Classification
 
 CLASSIFIER = "Classifier model"
 ZERO_SHOT = "Zero-shot (chat model, your labels)"

@@ -1,4 +1,4 @@
-"""The translation tab (layout and event wiring only; the work is in modules.translation)."""
+"""The translation tab (layout and event wiring only; the work is in modules.tasks.translation)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from modules import translation
+from modules.tasks import translation
 from modules.app_context import AppContext
 from modules.ui.errors import user_error
 from modules.errors import PlaygroundError
-from modules.gpu import gpu
+from modules.engine.gpu import gpu
 
 BATCH_HEADERS = ["Source", "Translation"]
 

@@ -29,7 +29,7 @@ from modules.errors import (
     ModelOfflineError,
     require_text,
 )
-from modules.model_cache import LoadedModel, ModelCache, ModelKind, StatusCallback
+from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind, StatusCallback
 
 FALLBACK_MAX_LENGTH = 512  # when neither tokenizer nor config says
 WINDOW_OVERLAP = 1 / 8  # of the window, so a sentence cut at a border is seen whole once

@@ -13,7 +13,7 @@ Promises kept here rather than in every caller:
 * Stop means stop: setting `cancel`, or closing the generator (a client that
   went away), ends `model.generate` at the next token via a StoppingCriteria.
 * Generation runs on the process's main thread when the app lends it
-  (modules/compute.py: torch decodes about twice as fast there).
+  (modules/engine/compute.py: torch decodes about twice as fast there).
 * One generation at a time per model (`LoadedModel.lock`): on a small CPU,
   interleaved generations only slow each other down (see benchmarks/).
 """
@@ -32,9 +32,9 @@ from dataclasses import dataclass, field, replace
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from modules.compute import Job, live_jobs, start_job
+from modules.engine.compute import Job, live_jobs, start_job
 from modules.errors import InvalidInputError, ModelError, ModelOutOfMemoryError, PlaygroundError
-from modules.model_cache import LoadedModel
+from modules.engine.model_cache import LoadedModel
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Translate text of any length with opus-mt (Marian) models, one model per direction.
 
 Marian models read at most 512 tokens and are trained on single sentences, so a
-text is cut into lines, each line into sentences (`modules.sentences`), and any
+text is cut into lines, each line into sentences (`modules.tasks.sentences`), and any
 sentence still too long into smaller pieces; the pieces are translated in
 batches and put back in place, so nothing is cut off and line breaks survive.
 No Gradio here: plain values in, plain values (or a generator of them) out.
@@ -22,8 +22,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from modules.config import ENV_PREFIX, Settings
 from modules.errors import InvalidInputError, ModelError, ModelOfflineError, require_text
-from modules.model_cache import LoadedModel, ModelCache, ModelKind, StatusCallback
-from modules.sentences import split_sentences, split_to_fit
+from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind, StatusCallback
+from modules.tasks.sentences import split_sentences, split_to_fit
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]  # (pieces done, pieces in all)

@@ -1,7 +1,7 @@
 """Chat through an OpenAI-compatible server (vLLM, TGI, llama.cpp server, Ollama, or
 another copy of this app) instead of a local model.
 
-`stream_remote_chat` yields the same `ChatChunk`s as `modules.chat.stream_chat`, so
+`stream_remote_chat` yields the same `ChatChunk`s as `modules.tasks.chat.stream_chat`, so
 the chat tab treats both alike. The HTTP stream is read on a helper thread: Stop (the
 `cancel` event) or closing the generator returns at once, and the helper closes the
 connection when the server sends its next line, which makes the server stop too.
@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from modules.chat import ChatChunk, GenerationParams, Usage
+from modules.tasks.chat import ChatChunk, GenerationParams, Usage
 from modules.errors import InvalidInputError, ModelError, ModelNotFoundError
 
 CONNECT_TIMEOUT_S = 10.0

@@ -11,7 +11,7 @@ It is a drop-in replacement inside transformers' own `LlamaModel`: same argument
 same cache (`past_key_values.update`), same masks, so `generate`, streaming, the
 explorer's stepping and the zero-shot scorer all run through it unchanged. The
 projections are built by a caller-given factory, so the same layer runs with float,
-int8 or int4 weights (modules/fast_decode.py). tests/test_fused_llama.py checks it
+int8 or int4 weights (modules/engine/kernels/fast_decode.py). tests/test_fused_llama.py checks it
 against the original layer.
 """
 

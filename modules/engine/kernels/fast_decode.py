@@ -5,7 +5,7 @@ weight once (~134 MB in int8, 67 MB in int4; memory bandwidth bound) and ~3,000
 small tensor operations of transformers' Llama layers (dispatch bound). Both are cut
 here (figures in benchmarks/decode_speed.py):
 
-* Llama layers become `FusedLlamaLayer`s (modules/fused_llama.py): the same
+* Llama layers become `FusedLlamaLayer`s (modules/engine/kernels/fused_llama.py): the same
   arithmetic in about a third of the operations.
 * Their projections get weight-only quantized kernels: torch's int4 kernel
   (`_weight_int4pack_mm_for_cpu`, groups of 32 with a scale and a zero point) where
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modules.fused_llama import fuse_layers
+from modules.engine.kernels.fused_llama import fuse_layers
 
 log = logging.getLogger(__name__)
 

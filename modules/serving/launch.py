@@ -2,7 +2,7 @@
 
 `create_app(demo)` builds the FastAPI app (a Space still serves `demo` itself);
 `launch` runs it with uvicorn on a background thread and lends the main thread to
-generation (modules/compute.py). A share link needs Gradio's own launcher, so with
+generation (modules/engine/compute.py). A share link needs Gradio's own launcher, so with
 --share (and the share server reachable) the page is served without /v1.
 """
 
@@ -20,9 +20,9 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
-from modules.compute import lend_main_thread_while
+from modules.engine.compute import lend_main_thread_while
 from modules.config import Settings
-from modules.openai_api import create_api
+from modules.serving.openai_api import create_api
 
 log = logging.getLogger(__name__)
 SHARE_SERVER = ("api.gradio.app", 443)
@@ -75,7 +75,7 @@ def _serve(app: FastAPI, host: str, port: int) -> None:
 
 
 def _lend_main_thread(serving: Callable[[], None]) -> None:
-    """Run generation on this thread (modules/compute.py) until `serving()` returns; Ctrl+C ends it."""
+    """Run generation on this thread (modules/engine/compute.py) until `serving()` returns; Ctrl+C ends it."""
     try:
         lend_main_thread_while(serving)
     except KeyboardInterrupt:

@@ -2,9 +2,9 @@
 
 Real clients (the `openai` package, LangChain, curl, other chat UIs) speak the
 chat-completions protocol. This module translates it to and from the chat logic in
-`modules.chat` (the same code the Chat tab runs) on the app's one model cache. It
+`modules.tasks.chat` (the same code the Chat tab runs) on the app's one model cache. It
 imports no gradio: `create_api(context)` is a plain FastAPI app, mounted at /v1 by
-`modules.launch.create_app`.
+`modules.serving.launch.create_app`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modules.app_context import AppContext
-from modules.chat import ChatChunk, GenerationParams, Usage, stream_chat
+from modules.tasks.chat import ChatChunk, GenerationParams, Usage, stream_chat
 from modules.errors import (
     InvalidInputError,
     InvalidModelError,
@@ -36,7 +36,7 @@ from modules.errors import (
     ModelOutOfMemoryError,
     PlaygroundError,
 )
-from modules.model_cache import LoadedModel, ModelKind
+from modules.engine.model_cache import LoadedModel, ModelKind
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import torch
 
 from modules.errors import InvalidInputError, ModelError
-from modules.model_cache import LoadedModel
-from modules.sentiment import Classification, clean_text
+from modules.engine.model_cache import LoadedModel
+from modules.tasks.sentiment import Classification, clean_text
 
 PROMPT = "Which of these best describes the text below: {labels}?\n\nText: {text}"
 ANSWER_PREFIX = "The text is"

@@ -13,7 +13,7 @@ import huggingface_hub
 
 from modules.config import EMBEDDED_MODEL, Settings
 from modules.errors import PlaygroundError
-from modules.model_refs import parse_model_ref
+from modules.engine.model_refs import parse_model_ref
 
 log = logging.getLogger(__name__)
 

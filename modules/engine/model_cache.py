@@ -34,9 +34,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from modules.compute import leave_the_cores_to_the_main_thread
+from modules.engine.compute import leave_the_cores_to_the_main_thread
 from modules.config import Settings
-from modules.device import pick_device, pick_dtype
+from modules.engine.device import pick_device, pick_dtype
 from modules.errors import (
     GatedModelError,
     InvalidModelError,
@@ -45,9 +45,9 @@ from modules.errors import (
     ModelOfflineError,
     ModelOutOfMemoryError,
 )
-from modules.fast_decode import prepare_for_fast_decode
-from modules.gguf_conversion import ensure_converted
-from modules.model_refs import ModelRef, parse_model_ref
+from modules.engine.kernels.fast_decode import prepare_for_fast_decode
+from modules.engine.gguf_conversion import ensure_converted
+from modules.engine.model_refs import ModelRef, parse_model_ref
 
 log = logging.getLogger(__name__)
 StatusCallback = Callable[[str], None]

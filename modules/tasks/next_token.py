@@ -32,7 +32,7 @@ from transformers import (
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from modules.errors import InvalidInputError
-from modules.model_cache import LoadedModel
+from modules.engine.model_cache import LoadedModel
 
 MAX_TEMPERATURE = 10.0
 MAX_SHOWN = 100

@@ -1,0 +1,1 @@
+"""Helpers shared by tests and benchmarks: tiny random-weight models of real architectures."""
