@@ -1,4 +1,5 @@
-"""What every tab is built with: the settings, the one model cache, the active chat model."""
+"""What every tab and the API are built with: the settings, the one model cache,
+the active chat model, and the chat backend chosen once at start-up."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from modules.config import Settings
 from modules.engine.model_cache import ModelCache
 from modules.engine.model_choice import ActiveModel, active_chat_model, chat_model_choices
+from modules.tasks.chat.backends import ChatBackend, chat_backend_for
 
 
 @dataclass(frozen=True)
@@ -14,10 +16,14 @@ class AppContext:
     settings: Settings
     cache: ModelCache
     chat_model: ActiveModel
+    # Local model or remote server (settings.remote_base_url): the chat tab and /v1 both use it.
+    chat_backend: ChatBackend
 
     @classmethod
     def create(cls, settings: Settings, cache: ModelCache | None = None) -> AppContext:
-        return cls(settings, cache or ModelCache(settings), active_chat_model(settings))
+        cache = cache or ModelCache(settings)
+        chat_model = active_chat_model(settings)
+        return cls(settings, cache, chat_model, chat_backend_for(settings, cache, chat_model))
 
     def chat_model_choices(self) -> list[str]:
         return chat_model_choices(self.settings)

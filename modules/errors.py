@@ -13,6 +13,21 @@ class InvalidInputError(PlaygroundError, ValueError):
     """Bad text or an out-of-range parameter."""
 
 
+class InvalidParameterError(InvalidInputError):
+    """One named setting is out of range or of the wrong type.
+
+    `param` is the setting's name in the code (e.g. "max_new_tokens"), so an API
+    can name its own field without reading the message."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class PromptTooLongError(InvalidInputError):
+    """The conversation cannot fit the model's context window."""
+
+
 class ModelError(PlaygroundError):
     """A model could not be loaded or used."""
 

@@ -10,7 +10,6 @@ import torch
 from modules.tasks.chat import (
     CancelRegistry,
     GenerationParams,
-    context_window,
     live_generation_threads,
     prepare_prompt,
     render_prompt_ids,
@@ -147,7 +146,7 @@ def long_conversation(turns: int) -> list[dict[str, str]]:
 
 def test_oldest_turns_are_dropped_system_prompt_kept(tiny):
     messages = long_conversation(12)
-    window = context_window(tiny)
+    window = tiny.context_window()
     assert window == 256
     prompt = prepare_prompt(tiny, messages, max_new_tokens=16)
     assert prompt.dropped_turns > 0

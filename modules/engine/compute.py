@@ -16,6 +16,8 @@ the one piece of module-level state here, and it only ever holds pending jobs.
 from __future__ import annotations
 
 import ctypes
+import functools
+import inspect
 import itertools
 import logging
 import queue
@@ -28,6 +30,7 @@ import torch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable)
 
 _numbers = itertools.count(1)
 _pending: queue.SimpleQueue[Job] = queue.SimpleQueue()
@@ -83,7 +86,7 @@ def leave_the_cores_to_the_main_thread() -> None:
     Every thread that runs torch keeps its own OpenMP team; once more team threads
     live than there are cores, the runtime stops spinning between parallel regions and
     the main thread's decoding halves (measured). One thread per request thread keeps
-    the teams to the main thread's own. Called before model work (ModelCache.get).
+    the teams to the main thread's own. Request paths call it through `on_request_thread`.
     """
     if (not _loop_running.is_set() or threading.current_thread() is threading.main_thread()
             or getattr(_single_threaded, "done", False)):
@@ -91,6 +94,40 @@ def leave_the_cores_to_the_main_thread() -> None:
     _single_threaded.done = True
     if OPENMP is not None:
         OPENMP.omp_set_num_threads(1)
+
+
+def on_request_thread(function: F) -> F:
+    """Decorate a request handler that may run torch (load or run a model) on its thread.
+
+    Before the call, and before each step of a generator (a server may move a
+    generator between pool threads), the current thread leaves the cores to the
+    main thread (`leave_the_cores_to_the_main_thread`). Explicit, so that asking the
+    model cache for a model changes no thread's settings behind the caller's back.
+    """
+    if inspect.isgeneratorfunction(function):
+        @functools.wraps(function)
+        def steps(*args, **kwargs):
+            leave_the_cores_to_the_main_thread()
+            generator = function(*args, **kwargs)
+            try:
+                while True:
+                    leave_the_cores_to_the_main_thread()
+                    try:
+                        item = next(generator)
+                    except StopIteration as finished:
+                        return finished.value
+                    yield item
+            finally:
+                generator.close()
+
+        return steps  # type: ignore[return-value]
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        leave_the_cores_to_the_main_thread()
+        return function(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
 
 
 def _find_openmp() -> ctypes.CDLL | None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-StatusCallback = Callable[[str], None]
+from modules.engine.callbacks import StatusCallback
 
 
 def converted_folder(gguf_file: Path, cache_dir: str | Path) -> Path:

@@ -12,12 +12,11 @@ import enum
 import gc
 import logging
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-import huggingface_hub
 import torch
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -34,8 +33,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from modules.engine.compute import leave_the_cores_to_the_main_thread
 from modules.config import Settings
+from modules.engine.compute import start_job
 from modules.engine.device import pick_device, pick_dtype
 from modules.errors import (
     GatedModelError,
@@ -45,12 +44,15 @@ from modules.errors import (
     ModelOfflineError,
     ModelOutOfMemoryError,
 )
-from modules.engine.kernels.fast_decode import prepare_for_fast_decode
+from modules.engine.kernels.fast_decode import Prepared, prepare_chat_model
 from modules.engine.gguf_conversion import ensure_converted
-from modules.engine.model_refs import ModelRef, parse_model_ref
+from modules.engine.callbacks import StatusCallback
+from modules.engine.model_refs import ModelRef, in_hub_cache, parse_model_ref
 
 log = logging.getLogger(__name__)
-StatusCallback = Callable[[str], None]
+# A tokenizer's model_max_length at or above this is transformers' "no limit" placeholder.
+_NO_LIMIT = 10**7
+DEFAULT_CONTEXT_WINDOW = 2048
 
 
 class ModelKind(enum.Enum):
@@ -72,8 +74,12 @@ class LoadedModel:
     nbytes: int
     # How the weights are stored when not plainly in `dtype` (e.g. "int8 weights").
     quantization: str | None = None
+    # On CPU, the kernels and dtypes picked for this machine, in one line (cpu_profile).
+    speed_plan: str | None = None
     # Held while a request runs the model, for callers that must not interleave.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # What tasks derive from this model and reuse (e.g. zero-shot label priors); dies with it.
+    extras: dict = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -85,6 +91,33 @@ class LoadedModel:
         if self.quantization:
             dtype += f", {self.quantization}"
         return f"{self.name} ({self.device.type}, {dtype})"
+
+    def context_window(self, fallback: int = DEFAULT_CONTEXT_WINDOW) -> int:
+        """Tokens the model can see at once: the smaller of the config's positions and
+        the tokenizer's limit, or `fallback` when neither says (one rule for every task)."""
+        limits = [
+            getattr(self.model.config, "max_position_embeddings", None),
+            getattr(self.tokenizer, "model_max_length", None),
+        ]
+        known = [int(n) for n in limits
+                 if isinstance(n, (int, float)) and not isinstance(n, bool) and 0 < n < _NO_LIMIT]
+        return min(known) if known else fallback
+
+
+@dataclass
+class LoadProgress:
+    """How a background load (`ModelCache.load_in_background`) is going: for /health and the header."""
+
+    state: str  # "idle" (never asked), "loading", "ready" or "failed"
+    message: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def say(self, message: str) -> None:
+        self.message = message
 
 
 def _model_bytes(model: torch.nn.Module) -> int:
@@ -103,13 +136,13 @@ class ModelCache:
         self._models: OrderedDict[tuple[str, ModelKind], LoadedModel] = OrderedDict()
         self._loading: dict[tuple[str, ModelKind], Future[LoadedModel]] = {}
         self.loads = 0  # how many real loads happened: tests and benchmarks read it
+        self._progress: dict[tuple[str, ModelKind], LoadProgress] = {}
 
     # --- public -----------------------------------------------------------
     def get(
         self, ref: str, kind: ModelKind, on_status: StatusCallback | None = None
     ) -> LoadedModel:
         """The loaded model for `ref`, loading it (once, whoever asks) if needed."""
-        leave_the_cores_to_the_main_thread()  # this thread is about to run the model
         key = (ref.strip(), kind)
         with self._lock:
             if key in self._models:
@@ -137,6 +170,34 @@ class ModelCache:
         future.set_result(loaded)
         self._free(evicted)
         return loaded
+
+    def load_in_background(self, ref: str, kind: ModelKind) -> None:
+        """Start loading `ref` now, so the first request finds it ready; `load_progress` reports.
+
+        It runs as a job: on the main thread when the app lends it (full speed for the
+        GGUF conversion and weight preparation), else on a thread of its own."""
+        key = (ref.strip(), kind)
+        progress = LoadProgress("loading", f"Loading {key[0]}…")
+        with self._lock:
+            self._progress[key] = progress
+
+        def load() -> None:
+            try:
+                self.get(key[0], kind, on_status=progress.say)
+            except Exception as error:  # shown on the page and by /health; requests retry
+                progress.message, progress.state = str(error), "failed"
+            else:
+                progress.message, progress.state = "", "ready"
+
+        start_job(load, name="model-load")
+
+    def load_progress(self, ref: str, kind: ModelKind) -> LoadProgress:
+        """The background load's progress; "ready" once loaded by anyone, "idle" if never asked."""
+        key = (ref.strip(), kind)
+        with self._lock:
+            if key in self._models:
+                return LoadProgress("ready")
+            return self._progress.get(key) or LoadProgress("idle")
 
     def loaded_names(self) -> list[str]:
         """Loaded model references, least recently used first."""
@@ -195,19 +256,21 @@ class ModelCache:
         except Exception as error:
             raise self._explain(ref, error) from error
         model.to(self.device).eval()
-        quantization = self._after_load(model, kind, dtype)
+        prepared = self._after_load(model, kind, dtype, ref.text)
         self.loads += 1
         return LoadedModel(
             ref=ref, kind=kind, model=model, tokenizer=tokenizer,
-            device=self.device, dtype=dtype, nbytes=_model_bytes(model),
-            quantization=quantization,
+            device=self.device, dtype=prepared.dtype, nbytes=_model_bytes(model),
+            quantization=prepared.quantization, speed_plan=prepared.plan,
         )
 
-    def _after_load(self, model: PreTrainedModel, kind: ModelKind, dtype: torch.dtype) -> str | None:
-        """Optional speed-up for chat models (PLAYGROUND_FAST_DECODE); says how weights are stored."""
+    def _after_load(self, model: PreTrainedModel, kind: ModelKind, dtype: torch.dtype,
+                    model_key: str) -> Prepared:
+        """Optional speed-up for chat models (PLAYGROUND_FAST_DECODE), chosen per CPU."""
         if kind is not ModelKind.CAUSAL_LM or not self.settings.fast_decode:
-            return None
-        return prepare_for_fast_decode(model, self.device, dtype)
+            return Prepared(dtype)
+        return prepare_chat_model(model, self.device, dtype, model_key, self.settings.cache_dir,
+                                  probe=self.settings.dtype == "auto")
 
     def _source(self, ref: ModelRef, on_status: StatusCallback | None) -> tuple[str, dict]:
         """Where from_pretrained reads, and with which options."""
@@ -221,7 +284,7 @@ class ModelCache:
             return str(folder), {}
         if ref.folder is not None:
             return str(ref.folder), {"trust_remote_code": ref.text in self.settings.trust_remote_code}
-        if on_status and not self._in_hub_cache(ref):
+        if on_status and not in_hub_cache(ref):
             on_status(f"Downloading {ref.hub_id} from the Hugging Face Hub…")
         return ref.hub_id, {
             "revision": ref.revision,
@@ -229,16 +292,6 @@ class ModelCache:
             "trust_remote_code": ref.text in self.settings.trust_remote_code
             or ref.hub_id in self.settings.trust_remote_code,
         }
-
-    @staticmethod
-    def _in_hub_cache(ref: ModelRef) -> bool:
-        try:
-            found = huggingface_hub.try_to_load_from_cache(
-                ref.hub_id, "config.json", revision=ref.revision
-            )
-        except Exception:
-            return False
-        return isinstance(found, str)
 
     def _explain(self, ref: ModelRef, error: Exception) -> ModelError:
         """Turn a loading exception into one sentence the user can act on."""

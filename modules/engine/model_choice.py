@@ -9,11 +9,10 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-import huggingface_hub
 
 from modules.config import EMBEDDED_MODEL, Settings
 from modules.errors import PlaygroundError
-from modules.engine.model_refs import parse_model_ref
+from modules.engine.model_refs import in_hub_cache, parse_model_ref
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +50,7 @@ def available_locally(ref_text: str) -> bool:
         return False
     if ref.hub_id is None:
         return True
-    try:
-        found = huggingface_hub.try_to_load_from_cache(
-            ref.hub_id, "config.json", revision=ref.revision
-        )
-    except Exception:
-        return False
-    return isinstance(found, str)
+    return in_hub_cache(ref)
 
 
 def active_chat_model(settings: Settings) -> ActiveModel:

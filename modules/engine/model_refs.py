@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import huggingface_hub
+
 from modules.config import EMBEDDED_MODEL
 from modules.errors import InvalidModelError, ModelNotFoundError
 
@@ -98,3 +100,16 @@ def _folder_ref(text: str) -> ModelRef:
             "(save one with save_pretrained, or point at a .gguf file)."
         )
     return ModelRef(text=text, folder=folder)
+
+
+def in_hub_cache(ref: ModelRef) -> bool:
+    """Is this Hub model's config already in the local Hugging Face cache (no network)?"""
+    if ref.hub_id is None:
+        return False
+    try:
+        found = huggingface_hub.try_to_load_from_cache(
+            ref.hub_id, "config.json", revision=ref.revision
+        )
+    except Exception:  # a malformed cache folder counts as not cached
+        return False
+    return isinstance(found, str)

@@ -1,8 +1,9 @@
 """The OpenAI-compatible HTTP API (`/v1`), served next to the Gradio page.
 
 Real clients (the `openai` package, LangChain, curl, other chat UIs) speak the
-chat-completions protocol. This module translates it to and from the chat logic in
-`modules.tasks.chat` (the same code the Chat tab runs) on the app's one model cache. It
+chat-completions protocol. This module translates it to and from `context.chat_backend`,
+the backend the Chat tab uses too: the local model cache, or the remote server set with
+--remote-base-url. Errors map to HTTP statuses by their type (`api_error_for`). It
 imports no gradio: `create_api(context)` is a plain FastAPI app, mounted at /v1 by
 `modules.serving.launch.create_app`.
 """
@@ -26,17 +27,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modules.app_context import AppContext
-from modules.tasks.chat import ChatChunk, GenerationParams, Usage, stream_chat
+from modules.engine.compute import on_request_thread
 from modules.errors import (
     InvalidInputError,
     InvalidModelError,
+    InvalidParameterError,
     ModelError,
     ModelNotFoundError,
     ModelOfflineError,
     ModelOutOfMemoryError,
     PlaygroundError,
+    PromptTooLongError,
 )
-from modules.engine.model_cache import LoadedModel, ModelKind
+from modules.tasks.chat import ChatBackend, ChatChunk, GenerationParams, Usage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,10 +49,7 @@ ROLES = {"system", "user", "assistant"}
 ROLE_ALIASES = {"developer": "system"}  # newer OpenAI clients send "developer"
 KIND_WORDS = {int: "an integer", bool: "true or false", dict: "an object"}
 # GenerationParams field -> the request field a client knows it by.
-PARAM_NAMES = {"max_new_tokens": "max_tokens", "temperature": "temperature",
-               "top_p": "top_p", "top_k": "top_k", "seed": "seed", "stop": "stop",
-               "repetition_penalty": "repetition_penalty"}
-CONTEXT_WORDS = ("context window", "context length", "too long")
+PARAM_NAMES = {"max_new_tokens": "max_tokens"}
 
 
 class ApiError(Exception):
@@ -86,22 +86,22 @@ def create_api(context: AppContext) -> FastAPI:
     api.add_exception_handler(StarletteHTTPException, _http_error_response)
     api.add_exception_handler(Exception, _unexpected_error_response)
     require_key = Depends(_key_checker(context.settings.api_key))
+    backend = context.chat_backend
 
     @api.get("/models", dependencies=[require_key])
     def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_card(m) for m in context.chat_model_choices()]}
+        return {"object": "list", "data": [_model_card(m) for m in _models(backend)]}
 
     @api.get("/models/{model_id:path}", dependencies=[require_key])
     def get_model(model_id: str) -> dict[str, Any]:
-        return _model_card(_known_model(context, model_id))
+        return _model_card(_known_model(backend, model_id))
 
     @api.post("/chat/completions", dependencies=[require_key])
     async def chat_completions(request: Request):
-        chat = parse_chat_request(await _json_body(request), context)
-        loaded = await run_in_threadpool(_load, context, chat.model)
+        chat = await run_in_threadpool(parse_chat_request, await _json_body(request), context)
+        await run_in_threadpool(_prepare, backend, chat.model)
         cancel = threading.Event()
-        chunks = stream_chat(loaded, chat.messages, chat.params, cancel=cancel,
-                             max_input_tokens=context.settings.max_input_tokens)
+        chunks = backend.stream(chat.messages, chat.params, cancel, model=chat.model)
         streaming = False
         try:
             # The first chunk is read before answering, so a bad request gets a real status.
@@ -158,13 +158,14 @@ def parse_chat_request(body: dict[str, Any], context: AppContext) -> ChatRequest
                        param=unsupported[0])
     if _typed(body, "n", int, 1) != 1:
         raise ApiError(400, "Only n=1 is supported.", param="n")
-    model = body.get("model") or context.chat_model.ref
+    backend = context.chat_backend
+    model = body.get("model") or backend.default_model or _models(backend)[0]
     if not isinstance(model, str):
         raise ApiError(400, "'model' must be a string.", param="model")
     stream = _typed(body, "stream", bool, False)
     stream_options = _typed(body, "stream_options", dict, None) or {}
     return ChatRequest(
-        model=_known_model(context, model),
+        model=_known_model(backend, model),
         messages=parse_messages(body.get("messages")),
         params=_generation_params(body, context.settings.max_new_tokens),
         stream=stream,
@@ -209,8 +210,9 @@ def _text_content(content: Any, where: str) -> str:
 def _generation_params(body: dict[str, Any], max_new_tokens_limit: int) -> GenerationParams:
     """Sampling settings; ranges are checked by `GenerationParams.validated`, as in the tab.
 
-    Omitted fields take the app's defaults (the Chat tab's), max_tokens the server's cap;
-    temperature 0 means greedy."""
+    Omitted fields take `GenerationParams`' defaults (the one source the Chat tab starts
+    from too; repetition_penalty 1.0, i.e. off, as in OpenAI's API), max_tokens the
+    server's cap; temperature 0 means greedy."""
     defaults = GenerationParams()
 
     def given(name: str, default: Any) -> Any:
@@ -231,11 +233,11 @@ def _generation_params(body: dict[str, Any], max_new_tokens_limit: int) -> Gener
     )
     try:
         return params.validated(max_new_tokens_limit)
+    except InvalidParameterError as error:
+        param = PARAM_NAMES.get(error.param, error.param)
+        raise ApiError(400, str(error).replace(error.param, param), param=param) from None
     except (InvalidInputError, TypeError) as error:
-        param = _param_named_in(str(error))
-        message = str(error).replace("max_new_tokens", "max_tokens")
-        raise ApiError(400, message if param else f"Invalid sampling settings: {message}",
-                       param=param) from None
+        raise ApiError(400, f"Invalid sampling settings: {error}") from None
 
 
 def _typed(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
@@ -247,13 +249,16 @@ def _typed(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
     return value
 
 
-def _param_named_in(message: str) -> str | None:
-    return next((api for field, api in PARAM_NAMES.items() if message.startswith(field)), None)
-
-
 # --- models ------------------------------------------------------------------
-def _known_model(context: AppContext, model: str) -> str:
-    choices = context.chat_model_choices()
+def _models(backend: ChatBackend) -> list[str]:
+    try:
+        return backend.models()
+    except PlaygroundError as error:  # a remote server that cannot list its models
+        raise api_error_for(error) from None
+
+
+def _known_model(backend: ChatBackend, model: str) -> str:
+    choices = _models(backend)
     if model not in choices:
         raise ApiError(404, f"The model '{model[:200]}' does not exist here; "
                        f"GET /v1/models lists the {len(choices)} available.",
@@ -265,28 +270,39 @@ def _model_card(model: str) -> dict[str, Any]:
     return {"id": model, "object": "model", "created": 0, "owned_by": OWNER}
 
 
-def _load(context: AppContext, model: str) -> LoadedModel:
+@on_request_thread
+def _prepare(backend: ChatBackend, model: str) -> None:
+    """Load the model before answering, so a load failure gets its own status."""
     try:
-        return context.cache.get(model, ModelKind.CAUSAL_LM)
-    except (ModelNotFoundError, InvalidModelError) as error:
-        raise ApiError(404, str(error), param="model", code="model_not_found") from None
-    except (ModelOfflineError, ModelOutOfMemoryError) as error:
-        raise ApiError(503, str(error), type_="server_error", code="model_unavailable") from None
-    except ModelError as error:
-        raise ApiError(500, str(error), type_="server_error") from None
+        backend.prepare(model)
+    except PlaygroundError as error:
+        raise api_error_for(error) from None
+
+
+def api_error_for(error: PlaygroundError) -> ApiError:
+    """The HTTP status and OpenAI error fields for a PlaygroundError, by its type."""
+    message = str(error)
+    if isinstance(error, (ModelNotFoundError, InvalidModelError)):
+        return ApiError(404, message, param="model", code="model_not_found")
+    if isinstance(error, (ModelOfflineError, ModelOutOfMemoryError)):
+        return ApiError(503, message, type_="server_error", code="model_unavailable")
+    if isinstance(error, PromptTooLongError):
+        return ApiError(400, message, param="messages", code="context_length_exceeded")
+    if isinstance(error, InvalidParameterError):
+        param = PARAM_NAMES.get(error.param, error.param)
+        return ApiError(400, message.replace(error.param, param), param=param)
+    if isinstance(error, InvalidInputError):
+        return ApiError(400, message, param="messages")
+    return ApiError(500, message, type_="server_error")
 
 
 # --- generation ------------------------------------------------------------------
 async def _next_chunk(chunks: Iterator[ChatChunk]) -> ChatChunk:
-    """The next chunk, read on a worker thread; chat errors become 400s."""
+    """The next chunk, read on a worker thread; errors mapped by `api_error_for`."""
     try:
         chunk = await run_in_threadpool(next, chunks, None)
-    except InvalidInputError as error:
-        code = "context_length_exceeded" if any(
-            w in str(error).lower() for w in CONTEXT_WORDS) else None
-        raise ApiError(400, str(error), param="messages", code=code) from None
     except PlaygroundError as error:
-        raise ApiError(500, str(error), type_="server_error") from None
+        raise api_error_for(error) from None
     if chunk is None:
         raise ApiError(500, "The model produced no reply.", type_="server_error")
     return chunk

@@ -1,36 +1,40 @@
-"""The chat tab: layout and event wiring. The work happens in `modules.tasks.chat`.
+"""The chat tab: layout, handlers and wiring. The work happens in `modules.tasks.chat`.
 
 The conversation lives in a gr.State as OpenAI-style messages (plus each
 reply's usage line); the Chatbot shows it with the usage line under each reply.
-Send is the `chat` API endpoint; Stop reaches the running generation through a
-per-session cancel event, and a closed tab or client closes the generator,
-which stops `model.generate` too.
+Replies come from `context.chat_backend` (a local model or a remote server,
+chosen at start-up), the same backend /v1 uses. Send is the `chat` API endpoint;
+Stop reaches the running generation through a per-session cancel event, and a
+closed tab or client closes the generator, which stops generation too.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import gradio as gr
 
 from modules.app_context import AppContext
-from modules.ui.errors import user_error
+from modules.config import EMBEDDED_MODEL
+from modules.engine.compute import on_request_thread
+from modules.engine.gpu import gpu
+from modules.errors import PlaygroundError
 from modules.tasks.chat import (
+    CHAT_TAB_REPETITION_PENALTY,
+    RANDOM_SEED,
     CancelRegistry,
     ChatChunk,
     GenerationParams,
+    conversation_messages,
     format_usage,
-    stream_chat,
+    params_from_settings,
 )
-from modules.config import EMBEDDED_MODEL
-from modules.errors import PlaygroundError
-from modules.engine.gpu import gpu
-from modules.engine.model_cache import ModelKind
+from modules.ui.errors import shows_user_errors, user_error
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-RANDOM_SEED = -1
+DEFAULTS = GenerationParams()  # the one source of defaults, shared with /v1
 # The page gets the growing reply at most this often: every update costs the server
 # (and the browser) work that competes with generation for the CPU, and 20 updates a
 # second look as smooth as one per token (benchmarks/decode_speed.py measures both).
@@ -40,20 +44,42 @@ EXAMPLES = [
     "What is the capital of France?",
     "Explain recursion to a ten-year-old, then show a short Python example.",
 ]
-Message = dict[str, str]
+
+
+@dataclass
+class ChatControls:
+    """The tab's components, as the layout made them."""
+
+    history: gr.State
+    model: gr.Dropdown
+    model_status: gr.Markdown
+    chatbot: gr.Chatbot
+    message: gr.Textbox
+    send: gr.Button
+    stop: gr.Button
+    retry: gr.Button
+    undo: gr.Button
+    clear: gr.Button
+    status: gr.Markdown
+    settings_inputs: list  # system prompt, model, then the generation knobs in call order
 
 
 def build(context: AppContext) -> None:
-    settings = context.settings
-    cancels = CancelRegistry()
-    remote = bool(settings.remote_base_url)
-    history = gr.State([])
+    controls = _layout(context)
+    _wire(context, controls, CancelRegistry())
 
+
+# --- layout --------------------------------------------------------------------
+def _layout(context: AppContext) -> ChatControls:
+    settings = context.settings
+    backend = context.chat_backend
+    local = backend.name == "local"
+    history = gr.State([])
     with gr.Row(equal_height=True):
         model = gr.Dropdown(
-            choices=[settings.remote_model or "remote"] if remote else context.chat_model_choices(),
-            value=(settings.remote_model or "remote") if remote else context.chat_model.ref,
-            label="Chat model", allow_custom_value=not remote, interactive=not remote,
+            choices=context.chat_model_choices() if local else [backend.default_model or "remote"],
+            value=context.chat_model.ref if local else (backend.default_model or "remote"),
+            label="Chat model", allow_custom_value=local, interactive=local,
             info="A configured model, the embedded one, or a local folder / .gguf path.",
             scale=2,
         )
@@ -81,27 +107,30 @@ def build(context: AppContext) -> None:
         system_prompt = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2)
         with gr.Row():
             max_new_tokens = gr.Slider(
-                1, settings.max_new_tokens, value=min(256, settings.max_new_tokens), step=1,
-                label="Max new tokens",
+                1, settings.max_new_tokens, step=1, label="Max new tokens",
+                value=min(DEFAULTS.max_new_tokens, settings.max_new_tokens),
             )
-            temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature")
-            top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
+            temperature = gr.Slider(0.0, 2.0, value=DEFAULTS.temperature, step=0.05, label="Temperature")
+            top_p = gr.Slider(0.05, 1.0, value=DEFAULTS.top_p, step=0.05, label="Top-p")
         with gr.Row():
-            top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)")
+            top_k = gr.Slider(0, 200, value=DEFAULTS.top_k, step=1, label="Top-k (0 = off)")
             repetition_penalty = gr.Slider(
-                0.5, 2.0, value=1.1, step=0.05, label="Repetition penalty"
+                0.5, 2.0, value=CHAT_TAB_REPETITION_PENALTY, step=0.05, label="Repetition penalty"
             )
-            do_sample = gr.Checkbox(True, label="Sample (off = greedy)")
+            do_sample = gr.Checkbox(DEFAULTS.do_sample, label="Sample (off = greedy)")
             seed = gr.Number(  # Gradio turns a blank number box into 0, so -1 means random
                 RANDOM_SEED, label="Seed (-1 = random)", precision=0, minimum=RANDOM_SEED,
                 info="Same seed and settings give the same reply.",
             )
+    settings_inputs = [system_prompt, model, max_new_tokens, temperature, top_p, top_k,
+                       repetition_penalty, do_sample, seed]
+    return ChatControls(history, model, model_status, chatbot, message, send, stop, retry,
+                        undo, clear, status, settings_inputs)
 
-    settings_inputs = [
-        system_prompt, model, max_new_tokens, temperature, top_p, top_k,
-        repetition_penalty, do_sample, seed,
-    ]
-    reply_outputs = [chatbot, history, message, status]
+
+# --- wiring --------------------------------------------------------------------
+def _wire(context: AppContext, c: ChatControls, cancels: CancelRegistry) -> None:
+    """Connect the components to the handlers; the API names are the public contract."""
 
     def respond(
         message: str, history: list[dict], system_prompt: str, model: str,
@@ -142,34 +171,35 @@ def build(context: AppContext) -> None:
     def load_model(ref: str, progress=gr.Progress()) -> str:
         return _load_model(context, ref, progress)
 
-    busy = [send, stop]
-    sent = gr.on([message.submit, send.click], arm, outputs=busy, queue=False,
+    busy = [c.send, c.stop]
+    reply_outputs = [c.chatbot, c.history, c.message, c.status]
+    sent = gr.on([c.message.submit, c.send.click], arm, outputs=busy, queue=False,
                  api_visibility="private")
     chat_event = sent.then(
-        respond, [message, history, *settings_inputs], reply_outputs,
+        respond, [c.message, c.history, *c.settings_inputs], reply_outputs,
         api_name="chat", concurrency_id="chat", show_progress="minimal",
     )
     chat_event.then(_idle, outputs=busy, queue=False, api_visibility="private")
-    retry_event = retry.click(arm, outputs=busy, queue=False, api_visibility="private").then(
-        regenerate, [history, *settings_inputs], reply_outputs,
+    retry_event = c.retry.click(arm, outputs=busy, queue=False, api_visibility="private").then(
+        regenerate, [c.history, *c.settings_inputs], reply_outputs,
         api_name="retry", concurrency_id="chat", show_progress="minimal",
     )
     retry_event.then(_idle, outputs=busy, queue=False, api_visibility="private")
     # No output: the reply's own last update says "finish: cancelled" (a "Stopping…"
     # written here could land after it and stay).
-    stop.click(stop_generation, queue=False, api_name="stop")
+    c.stop.click(stop_generation, queue=False, api_name="stop")
     # Undo and Clear rewrite the conversation, so a reply still streaming is dropped.
-    undo.click(_undo, [history], [chatbot, history, message, status], queue=False,
-               api_name="undo", cancels=[chat_event, retry_event]).then(
+    c.undo.click(_undo, [c.history], reply_outputs, queue=False,
+                 api_name="undo", cancels=[chat_event, retry_event]).then(
         _idle, outputs=busy, queue=False, api_visibility="private")
-    clear.click(clear_chat, outputs=[chatbot, history, message, status], queue=False,
-                api_name="clear", cancels=[chat_event, retry_event]).then(
+    c.clear.click(clear_chat, outputs=reply_outputs, queue=False,
+                  api_name="clear", cancels=[chat_event, retry_event]).then(
         _idle, outputs=busy, queue=False, api_visibility="private")
-    if not remote:
-        model.change(load_model, [model], [model_status], api_name="load_chat_model",
-                     concurrency_id="load")
+    if context.chat_backend.name == "local":
+        c.model.change(load_model, [c.model], [c.model_status], api_name="load_chat_model",
+                       concurrency_id="load")
         for event in (chat_event, retry_event):  # the first message loaded the model: say so
-            event.then(lambda ref: _loaded_model_line(context, ref), [model], [model_status],
+            event.then(lambda ref: _loaded_model_line(context, ref), [c.model], [c.model_status],
                        queue=False, api_visibility="private")
 
 
@@ -193,9 +223,9 @@ def _undo(past: list[dict]):
 
 
 def _model_line(context: AppContext, loaded_description: str | None) -> str:
-    settings = context.settings
-    if settings.remote_base_url:
-        return f"Active: **{settings.remote_model or 'remote model'}** via a remote server."
+    backend = context.chat_backend
+    if backend.name != "local":
+        return f"Active: **{backend.default_model or 'remote model'}** via a remote server."
     name = loaded_description or context.chat_model.ref
     line = f"Active: **{name}**"
     if context.chat_model.ref == EMBEDDED_MODEL or context.chat_model.reason.startswith("offline"):
@@ -205,34 +235,24 @@ def _model_line(context: AppContext, loaded_description: str | None) -> str:
 
 def _loaded_model_line(context: AppContext, ref: str | None):
     """The status line for `ref` if it is loaded now (no loading here), else unchanged."""
-    ref = (ref or context.chat_model.ref).strip()
-    if not context.cache.is_loaded(ref, ModelKind.CAUSAL_LM):
+    backend = context.chat_backend
+    if not backend.is_ready(ref):
         return gr.skip()
-    return _model_line(context, context.cache.get(ref, ModelKind.CAUSAL_LM).description)
+    return _model_line(context, backend.prepare(ref))
 
 
+@on_request_thread
+@shows_user_errors
 def _load_model(context: AppContext, ref: str, progress: gr.Progress) -> str:
     ref = (ref or "").strip()
     if not ref:
         raise user_error("Choose a model or type a local folder / .gguf path.")
-    progress(0, desc=f"Loading {ref}…")
-    try:
-        loaded = context.cache.get(ref, ModelKind.CAUSAL_LM, on_status=lambda s: progress(0, desc=s))
-    except PlaygroundError as error:
-        raise user_error(error) from error
-    line = f"Active: **{loaded.description}**"
+    progress(0, desc=f"Loading {ref[:200]}…")
+    description = context.chat_backend.prepare(ref, on_status=lambda s: progress(0, desc=s))
+    line = f"Active: **{description}**"
     if ref == context.chat_model.ref and ref == EMBEDDED_MODEL:
         line += f" — {context.chat_model.reason}"
     return line
-
-
-def _params(context: AppContext, knobs: tuple) -> GenerationParams:
-    max_new, temperature, top_p, top_k, penalty, sample, seed = knobs
-    return GenerationParams(
-        max_new_tokens=max_new, temperature=temperature, top_p=top_p, top_k=top_k,
-        repetition_penalty=penalty, do_sample=bool(sample),
-        seed=None if seed is None or seed == "" or seed == RANDOM_SEED else seed,
-    ).validated(context.settings.max_new_tokens)
 
 
 def _display(past: list[dict]) -> list[dict]:
@@ -246,13 +266,9 @@ def _display(past: list[dict]) -> list[dict]:
     return shown
 
 
-def _model_messages(past: list[dict], system: str, text: str) -> list[Message]:
-    messages = [{"role": "system", "content": system}] if system and system.strip() else []
-    messages += [{"role": m["role"], "content": m["content"]} for m in past]
-    return messages + [{"role": "user", "content": text}]
-
-
 @gpu
+@on_request_thread
+@shows_user_errors
 def _stream_reply(context: AppContext, cancels: CancelRegistry, session: str, past: list[dict],
                   text: str, system: str, model_ref: str, knobs: tuple) -> Iterator[tuple]:
     """Yield (chatbot, history, textbox, status) as the reply grows."""
@@ -260,21 +276,19 @@ def _stream_reply(context: AppContext, cancels: CancelRegistry, session: str, pa
     past = list(past or [])
     if not text.strip():
         raise user_error("Type a message first.")
-    try:
-        params = _params(context, knobs)
-    except PlaygroundError as error:
-        raise user_error(error) from error
-    messages = _model_messages(past, system, text)
+    params = params_from_settings(*knobs, max_new_tokens_limit=context.settings.max_new_tokens)
+    messages = conversation_messages(past, system, text)
     asked = past + [{"role": "user", "content": text}]
     yield _display(asked) + [{"role": "assistant", "content": "…"}], past, "", ""
-    loading = _needs_loading(context, model_ref)
+    backend = context.chat_backend
+    loading = not backend.is_ready(model_ref)
     if loading:
         yield gr.skip(), gr.skip(), gr.skip(), f"Loading {model_ref}… (first use)"
     cancel = cancels.begin(session)
     reply = None
     chunks = None
     try:
-        chunks = _chunks(context, model_ref, messages, params, cancel)
+        chunks = backend.stream(messages, params, cancel, model=model_ref)
         shown_at = 0.0
         for chunk in chunks:
             reply = chunk
@@ -291,18 +305,11 @@ def _stream_reply(context: AppContext, cancels: CancelRegistry, session: str, pa
         yield _display(asked + [answer]), asked + [answer], gr.skip(), line
     except PlaygroundError as error:
         yield _display(past), past, text, f"⚠️ {error}"
-        raise user_error(error) from error
+        raise
     finally:
         if chunks is not None:
             chunks.close()  # a client that went away: stop generating now
         cancels.end(session, cancel)
-
-
-def _needs_loading(context: AppContext, model_ref: str) -> bool:
-    if context.settings.remote_base_url:
-        return False
-    ref = (model_ref or context.chat_model.ref).strip()
-    return not context.cache.is_loaded(ref, ModelKind.CAUSAL_LM)
 
 
 def _final_answer(reply: ChatChunk | None) -> dict:
@@ -310,25 +317,3 @@ def _final_answer(reply: ChatChunk | None) -> dict:
         return {"role": "assistant", "content": reply.text if reply else "", "usage": "finish: cancelled"}
     return {"role": "assistant", "content": reply.text,
             "usage": format_usage(reply.usage, reply.finish_reason)}
-
-
-def _chunks(context: AppContext, model_ref: str, messages: list[Message],
-            params: GenerationParams, cancel: threading.Event) -> Iterator[ChatChunk]:
-    """Chunks from the remote server when one is configured, else from the local model."""
-    settings = context.settings
-    if settings.remote_base_url:
-        try:
-            from modules.tasks.remote_backend import stream_remote_chat
-        except ImportError as error:
-            raise PlaygroundError(
-                "Chatting through a remote server is not available in this build "
-                "(modules/tasks/remote_backend.py is missing)."
-            ) from error
-        yield from stream_remote_chat(
-            settings.remote_base_url, settings.remote_api_key,
-            settings.remote_model or "", messages, params, cancel,
-        )
-        return
-    ref = (model_ref or context.chat_model.ref).strip()
-    loaded = context.cache.get(ref, ModelKind.CAUSAL_LM)
-    yield from stream_chat(loaded, messages, params, cancel, settings.max_input_tokens)

@@ -1,10 +1,50 @@
-"""How the tabs show a problem the user can act on."""
+"""How every tab shows a problem the user can act on: one adapter, used everywhere.
+
+Decorate a handler with `@shows_user_errors`: a `PlaygroundError` it raises (or a
+generator handler raises while streaming) becomes a red toast with the message,
+and nothing is logged, since nothing broke. Any other exception is a bug and
+reaches Gradio (and the log) unchanged. `user_error` builds the toast for a
+handler's own checks (`raise user_error("Type a message first.")`).
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from typing import TypeVar
+
 import gradio as gr
+
+from modules.errors import PlaygroundError
+
+F = TypeVar("F", bound=Callable)
+
+__all__ = ["shows_user_errors", "user_error"]
 
 
 def user_error(problem: Exception | str) -> gr.Error:
     """A red toast with the message; no traceback in the server log, since nothing broke."""
     return gr.Error(str(problem), print_exception=False)
+
+
+def shows_user_errors(handler: F) -> F:
+    """Turn the PlaygroundErrors that `handler` raises into `user_error` toasts."""
+    if inspect.isgeneratorfunction(handler):
+        @functools.wraps(handler)
+        def streaming(*args, **kwargs):
+            try:
+                return (yield from handler(*args, **kwargs))
+            except PlaygroundError as error:
+                raise user_error(error) from error
+
+        return streaming  # type: ignore[return-value]
+
+    @functools.wraps(handler)
+    def plain(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except PlaygroundError as error:
+            raise user_error(error) from error
+
+    return plain  # type: ignore[return-value]

@@ -1,8 +1,8 @@
 """Chat through an OpenAI-compatible server (vLLM, TGI, llama.cpp server, Ollama, or
-another copy of this app) instead of a local model.
+another copy of this app) instead of a local model: the remote `ChatBackend`.
 
-`stream_remote_chat` yields the same `ChatChunk`s as `modules.tasks.chat.stream_chat`, so
-the chat tab treats both alike. The HTTP stream is read on a helper thread: Stop (the
+`stream_remote_chat` yields the same `ChatChunk`s as `stream_chat` (generation.py), so
+the chat tab and /v1 treat both alike. The HTTP stream is read on a helper thread: Stop (the
 `cancel` event) or closing the generator returns at once, and the helper closes the
 connection when the server sends its next line, which makes the server stop too.
 """
@@ -18,7 +18,8 @@ from typing import Any
 
 import httpx
 
-from modules.tasks.chat import ChatChunk, GenerationParams, Usage
+from modules.engine.callbacks import StatusCallback
+from modules.tasks.chat.params import ChatChunk, GenerationParams, Usage
 from modules.errors import InvalidInputError, ModelError, ModelNotFoundError
 
 CONNECT_TIMEOUT_S = 10.0
@@ -26,6 +27,48 @@ READ_TIMEOUT_S = 300.0  # a long prompt on a busy server can take minutes before
 POLL_INTERVAL_S = 0.05
 SERVER_ERROR_CHARS = 300
 OPENAI_FINISH_REASONS = {"stop", "length"}
+
+
+class RemoteChatBackend:
+    """Chat replies from an OpenAI-compatible server at `base_url` (usually ending in /v1)."""
+
+    name = "remote"
+
+    def __init__(self, base_url: str, api_key: str | None, model: str = "") -> None:
+        self.base_url, self.api_key, self.model = base_url, api_key, (model or "").strip()
+
+    @property
+    def description(self) -> str:
+        return f"{self.model or 'the remote model'} via {_where(self.base_url)}"
+
+    @property
+    def default_model(self) -> str:
+        return self.model
+
+    def models(self) -> list[str]:
+        """The configured model, else what the server lists."""
+        if self.model:
+            return [self.model]
+        return served_models(self.base_url, _headers(self.api_key))
+
+    def is_ready(self, model: str | None = None) -> bool:
+        return True  # the server holds its model; nothing loads here
+
+    def prepare(self, model: str | None = None, on_status: StatusCallback | None = None) -> str:
+        return self.description
+
+    def stream(self, messages: Sequence[dict[str, str]], params: GenerationParams,
+               cancel: threading.Event | None = None, model: str | None = None,
+               ) -> Iterator[ChatChunk]:
+        return stream_remote_chat(self.base_url, self.api_key, (model or "").strip() or self.model,
+                                  messages, params, cancel)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    headers = {"Accept": "text/event-stream"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
 
 
 def stream_remote_chat(
@@ -41,9 +84,7 @@ def stream_remote_chat(
     An empty `model` means the server's first model (`GET /models`): a vLLM or TGI
     server usually serves exactly one."""
     url = chat_completions_url(base_url)
-    headers = {"Accept": "text/event-stream"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
+    headers = _headers(api_key)
     model = (model or "").strip() or first_served_model(base_url, headers)
     request = build_request_body(model, messages, params)
     yield from _stream(url, headers, request, cancel or threading.Event())
@@ -51,6 +92,11 @@ def stream_remote_chat(
 
 def first_served_model(base_url: str, headers: dict[str, str]) -> str:
     """The first id that `GET {base_url}/models` lists."""
+    return served_models(base_url, headers)[0]
+
+
+def served_models(base_url: str, headers: dict[str, str]) -> list[str]:
+    """The ids that `GET {base_url}/models` lists (at least one, or ModelNotFoundError)."""
     url = base_url.strip().rstrip("/") + "/models"
     try:
         response = httpx.get(url, headers=headers, timeout=CONNECT_TIMEOUT_S)
@@ -60,12 +106,13 @@ def first_served_model(base_url: str, headers: dict[str, str]) -> str:
         ) from None
     if response.status_code >= 400:
         raise _http_error(response, "")
-    models = (_json_or_none(response) or {}).get("data") or []
-    if not models or not isinstance(models[0], dict) or not models[0].get("id"):
+    listed = (_json_or_none(response) or {}).get("data") or []
+    ids = [str(m["id"]) for m in listed if isinstance(m, dict) and m.get("id")]
+    if not ids:
         raise ModelNotFoundError(
             f"The remote server at {_where(url)} lists no models: set PLAYGROUND_REMOTE_MODEL."
         )
-    return str(models[0]["id"])
+    return ids
 
 
 def chat_completions_url(base_url: str) -> str:
