@@ -64,14 +64,16 @@ def test_a_reply_generated_on_the_main_thread_is_the_same_reply(shared_cache, ti
 
 
 def test_request_threads_leave_the_cores_to_the_main_thread(shared_cache, tiny_causal_lm_dir):
-    """While the main thread generates, a thread that asks the cache for a model runs
+    """While the main thread generates, a request handler marked `on_request_thread` runs
     torch on one core (its own OpenMP team would halve the main thread's speed)."""
     from modules.engine.compute import OPENMP as omp
+    from modules.engine.compute import on_request_thread
 
     if omp is None:
         pytest.skip("no OpenMP runtime beside torch: nothing to limit")
     seen: list[int] = []
 
+    @on_request_thread
     def request() -> None:
         shared_cache.get(str(tiny_causal_lm_dir), ModelKind.CAUSAL_LM)
         seen.append(omp.omp_get_max_threads())

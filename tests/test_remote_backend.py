@@ -15,7 +15,7 @@ import pytest
 from modules.tasks.chat import GenerationParams, stream_chat
 from modules.config import EMBEDDED_MODEL
 from modules.errors import InvalidInputError, ModelError, ModelNotFoundError, PlaygroundError
-from modules.tasks.remote_backend import build_request_body, stream_remote_chat
+from modules.tasks.chat.remote import build_request_body, stream_remote_chat
 from tests.conftest import wait_for_generations
 from tests.test_openai_api import (
     CAPITAL_QUESTION,
@@ -31,7 +31,7 @@ GREEDY = {"temperature": 0.0}
 @pytest.fixture(scope="module")
 def remote_url(tiny_causal_lm_dir, shared_cache):
     with running_app(shared_cache, chat_model=str(tiny_causal_lm_dir), api_key=REMOTE_KEY) as (
-        url, _,
+        url, *_,
     ):
         yield url + "/v1"
 
@@ -182,7 +182,7 @@ def test_chat_tab_streams_from_the_remote_server(remote_url):
 
     local_cache = ModelCache(make_settings())
     with running_app(local_cache, remote_base_url=remote_url, remote_api_key=REMOTE_KEY,
-                     remote_model=EMBEDDED_MODEL) as (url, _):
+                     remote_model=EMBEDDED_MODEL) as (url, *_):
         client = Client(url, verbose=False)
         result = client.predict(
             message="What is the capital of France?", system_prompt="", model=EMBEDDED_MODEL,
@@ -195,3 +195,60 @@ def test_chat_tab_streams_from_the_remote_server(remote_url):
     assert chatbot[-1]["content"][0]["text"] == "The capital of France is Paris."
     assert "finish: stop" in status
     assert local_cache.loaded_names() == []  # the reply came from the remote server
+
+
+# --- /v1 through a remote server --------------------------------------------------------------
+def test_v1_answers_from_the_remote_server(remote_url):
+    """/v1 of an app configured with --remote-base-url forwards to that server: the same
+    reply, and no model is loaded here (it used to ignore the setting)."""
+    import httpx
+
+    from modules.engine.model_cache import ModelCache
+    from tests.conftest import make_settings
+
+    local_cache = ModelCache(make_settings())
+    with running_app(local_cache, remote_base_url=remote_url, remote_api_key=REMOTE_KEY,
+                     remote_model=EMBEDDED_MODEL) as (url, *_):
+        listed = httpx.get(url + "/v1/models").json()
+        answer = httpx.post(url + "/v1/chat/completions", timeout=120, json={
+            "messages": CAPITAL_QUESTION, "max_tokens": 12, "temperature": 0,
+        })
+        unknown = httpx.post(url + "/v1/chat/completions", timeout=30, json={
+            "model": "not-served-there", "messages": CAPITAL_QUESTION,
+        })
+    assert [m["id"] for m in listed["data"]] == [EMBEDDED_MODEL]
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model"] == EMBEDDED_MODEL
+    assert body["choices"][0]["message"]["content"] == "The capital of France is Paris."
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] > 0
+    assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "model"
+    assert local_cache.loaded_names() == []
+
+
+def test_v1_streams_from_the_remote_server_with_its_first_model(remote_url, tiny_ref):
+    """No remote model configured: /v1 lists what the server lists and streams from it."""
+    import json
+
+    import httpx
+
+    from modules.engine.model_cache import ModelCache
+    from tests.conftest import make_settings
+
+    local_cache = ModelCache(make_settings())
+    with running_app(local_cache, remote_base_url=remote_url, remote_api_key=REMOTE_KEY) as (
+        url, *_,
+    ):
+        served = [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]]
+        with httpx.stream("POST", url + "/v1/chat/completions", timeout=120, json={
+            "model": tiny_ref, "messages": [{"role": "user", "content": "Go on"}],
+            "max_tokens": 5, "temperature": 0, "stream": True,
+        }) as response:
+            lines = [line for line in response.iter_lines() if line.startswith("data:")]
+    assert tiny_ref in served
+    events = [json.loads(line[5:]) for line in lines[:-1]]
+    assert lines[-1] == "data: [DONE]"
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events)
+    assert local_cache.loaded_names() == []
