@@ -18,7 +18,7 @@ from modules.engine.model_cache import ModelCache
 from modules.tasks.sentences import split_sentences
 from modules.tasks.translation import (
     MAX_TEXT_CHARS,
-    clean_text,
+    normalize_text,
     default_direction,
     direction_choices,
     env_var_for,
@@ -26,11 +26,13 @@ from modules.tasks.translation import (
     pick_target_token,
     read_text_file,
     results_csv,
-    stream_translation,
+    load_and_stream_translation,
     texts_from_lines,
     translate_many,
-    translate_stream,
+    stream_translated_text,
+    translate_all,
     translate_text,
+    write_results_csv,
 )
 from tests.conftest import make_settings
 from testing.tiny_models import CHINESE_CORPUS, ENGLISH_CORPUS
@@ -139,7 +141,7 @@ def test_long_text_streams_in_growing_parts_with_progress(translator):
     one_sentence_lines = [s for line in CHINESE_CORPUS for s in split_sentences(line)][:12]
     text = "\n".join(one_sentence_lines)  # 12 sentences, batches of 4
     progress = []
-    parts = list(translate_stream(translator, text, lambda done, total: progress.append((done, total))))
+    parts = list(stream_translated_text(translator, text, lambda done, total: progress.append((done, total))))
     assert len(parts) == 3
     assert all(later.startswith(earlier) for earlier, later in zip(parts, parts[1:]))
     assert [len(p.split("\n")) for p in parts] == [4, 8, 12]
@@ -158,7 +160,7 @@ def test_translate_many_keeps_order_and_count(translator):
 def test_blank_text_gives_empty_output_without_loading(text):
     settings = make_settings(translation_models={"zh-en": NOT_CACHED})
     cache = ModelCache(settings)
-    assert list(stream_translation(cache, settings, text, "zh-en")) == [""]
+    assert list(load_and_stream_translation(cache, settings, text, "zh-en")) == [""]
     assert cache.loads == 0
 
 
@@ -167,17 +169,17 @@ def test_odd_unicode_survives(translator):
     lines = translate_text(translator, text).split("\n")
     assert len(lines) == 3 and lines[0] and lines[2]
     assert lines[1] == "🎉👨\u200d👩\u200d👧"  # nothing to translate: kept as is
-    assert clean_text("a\u200bb\x00c\r\nd") == "abc\nd"
+    assert normalize_text("a\u200bb\x00c\r\nd") == "abc\nd"
 
 
 def test_text_over_the_limit_is_refused_with_a_reason(translator):
     with pytest.raises(InvalidInputError, match="limit"):
-        list(translate_stream(translator, "好" * (MAX_TEXT_CHARS + 1)))
+        list(stream_translated_text(translator, "好" * (MAX_TEXT_CHARS + 1)))
 
 
 def test_offline_and_not_cached_says_how_to_provide_the_model(settings):
     with pytest.raises(ModelOfflineError) as caught:
-        list(stream_translation(ModelCache(settings), settings, "こんにちは。", "ja-en"))
+        list(load_and_stream_translation(ModelCache(settings), settings, "こんにちは。", "ja-en"))
     message = str(caught.value)
     assert "not on this machine" in message and "PLAYGROUND_TRANSLATION_JA_EN" in message
     assert "\n" not in message and "Traceback" not in message
@@ -194,7 +196,7 @@ def test_missing_local_folder_names_the_env_var(tmp_path):
 ])
 def test_unknown_direction_is_a_clear_error(settings, direction, expected):
     with pytest.raises(InvalidInputError, match=expected):
-        list(stream_translation(ModelCache(settings), settings, "你好", direction))
+        list(load_and_stream_translation(ModelCache(settings), settings, "你好", direction))
 
 
 def test_env_var_points_a_direction_at_a_local_folder(tiny_marian_dir, shared_cache):
@@ -227,3 +229,22 @@ def test_batch_input_files_and_csv(tmp_path):
         read_text_file(str(latin))
     rows = list(csv.reader(io.StringIO(results_csv(["a, b", "c\nd"], ["x", "y \"z\""]))))
     assert rows == [["source", "translation"], ["a, b", "x"], ["c\nd", 'y "z"']]
+
+
+def test_translate_all_joins_typed_lines_and_a_file(shared_cache, settings, translator, tmp_path):
+    upload = tmp_path / "more.txt"
+    upload.write_text("谢谢你的帮助，再见！\n\n", encoding="utf-8")
+    result = translate_all(shared_cache, settings, "你好。\n\n🎉\n", str(upload), "zh-en")
+    assert result.sources == ["你好。", "🎉", "谢谢你的帮助，再见！"]
+    assert result.translations == translate_many(translator, result.sources)
+    assert result.rows()[1] == ["🎉", "🎉"]
+    path = write_results_csv(result, "zh-en")
+    with open(path, encoding="utf-8", newline="") as file:
+        assert list(csv.reader(file)) == [["source", "translation"], *result.rows()]
+
+
+def test_translate_all_of_nothing_loads_nothing():
+    settings = make_settings(translation_models={"zh-en": NOT_CACHED})
+    cache = ModelCache(settings)
+    assert translate_all(cache, settings, " \n\u200b\n", None, "zh-en").sources == []
+    assert cache.loads == 0

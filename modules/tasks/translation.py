@@ -13,20 +13,22 @@ import csv
 import io
 import logging
 import re
+import tempfile
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from modules.config import ENV_PREFIX, Settings
 from modules.errors import InvalidInputError, ModelError, ModelOfflineError, require_text
-from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind, StatusCallback
+from modules.engine.callbacks import ProgressCallback, StatusCallback
+from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind
 from modules.tasks.sentences import split_sentences, split_to_fit
 
 log = logging.getLogger(__name__)
-ProgressCallback = Callable[[int, int], None]  # (pieces done, pieces in all)
 
 DEFAULT_DIRECTION = "zh-en"
 # 16 sentences per generate call. On the tiny model (benchmarks/translation_throughput.py)
@@ -39,6 +41,7 @@ BATCH_SIZE = 16
 # translation (often longer than the source) must fit in 512 positions too.
 MAX_PIECE_TOKENS = 200
 MAX_TEXT_CHARS = 50_000
+MARIAN_MAX_POSITIONS = 512  # used when neither config nor tokenizer says
 MAX_BATCH_TEXTS = 2_000
 MAX_FILE_BYTES = 2_000_000
 
@@ -139,8 +142,9 @@ def load_translator(
 
 
 # --- text preparation ---------------------------------------------------------
-def clean_text(text: str) -> str:
-    """NFC, '\\n' line ends, no zero-width or control characters (tabs and newlines stay)."""
+def normalize_text(text: str) -> str:
+    """The text as the tokenizer should see it (nothing is removed that a reader sees):
+    NFC, '\\n' line ends, no zero-width or control characters (tabs and newlines stay)."""
     text = require_text(text, "text to translate").replace("\r\n", "\n").replace("\r", "\n")
     text = unicodedata.normalize("NFC", text)
     text = _INVISIBLE.sub("", text)
@@ -200,13 +204,7 @@ class Translator:
 
     @property
     def max_positions(self) -> int:
-        config = self.loaded.model.config
-        limits = [
-            getattr(config, "max_position_embeddings", None),
-            getattr(self.loaded.tokenizer, "model_max_length", None),
-        ]
-        # Tokenizers without a limit report a huge number; 512 is Marian's.
-        return min([int(x) for x in limits if x and x < 1_000_000] or [512])
+        return self.loaded.context_window(fallback=MARIAN_MAX_POSITIONS)
 
     @property
     def max_piece_tokens(self) -> int:
@@ -322,7 +320,7 @@ def _progress_counter(total: int, on_progress: ProgressCallback | None) -> Calla
     return advance
 
 
-def translate_stream(
+def stream_translated_text(
     translator: Translator, text: str, on_progress: ProgressCallback | None = None
 ) -> Iterator[str]:
     """The translation so far, growing a few whole lines (paragraphs) at a time.
@@ -330,7 +328,7 @@ def translate_stream(
     Empty or whitespace-only text yields one empty string. Line breaks, blank
     lines and indentation are kept; nothing is cut off.
     """
-    text = clean_text(text)
+    text = normalize_text(text)
     check_length(text)
     if not text.strip():
         yield ""
@@ -347,7 +345,7 @@ def translate_stream(
 def translate_text(translator: Translator, text: str) -> str:
     """The whole translation at once."""
     result = ""
-    for result in translate_stream(translator, text):
+    for result in stream_translated_text(translator, text):
         pass
     return result
 
@@ -359,7 +357,7 @@ def translate_many(
     short texts go as fast as one long one."""
     if len(texts) > MAX_BATCH_TEXTS:
         raise InvalidInputError(f"{len(texts):,} texts; the limit is {MAX_BATCH_TEXTS:,} at once.")
-    cleaned = [clean_text(t) for t in texts]
+    cleaned = [normalize_text(t) for t in texts]
     check_length("".join(cleaned))
     plans = [_plan(translator, t) if t.strip() else [] for t in cleaned]
     pieces = [p for plan in plans for line in plan for p in line.pieces]
@@ -373,7 +371,7 @@ def translate_many(
     return results
 
 
-def stream_translation(
+def load_and_stream_translation(
     cache: ModelCache,
     settings: Settings,
     text: str,
@@ -387,19 +385,19 @@ def stream_translation(
     missing model raises a `PlaygroundError` that says what to do.
     """
     model_for(settings.translation_models, direction)  # fail fast on a bad direction
-    cleaned = clean_text(text)
+    cleaned = normalize_text(text)
     check_length(cleaned)
     if not cleaned.strip():
         yield ""
         return
     translator = load_translator(cache, settings, direction, on_status)
-    yield from translate_stream(translator, cleaned, on_progress)
+    yield from stream_translated_text(translator, cleaned, on_progress)
 
 
 # --- batch mode files ----------------------------------------------------------
 def texts_from_lines(text: str) -> list[str]:
     """Batch mode input: one text per non-blank line."""
-    return [line.strip() for line in clean_text(text).split("\n") if line.strip()]
+    return [line.strip() for line in normalize_text(text).split("\n") if line.strip()]
 
 
 def read_text_file(path: str) -> str:
@@ -424,3 +422,43 @@ def results_csv(sources: Sequence[str], translations: Sequence[str]) -> str:
     writer.writerow(["source", "translation"])
     writer.writerows(zip(sources, translations))
     return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class TranslatedTexts:
+    """Batch mode's result: the texts in order, each with its translation."""
+
+    sources: list[str]
+    translations: list[str]
+
+    def rows(self) -> list[list[str]]:
+        return [[source, translated] for source, translated in zip(self.sources, self.translations)]
+
+
+def translate_all(
+    cache: ModelCache,
+    settings: Settings,
+    lines: str,
+    file_path: str | None,
+    direction: str,
+    on_status: StatusCallback | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> TranslatedTexts:
+    """Batch mode: one text per non-blank line, typed and/or from an uploaded .txt file.
+
+    No texts gives an empty result without loading a model."""
+    texts = texts_from_lines(lines or "")
+    if file_path:
+        texts += texts_from_lines(read_text_file(file_path))
+    if not texts:
+        return TranslatedTexts([], [])
+    translator = load_translator(cache, settings, direction, on_status)
+    return TranslatedTexts(texts, translate_many(translator, texts, on_progress))
+
+
+def write_results_csv(result: TranslatedTexts, direction: str) -> Path:
+    """The batch result as a CSV file in a fresh temporary folder, for download."""
+    folder = Path(tempfile.mkdtemp(prefix="translations-"))
+    path = folder / f"translations-{re.sub(r'[^A-Za-z0-9-]', '', direction)}.csv"
+    path.write_text(results_csv(result.sources, result.translations), encoding="utf-8")
+    return path

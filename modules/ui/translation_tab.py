@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import re
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import gradio as gr
 
-from modules.tasks import translation
 from modules.app_context import AppContext
-from modules.ui.errors import user_error
-from modules.errors import PlaygroundError
+from modules.engine.compute import on_request_thread
 from modules.engine.gpu import gpu
+from modules.tasks import translation
+from modules.ui.errors import shows_user_errors
 
 BATCH_HEADERS = ["Source", "Translation"]
 
@@ -51,36 +48,31 @@ def build(context: AppContext) -> None:
         batch_download = gr.File(label="Download (CSV)", interactive=False)
 
     @gpu
+    @on_request_thread
+    @shows_user_errors
     def translate(text: str, direction: str, progress=gr.Progress()) -> Iterator[str]:
-        try:
-            yield from translation.stream_translation(
-                context.cache, settings, text, direction,
-                on_status=lambda status: progress(None, desc=status),
-                on_progress=lambda done, total: progress(
-                    (done, total), desc="Translating", unit="sentences"
-                ),
-            )
-        except PlaygroundError as error:
-            raise user_error(error) from error
+        yield from translation.load_and_stream_translation(
+            context.cache, settings, text, direction,
+            on_status=lambda status: progress(None, desc=status),
+            on_progress=lambda done, total: progress(
+                (done, total), desc="Translating", unit="sentences"
+            ),
+        )
 
     @gpu
+    @on_request_thread
+    @shows_user_errors
     def translate_all(lines: str, file_path: str | None, direction: str, progress=gr.Progress()):
-        try:
-            texts = translation.texts_from_lines(lines or "")
-            if file_path:
-                texts += translation.texts_from_lines(translation.read_text_file(file_path))
-            if not texts:
-                return [], None
-            translator = translation.load_translator(
-                context.cache, settings, direction, lambda status: progress(None, desc=status)
-            )
-            results = translation.translate_many(
-                translator, texts,
-                lambda done, total: progress((done, total), desc="Translating", unit="sentences"),
-            )
-        except PlaygroundError as error:
-            raise user_error(error) from error
-        return [list(row) for row in zip(texts, results)], _write_csv(texts, results, direction)
+        result = translation.translate_all(
+            context.cache, settings, lines, file_path, direction,
+            on_status=lambda status: progress(None, desc=status),
+            on_progress=lambda done, total: progress(
+                (done, total), desc="Translating", unit="sentences"
+            ),
+        )
+        if not result.sources:
+            return [], None
+        return result.rows(), str(translation.write_results_csv(result, direction))
 
     def swap_direction(direction: str, text: str, translated: str):
         reverse = translation.reversed_direction(direction or "")
@@ -119,10 +111,3 @@ def _model_note(settings, direction: str | None) -> str:
         f"Model: `{settings.translation_models[direction]}` (loads on first use; "
         f"change it with `{translation.env_var_for(direction)}`)."
     )
-
-
-def _write_csv(texts: list[str], results: list[str], direction: str) -> str:
-    folder = Path(tempfile.mkdtemp(prefix="translations-"))
-    path = folder / f"translations-{re.sub(r'[^A-Za-z0-9-]', '', direction)}.csv"
-    path.write_text(translation.results_csv(texts, results), encoding="utf-8")
-    return str(path)
