@@ -3,7 +3,7 @@
 The explorer tab and the HTTP API show this; the sentiment tab may reuse
 `next_token_distribution` to read a model's probabilities for a few answer tokens.
 Sampling knobs are applied with transformers' own logits warpers, in the order
-`generate` applies them (temperature, then top-k, then top-p), so what the tab
+`generate` applies them (temperature, top-k, top-p, then min-p), so what the tab
 shows is exactly what `generate` would sample from.
 
 Stepping keeps the prefix's keys/values (`past_key_values`) in an `ExplorerState`
@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import (
     LogitsProcessorList,
+    MinPLogitsWarper,
     PreTrainedTokenizerBase,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
@@ -37,6 +38,7 @@ from modules.engine.model_cache import LoadedModel
 MAX_TEMPERATURE = 10.0
 MAX_SHOWN = 100
 MAX_STEPS_AT_ONCE = 100
+ALTERNATIVES_KEPT = 5  # top candidates recorded with each step
 PREFILL_CHUNK = 256  # prompt tokens per forward pass: bounds the logits held at once
 LN2 = math.log(2.0)
 
@@ -47,15 +49,16 @@ STRATEGIES = ("greedy", "sample")
 # --- settings ------------------------------------------------------------
 @dataclass(frozen=True)
 class SamplingSettings:
-    """The knobs of sampling; top_k 0 and top_p 1.0 mean 'off', as in generate."""
+    """The knobs of sampling; top_k 0, top_p 1.0 and min_p 0 mean 'off', as in generate."""
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    min_p: float = 0.0
 
     def validated(self, vocab_size: int | None = None) -> SamplingSettings:
         """Itself, or an InvalidInputError naming the bad knob and its range."""
-        temperature, top_k, top_p = self.temperature, self.top_k, self.top_p
+        temperature, top_k, top_p, min_p = self.temperature, self.top_k, self.top_p, self.min_p
         if not _is_number(temperature) or not 0 < temperature <= MAX_TEMPERATURE:
             raise InvalidInputError(
                 f"Temperature must be above 0 and at most {MAX_TEMPERATURE:g} (got {temperature})."
@@ -65,7 +68,9 @@ class SamplingSettings:
             raise InvalidInputError(f"top-k must be a whole number from 0 (off) to {upper} (got {top_k}).")
         if not _is_number(top_p) or not 0 < top_p <= 1:
             raise InvalidInputError(f"top-p must be above 0 and at most 1 (got {top_p}).")
-        return SamplingSettings(float(temperature), int(top_k), float(top_p))
+        if not _is_number(min_p) or not 0 <= min_p <= 1:
+            raise InvalidInputError(f"min-p must be from 0 (off) to 1 (got {min_p}).")
+        return SamplingSettings(float(temperature), int(top_k), float(top_p), float(min_p))
 
     def warpers(self) -> LogitsProcessorList:
         """transformers' warpers for these settings, in generate's order."""
@@ -74,6 +79,8 @@ class SamplingSettings:
             warpers.append(TopKLogitsWarper(top_k=self.top_k))
         if self.top_p < 1.0:
             warpers.append(TopPLogitsWarper(top_p=self.top_p))
+        if self.min_p > 0:
+            warpers.append(MinPLogitsWarper(min_p=self.min_p))
         return warpers
 
 
@@ -242,6 +249,7 @@ class Candidate:
     cumulative: float  # probability of this and all higher-ranked tokens
     in_top_k: bool  # survives the top-k cut
     in_top_p: bool  # survives the top-p nucleus (taken after top-k, as generate does)
+    in_min_p: bool  # survives min-p too (the last cut): sampling can pick it
     final_probability: float  # what sampling uses: renormalised over the survivors
 
 
@@ -261,6 +269,7 @@ class Distribution:
             "temperature": self.settings.temperature,
             "top_k": self.settings.top_k,
             "top_p": self.settings.top_p,
+            "min_p": self.settings.min_p,
             "vocab_size": self.vocab_size,
             "entropy_bits": self.entropy_bits,
             "filtered_entropy_bits": self.filtered_entropy_bits,
@@ -270,7 +279,7 @@ class Distribution:
 
 
 def filter_logits(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
-    """Logits after temperature, top-k and top-p; removed tokens are -inf."""
+    """Logits after temperature, top-k, top-p and min-p; removed tokens are -inf."""
     scores = logits.float().reshape(1, -1)
     return settings.warpers()(torch.zeros((1, 0), dtype=torch.long), scores)[0]
 
@@ -291,6 +300,7 @@ def distribution_from_logits(
     logits = logits.float().reshape(-1)
     tempered = (logits / settings.temperature).softmax(-1)
     after_top_k = filter_logits(logits, SamplingSettings(settings.temperature, settings.top_k))
+    after_top_p = filter_logits(logits, SamplingSettings(settings.temperature, settings.top_k, settings.top_p))
     final_logits = filter_logits(logits, settings)
     final = final_logits.softmax(-1)
     order = torch.argsort(logits, descending=True, stable=True)[:shown]
@@ -304,7 +314,8 @@ def distribution_from_logits(
             rank=rank,
             cumulative=float(cumulative[rank - 1]),
             in_top_k=bool(torch.isfinite(after_top_k[i])),
-            in_top_p=bool(torch.isfinite(final_logits[i])),
+            in_top_p=bool(torch.isfinite(after_top_p[i])),
+            in_min_p=bool(torch.isfinite(final_logits[i])),
             final_probability=float(final[i]),
         )
         for rank, i in enumerate(order.tolist(), start=1)
@@ -329,13 +340,14 @@ def next_token_distribution(
     shown: int = 10,
     use_chat_template: bool = False,
     max_input_tokens: int | None = None,
+    min_p: float = 0.0,
 ) -> Distribution:
     """One fresh forward pass: the next-token candidates for text, token ids or chat messages.
 
     Messages (a list of {role, content}) are always wrapped in the chat template,
     with the assistant's turn opened, so the candidates are the reply's first token.
     """
-    settings = SamplingSettings(temperature, top_k, top_p).validated()
+    settings = SamplingSettings(temperature, top_k, top_p, min_p).validated()
     shown = validate_shown(shown)
     if isinstance(text_or_ids, str) or _is_messages(text_or_ids):
         ids = encode_prompt(loaded, text_or_ids, use_chat_template, max_input_tokens)
@@ -385,6 +397,9 @@ class Step:
     probability: float  # softmax(logits / temperature) when it was chosen
     rank: int
     how: str  # "greedy", "sample" or "picked"
+    settings: SamplingSettings = SamplingSettings()  # the knobs when it was chosen
+    seed: int | None = None  # the seed of a sampled step: replaying it draws the same token
+    alternatives: tuple[tuple[int, str, float], ...] = ()  # the top candidates it was chosen from
 
 
 @dataclass
@@ -432,7 +447,8 @@ def start(
 
 @torch.inference_mode()
 def append_token(
-    loaded: LoadedModel, state: ExplorerState, token_id: int, how: str, settings: SamplingSettings
+    loaded: LoadedModel, state: ExplorerState, token_id: int, how: str, settings: SamplingSettings,
+    seed: int | None = None,
 ) -> Step:
     """Add one token: record how likely it was, then one forward pass over it alone."""
     settings, token_id = settings.validated(), int(token_id)
@@ -441,8 +457,11 @@ def append_token(
     if state.room <= 0:
         raise InvalidInputError(f"The text fills the context window ({state.window} tokens): undo or start over.")
     tempered = (state.logits / settings.temperature).softmax(-1)
+    top = torch.topk(tempered, min(ALTERNATIVES_KEPT, tempered.shape[-1]))
+    alternatives = tuple((int(i), token_label(loaded.tokenizer, int(i)), float(p))
+                         for p, i in zip(top.values, top.indices, strict=True))
     step = Step(token_id, token_label(loaded.tokenizer, token_id), float(tempered[token_id]),
-                token_rank(state.logits, token_id), how)
+                token_rank(state.logits, token_id), how, settings, seed, alternatives)
     out = _forward(loaded, [token_id], state.past_key_values)
     state.past_key_values = out.past_key_values
     state.logits = out.logits[0, -1].float().cpu()
@@ -480,7 +499,7 @@ def take_steps(
     taken = []
     for _ in range(min(int(count), state.room)):
         token_id = choose_token(state, how, settings, int(seed))
-        taken.append(append_token(loaded, state, token_id, how, settings))
+        taken.append(append_token(loaded, state, token_id, how, settings, int(seed) if how == "sample" else None))
         if token_id in stop_token_ids:
             break
     return taken

@@ -1,0 +1,75 @@
+"""Attention of the next position: how much the last token looks at each earlier one.
+
+One extra forward pass with `output_attentions=True` under transformers' eager
+attention (the fast kernels do not return weights), switched on for that pass only
+and back after it, while the model's lock keeps other requests out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from modules.engine.model_cache import LoadedModel
+from modules.errors import InvalidInputError
+from modules.tasks import next_token as nt
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    tokens: list[str]  # the text's tokens, whitespace visible
+    weights: list[list[float]]  # [layer][token]: attention of the last position, summing to 1
+    layers: int
+    heads: int
+    head: int | None  # None: averaged over heads
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def no_attentions_message(loaded: LoadedModel) -> str:
+    return (
+        f"{loaded.name} cannot return attention weights here: its layers run on fused CPU kernels "
+        f"({loaded.quantization or 'fast decode'}). Start the app with PLAYGROUND_FAST_DECODE=0 "
+        "to see attention."
+    )
+
+
+@torch.inference_mode()
+def attention_weights(loaded: LoadedModel, ids: Sequence[int]) -> torch.Tensor:
+    """[layers, heads, tokens] attention of the last position, from one eager pass."""
+    model = loaded.model
+    input_ids = torch.tensor([list(ids)], dtype=torch.long, device=loaded.device)
+    with loaded.lock:
+        previous = model.config._attn_implementation
+        try:
+            model.set_attn_implementation("eager")
+        except (ValueError, ImportError) as error:
+            raise InvalidInputError(f"{loaded.name} has no eager attention to read weights from: {error}") from error
+        try:
+            out = model(input_ids=input_ids, use_cache=False, output_attentions=True)
+        finally:
+            model.set_attn_implementation(previous)
+    attentions = [a for a in (out.attentions or ()) if a is not None]
+    if not attentions:
+        raise InvalidInputError(no_attentions_message(loaded))
+    return torch.stack([a[0, :, -1, :].float().cpu() for a in attentions])
+
+
+def attention(loaded: LoadedModel, ids: Sequence[int], head: int | None = None) -> AttentionMap:
+    """Per layer, the last position's attention over the text: one head, or the heads' mean."""
+    ids = nt.check_fits(loaded, list(ids))
+    weights = attention_weights(loaded, ids)
+    layers, heads, _ = weights.shape
+    if head is not None and (not nt.is_whole(head) or not 0 <= head < heads):
+        raise InvalidInputError(f"Heads are numbered 0 to {heads - 1} (got {head}).")
+    picked = weights.mean(1) if head is None else weights[:, int(head)]
+    return AttentionMap(
+        tokens=[nt.token_label(loaded.tokenizer, i) for i in ids],
+        weights=picked.tolist(),
+        layers=layers,
+        heads=heads,
+        head=None if head is None else int(head),
+    )

@@ -1,0 +1,117 @@
+"""The sampling pipeline stage by stage, on stored logits: no model call.
+
+Each stage is one of transformers' own warpers, applied cumulatively in the order
+`generate` applies them (temperature, top-k, top-p, min-p); a token removed at a
+stage stays removed after it. Also the step's entropy and how it moves with T.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from modules.tasks import next_token as nt
+
+STAGES = ("raw", "÷ temperature", "top-k", "top-p", "min-p")
+SWEEP_TEMPERATURES = tuple(round(0.2 + 0.1 * i, 1) for i in range(19))  # 0.2 .. 2.0
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """One candidate through the pipeline: its probability after each stage (None once removed)."""
+
+    id: int
+    token: str
+    rank: int
+    logit: float
+    probabilities: list[float | None]  # one per STAGES entry, renormalised over the survivors
+    removed_by: str | None  # the stage that cut it, None if sampling can pick it
+
+    @property
+    def raw_probability(self) -> float:
+        return self.probabilities[0] or 0.0
+
+    @property
+    def final_probability(self) -> float:
+        return self.probabilities[-1] or 0.0
+
+
+@dataclass(frozen=True)
+class SamplingStages:
+    stages: list[str]
+    rows: list[StageRow]
+    kept_per_stage: list[int]  # tokens of the whole vocabulary left after each stage
+    settings: nt.SamplingSettings
+
+    def as_dict(self) -> dict:
+        return {
+            "stages": self.stages,
+            "kept_per_stage": self.kept_per_stage,
+            "settings": asdict(self.settings),
+            "candidates": [asdict(row) for row in self.rows],
+        }
+
+
+def stage_warpers(settings: nt.SamplingSettings) -> list[nt.SamplingSettings]:
+    """The settings in force after each stage: each adds one knob to the one before."""
+    s = settings
+    return [
+        nt.SamplingSettings(),
+        nt.SamplingSettings(s.temperature),
+        nt.SamplingSettings(s.temperature, s.top_k),
+        nt.SamplingSettings(s.temperature, s.top_k, s.top_p),
+        s,
+    ]
+
+
+def sampling_stages(
+    logits: torch.Tensor,
+    tokenizer: PreTrainedTokenizerBase,
+    settings: nt.SamplingSettings = nt.SamplingSettings(),
+    shown: int = 10,
+) -> SamplingStages:
+    """The top `shown` raw candidates and what each warper does to them."""
+    settings = settings.validated(logits.shape[-1])
+    shown = min(nt.validate_shown(shown), logits.shape[-1])
+    logits = logits.float().reshape(-1)
+    staged = [nt.filter_logits(logits, stage) for stage in stage_warpers(settings)]
+    probabilities = [scores.softmax(-1) for scores in staged]
+    order = torch.argsort(logits, descending=True, stable=True)[:shown].tolist()
+    rows = []
+    for rank, token_id in enumerate(order, start=1):
+        alive = [bool(torch.isfinite(scores[token_id])) for scores in staged]
+        rows.append(StageRow(
+            id=token_id,
+            token=nt.token_label(tokenizer, token_id),
+            rank=rank,
+            logit=float(logits[token_id]),
+            probabilities=[float(p[token_id]) if ok else None for p, ok in zip(probabilities, alive, strict=True)],
+            removed_by=next((name for name, ok in zip(STAGES, alive, strict=True) if not ok), None),
+        ))
+    kept = [int(torch.isfinite(scores).sum()) for scores in staged]
+    return SamplingStages(list(STAGES), rows, kept, settings)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    temperature: float
+    entropy_bits: float
+    effective_choices: float  # 2^H: as unsure as a fair pick among this many tokens
+
+
+def entropy_bits(probabilities: torch.Tensor) -> float:
+    return float(torch.special.entr(probabilities).sum() / nt.LN2)
+
+
+def temperature_sweep(
+    logits: torch.Tensor, temperatures: tuple[float, ...] = SWEEP_TEMPERATURES
+) -> list[SweepPoint]:
+    """Entropy of softmax(logits / T) for each T: how temperature flattens or sharpens a step."""
+    logits = logits.float().reshape(-1)
+    points = []
+    for temperature in temperatures:
+        bits = entropy_bits((logits / temperature).softmax(-1))
+        points.append(SweepPoint(float(temperature), bits, 2.0**bits))
+    return points
