@@ -43,6 +43,7 @@ from benchmarks.decode_speed import LLAMA_CPP_DECODE  # noqa: E402
 from benchmarks.explorer_step import median_seconds, prompt_of  # noqa: E402
 from benchmarks.sentiment_throughput import accuracy, labelled_rows, one_by_one, texts_per_second  # noqa: E402
 from benchmarks.translation_throughput import corpus_sentences, measure  # noqa: E402
+from modules.app_context import AppContext  # noqa: E402
 from modules import next_token as nt  # noqa: E402
 from modules import sentiment, zero_shot  # noqa: E402
 from modules.config import DEFAULT_TRANSLATION_MODELS, EMBEDDED_MODEL, Settings  # noqa: E402
@@ -162,7 +163,7 @@ def sentiment_rows(report: Report, cache: ModelCache, classifier_dir: str, chat_
                f"uncalibrated {accuracy(rows, results, lambda r: r.raw_scores):.0%}")
 
 
-def every_tab(report: Report, demo) -> None:
+def every_tab(report: Report, demo, cache: ModelCache) -> None:
     """Each tab's main handler, as the page calls it; then memory and model loads."""
     fns = {fn.api_name: fn.fn for fn in demo.fns.values() if fn.api_name}
     for _ in fns["chat"]("Hello!", [], "You are a helpful assistant.", EMBEDDED_MODEL,
@@ -175,7 +176,6 @@ def every_tab(report: Report, demo) -> None:
                      "positive, negative", True, False, progress=quiet)
     for _ in fns["translate"]("你好。今天天气很好。", "zh-en", progress=quiet):
         pass
-    cache = demo.playground.cache
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report.add("memory", "peak RSS after using every tab", f"{peak_mb:.0f} MB",
                f"{len(cache.loaded_names())} models held, {cache.total_bytes() / 2**20:.0f} MB of weights")
@@ -201,15 +201,15 @@ def main() -> None:
         settings = dataclasses.replace(
             Settings(offline=True), cache_dir=cache_dir, sentiment_model=distilbert_dir,
             translation_models={**DEFAULT_TRANSLATION_MODELS, "zh-en": marian_dir})
-        demo = build_demo(settings, ModelCache(settings))
-        cache = demo.playground.cache
+        cache = ModelCache(settings)
+        demo = build_demo(AppContext.create(settings, cache))
         loaded = cache.get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
         print(f"chat model: {loaded.description}", flush=True)
         chat(report, loaded, args.tokens, args.repeats)
         explorer(report, loaded, max(5, 3 * args.repeats))
         translation(report, cache, settings)
         sentiment_rows(report, cache, distilbert_dir, loaded)
-        every_tab(report, demo)
+        every_tab(report, demo, cache)
     report.print()
     print(f"\n{loaded.description}; whole report in {time.perf_counter() - started:.0f} s, "
           f"load average now {os.getloadavg()[0]:.1f}")

@@ -24,6 +24,7 @@ from dataclasses import dataclass  # noqa: E402
 import openai  # noqa: E402
 
 from benchmarks.chat_throughput import as_in_the_app  # noqa: E402
+from modules.app_context import AppContext  # noqa: E402
 from modules.tasks.chat import GenerationParams, stream_chat  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
 from modules.serving.launch import create_app, serve_in_thread  # noqa: E402
@@ -96,7 +97,7 @@ def main() -> None:
     settings = dataclasses.replace(Settings.from_env(), offline=True, chat_model=args.model,
                                    api_key=None)
     cache = ModelCache(settings)
-    demo = build_demo(settings, cache=cache)
+    context = AppContext.create(settings, cache)
     loaded = cache.get(args.model, ModelKind.CAUSAL_LM)
     messages = [{"role": "user", "content": args.prompt}]
     measure_in_process(loaded, messages, 4)  # warm-up: first-call costs out of the way
@@ -104,7 +105,7 @@ def main() -> None:
           f"max_tokens={args.max_tokens}, greedy; {os.cpu_count()} CPUs; one run each\n")
     # Both as `python app.py` serves them: generation on the lent main thread.
     local = as_in_the_app(measure_in_process, loaded, messages, args.max_tokens)
-    with serve_in_thread(create_app(demo)) as url:
+    with serve_in_thread(create_app(build_demo(context), context)) as url:
         remote = as_in_the_app(measure_api, url + "/v1", args.model, messages, args.max_tokens)
     print_table([local, remote])
     print(f"\nsame text on both paths: {local.text == remote.text}")

@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
+from modules.app_context import AppContext  # noqa: E402
 from modules import next_token as nt  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
 from modules.engine.model_cache import ModelCache, ModelKind  # noqa: E402
@@ -77,9 +78,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     settings = Settings(offline=True, chat_model=EMBEDDED_MODEL)
 
-    cold_demo = build_demo(settings, ModelCache(settings))
+    cache = ModelCache(settings)
+    cold_demo = build_demo(AppContext.create(settings, cache))
     cold = render_seconds(cold_demo, SHORT_PROMPT)  # loads the model first
-    cache = cold_demo.playground.cache
     loaded = cache.get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
     prompt = prompt_of(loaded, args.tokens)
 

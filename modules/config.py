@@ -3,6 +3,11 @@
 Every setting has an environment variable (so a Space can set it) and most have a
 flag (so `python app.py --share` works). Settings are an immutable value passed to
 whoever needs them; nothing here holds mutable global state.
+
+Where to listen follows the platforms' conventions, first found wins: our flags,
+PLAYGROUND_HOST / PLAYGROUND_PORT, GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (set by a
+Hugging Face Space), PORT (Cloud Run, Heroku, Render), then the defaults, which are
+0.0.0.0:7860 on a Space (SYSTEM=spaces) and 127.0.0.1:7860 elsewhere.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+VERSION = "0.2.0"  # reported by GET /health; bump with each release
 
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
 DEFAULT_CHAT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -46,6 +53,31 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise SystemExit(f"{name} must be a whole number, got {value!r}") from None
+
+
+def _on_spaces(env: Mapping[str, str]) -> bool:
+    """A Hugging Face Space sets SYSTEM=spaces for the app it runs."""
+    return env.get("SYSTEM", "").strip().lower() == "spaces"
+
+
+def _host(env: Mapping[str, str]) -> str:
+    for name in (ENV_PREFIX + "HOST", "GRADIO_SERVER_NAME"):
+        if env.get(name, "").strip():
+            return env[name].strip()
+    return "0.0.0.0" if _on_spaces(env) else "127.0.0.1"
+
+
+def _port(env: Mapping[str, str]) -> int:
+    for name in (ENV_PREFIX + "PORT", "GRADIO_SERVER_PORT", "PORT"):
+        if env.get(name, "").strip():
+            return _int(env, name, 7860)
+    return 7860
+
+
+def _public_url(env: Mapping[str, str]) -> str | None:
+    """The Space's own address (SPACE_HOST, e.g. user-name.hf.space), where users reach it."""
+    host = env.get("SPACE_HOST", "").strip() if _on_spaces(env) else ""
+    return f"https://{host}" if host else None
 
 
 def _translation_models(env: Mapping[str, str]) -> dict[str, str]:
@@ -90,6 +122,10 @@ class Settings:
     remote_model: str | None = None
     # CPU chat models: int8 weight-only linears (modules/engine/kernels/fast_decode.py). PLAYGROUND_FAST_DECODE=0 turns it off.
     fast_decode: bool = True
+    # Started by a Hugging Face Space: no share link (the Space has its own public URL).
+    on_spaces: bool = False
+    # The address users reach this app at when it differs from host:port (a Space's URL).
+    public_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -100,9 +136,9 @@ class Settings:
         extra = env.get(ENV_PREFIX + "CHAT_MODELS", "")
         trusted = env.get(ENV_PREFIX + "TRUST_REMOTE_CODE", "")
         return cls(
-            host=env.get(ENV_PREFIX + "HOST", defaults.host),
-            port=_int(env, ENV_PREFIX + "PORT", defaults.port),
-            share=_flag(env, ENV_PREFIX + "SHARE"),
+            host=_host(env),
+            port=_port(env),
+            share=_flag(env, ENV_PREFIX + "SHARE") and not _on_spaces(env),
             auth=parse_auth(auth) if auth else None,
             offline=_flag(env, ENV_PREFIX + "OFFLINE") or _flag(env, "HF_HUB_OFFLINE"),
             chat_model=env.get(ENV_PREFIX + "CHAT_MODEL", "").strip() or defaults.chat_model,
@@ -126,13 +162,17 @@ class Settings:
             remote_api_key=env.get(ENV_PREFIX + "REMOTE_API_KEY") or None,
             remote_model=env.get(ENV_PREFIX + "REMOTE_MODEL") or None,
             fast_decode=_flag(env, ENV_PREFIX + "FAST_DECODE", defaults.fast_decode),
+            on_spaces=_on_spaces(env),
+            public_url=_public_url(env),
         )
 
     @classmethod
     def from_args(
         cls, argv: Sequence[str], env: Mapping[str, str] | None = None
     ) -> Settings:
-        """Flags override the environment, which overrides the defaults."""
+        """Flags override the environment, which overrides the defaults.
+
+        On a Space there is never a share link, whatever was asked."""
         base = cls.from_env(env)
         parser = argparse.ArgumentParser(
             prog="app.py", description="Transformers Playground: open models, run locally."
@@ -163,6 +203,8 @@ class Settings:
         )
         parser.add_argument("--remote-model", default=base.remote_model)
         args = parser.parse_args(list(argv))
+        if base.on_spaces:
+            args.share = False
         return dataclasses.replace(base, **vars(args))
 
 

@@ -6,6 +6,7 @@ import sys
 import gradio as gr
 
 from modules.config import EMBEDDED_MODEL
+from modules.engine.model_cache import ModelKind
 
 
 def test_app_exposes_demo_without_launching(monkeypatch):
@@ -24,4 +25,6 @@ def test_app_exposes_demo_without_launching(monkeypatch):
         if isinstance(block, gr.Markdown) and block.elem_id == "active-model"
     )
     assert EMBEDDED_MODEL in header and "offline" in header
-    assert app.demo.playground.cache.loaded_names() == []  # nothing loads at import
+    assert app.context.cache.loaded_names() == []  # nothing loads at import
+    progress = app.context.cache.load_progress(app.context.chat_model.ref, ModelKind.CAUSAL_LM)
+    assert progress.state == "idle"  # the warm start belongs to launch, not to import

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from modules.app_context import AppContext
 from modules.tasks.chat import live_generation_threads
 from modules.config import DEFAULT_TRANSLATION_MODELS, EMBEDDED_MODEL
 from modules.serving.launch import create_app, serve_in_thread
@@ -74,9 +75,10 @@ def browser(request):
 @pytest.fixture(scope="module")
 def app_url(tiny_marian_dir, shared_cache):
     translation_models = {**DEFAULT_TRANSLATION_MODELS, "zh-en": str(tiny_marian_dir)}
-    demo = build_demo(make_settings(translation_models=translation_models), cache=shared_cache)
-    assert demo.playground.chat_model.ref == EMBEDDED_MODEL  # offline: the embedded model
-    with serve_in_thread(create_app(demo)) as url:
+    context = AppContext.create(make_settings(translation_models=translation_models), shared_cache)
+    assert context.chat_model.ref == EMBEDDED_MODEL  # offline: the embedded model
+    demo = build_demo(context)
+    with serve_in_thread(create_app(demo, context)) as url:
         yield url
 
 

@@ -7,6 +7,7 @@ import time
 import pytest
 from gradio_client import Client
 
+from modules.app_context import AppContext
 from modules.tasks.chat import live_generation_threads
 from modules.config import EMBEDDED_MODEL
 from modules.ui.layout import build_demo
@@ -17,7 +18,7 @@ GREEDY = {"do_sample": False, "max_new_tokens": 16}
 
 @pytest.fixture(scope="module")
 def app(tiny_causal_lm_dir, shared_cache):
-    demo = build_demo(make_settings(chat_model=str(tiny_causal_lm_dir)), cache=shared_cache)
+    demo = build_demo(AppContext.create(make_settings(chat_model=str(tiny_causal_lm_dir)), shared_cache))
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
                 quiet=True)
     yield demo
@@ -101,8 +102,9 @@ def test_abandoned_and_cancelled_jobs_leave_no_generate_threads(app):
 
 
 def test_embedded_model_offline_through_the_page(app, client):
-    assert app.playground.chat_model.ref != EMBEDDED_MODEL  # the tiny model is the default
-    assert EMBEDDED_MODEL in app.playground.chat_model_choices()
+    [dropdown] = [b for b in app.blocks.values() if getattr(b, "label", None) == "Chat model"]
+    assert dropdown.value != EMBEDDED_MODEL  # the tiny model is the default
+    assert EMBEDDED_MODEL in [value for _, value in dropdown.choices]
     status = client.predict(EMBEDDED_MODEL, api_name="/load_chat_model")
     assert "SmolLM2-135M-Instruct" in status
     chatbot = client.predict("What is the capital of France?", api_name="/chat",

@@ -58,3 +58,41 @@ def test_bad_auth_is_refused(bad):
 def test_bad_number_in_environment_names_the_variable():
     with pytest.raises(SystemExit, match="PLAYGROUND_PORT"):
         Settings.from_env({"PLAYGROUND_PORT": "eighty"})
+
+
+# --- where to listen: flags > PLAYGROUND_* > GRADIO_SERVER_* > PORT > defaults ---------------
+SPACE = {"SYSTEM": "spaces", "SPACE_ID": "ann/playground", "SPACE_HOST": "ann-playground.hf.space"}
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "expected"),
+    [
+        ({}, [], ("127.0.0.1", 7860)),
+        ({"PORT": "8080"}, [], ("127.0.0.1", 8080)),
+        ({"PORT": "8080", "GRADIO_SERVER_PORT": "7000", "GRADIO_SERVER_NAME": "0.0.0.0"}, [],
+         ("0.0.0.0", 7000)),
+        ({"GRADIO_SERVER_PORT": "7000", "GRADIO_SERVER_NAME": "0.0.0.0",
+          "PLAYGROUND_PORT": "9000", "PLAYGROUND_HOST": "10.0.0.5"}, [], ("10.0.0.5", 9000)),
+        ({"PLAYGROUND_PORT": "9000", "PLAYGROUND_HOST": "10.0.0.5"},
+         ["--port", "8001", "--host", "127.0.0.2"], ("127.0.0.2", 8001)),
+        (SPACE, [], ("0.0.0.0", 7860)),
+        ({**SPACE, "GRADIO_SERVER_NAME": "::", "GRADIO_SERVER_PORT": "7861"}, [], ("::", 7861)),
+    ],
+)
+def test_host_and_port_follow_the_platforms_conventions(env, argv, expected):
+    settings = Settings.from_args(argv, env=env)
+    assert (settings.host, settings.port) == expected
+
+
+def test_a_space_never_shares_and_knows_its_public_url():
+    settings = Settings.from_args(["--share"], env={**SPACE, "PLAYGROUND_SHARE": "1"})
+    assert settings.on_spaces and not settings.share
+    assert settings.public_url == "https://ann-playground.hf.space"
+    assert Settings.from_env({**SPACE, "PLAYGROUND_SHARE": "1"}).share is False
+    elsewhere = Settings.from_args(["--share"], env={"SPACE_HOST": "ann-playground.hf.space"})
+    assert elsewhere.share and not elsewhere.on_spaces and elsewhere.public_url is None
+
+
+def test_bad_port_names_the_variable_it_came_from():
+    with pytest.raises(SystemExit, match="GRADIO_SERVER_PORT"):
+        Settings.from_env({"GRADIO_SERVER_PORT": "http"})

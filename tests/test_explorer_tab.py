@@ -7,6 +7,7 @@ import gradio as gr
 import pytest
 from gradio_client import Client
 
+from modules.app_context import AppContext
 from modules.tasks import next_token as nt
 from modules.engine.model_cache import ModelKind
 from modules.ui.explorer_tab import TABLE_HEADERS
@@ -24,7 +25,7 @@ def tiny(shared_cache, tiny_causal_lm_dir):
 
 @pytest.fixture(scope="module")
 def demo(shared_cache, tiny, tiny_causal_lm_dir):
-    return build_demo(make_settings(chat_model=str(tiny_causal_lm_dir)), cache=shared_cache)
+    return build_demo(AppContext.create(make_settings(chat_model=str(tiny_causal_lm_dir)), shared_cache))
 
 
 def handler(demo, api_name):
@@ -40,7 +41,7 @@ def ids_in_table(table) -> list[int]:
 # --- handlers -----------------------------------------------------------------
 def test_explorer_uses_the_chat_model_from_the_shared_cache(demo, shared_cache, tiny):
     loads = shared_cache.loads
-    ref = demo.playground.chat_model.ref
+    ref = tiny.ref.text
     session, chips, summary, chart, table, *_ = handler(demo, "explorer_score")(
         PROMPT, False, ref, *KNOBS, progress=None
     )
@@ -57,7 +58,7 @@ def test_explorer_uses_the_chat_model_from_the_shared_cache(demo, shared_cache, 
 
 
 def test_sliders_redraw_from_the_stored_scores(demo, tiny):
-    ref = demo.playground.chat_model.ref
+    ref = tiny.ref.text
     session = handler(demo, "explorer_score")(PROMPT, False, ref, *KNOBS, progress=None)[0]
     summary, chart, table = handler(demo, "explorer_redraw")(session, 10, 0.5, 3, 1.0)
     third_best = session.explorer.logits.sort(descending=True).values[2]
@@ -70,7 +71,7 @@ def test_sliders_redraw_from_the_stored_scores(demo, tiny):
 
 
 def test_greedy_pick_and_undo_steps(demo, tiny):
-    ref = demo.playground.chat_model.ref
+    ref = tiny.ref.text
     outputs = handler(demo, "explorer_score")(PROMPT, False, ref, *KNOBS, progress=None)
     session, table = outputs[0], outputs[4]
     step_args = (PROMPT, False, ref, *KNOBS, 0, 3, "greedy")
@@ -91,8 +92,8 @@ def test_greedy_pick_and_undo_steps(demo, tiny):
     assert len(session.explorer.steps) == 4
 
 
-def test_a_new_prompt_starts_a_new_walk(demo):
-    ref = demo.playground.chat_model.ref
+def test_a_new_prompt_starts_a_new_walk(demo, tiny_ref):
+    ref = tiny_ref
     session = handler(demo, "explorer_score")(PROMPT, False, ref, *KNOBS, progress=None)[0]
     old = session.explorer
     outputs = handler(demo, "explorer_greedy")(session, "Hello", False, ref, *KNOBS, 0, 1, "greedy", progress=None)
@@ -104,9 +105,9 @@ def test_a_new_prompt_starts_a_new_walk(demo):
     [("", KNOBS, "Type a prompt"), ("word " * 400, KNOBS, "reads at most"),
      (PROMPT, (10, 0.0, 0, 1.0), "Temperature"), (PROMPT, (10, 1.0, 0, 0.0), "top-p")],
 )
-def test_bad_input_becomes_a_gradio_error(demo, prompt, knobs, message):
+def test_bad_input_becomes_a_gradio_error(demo, tiny_ref, prompt, knobs, message):
     with pytest.raises(gr.Error, match=message):
-        handler(demo, "explorer_score")(prompt, False, demo.playground.chat_model.ref, *knobs, progress=None)
+        handler(demo, "explorer_score")(prompt, False, tiny_ref, *knobs, progress=None)
 
 
 def test_an_unknown_model_is_a_clear_error(demo):

@@ -1,6 +1,6 @@
 """The /v1 API, driven by the official `openai` client against the app on 127.0.0.1.
 
-The server is the real app (`create_app(build_demo(...))`) under uvicorn on a free
+The server is the real app (`create_app(build_demo(context), context)`) under uvicorn on a free
 port, on the session's shared model cache: the tiny test model is the active chat
 model and the embedded SmolLM2 is the other choice.
 """
@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from modules.app_context import AppContext
 from modules.tasks.chat import GenerationParams, stream_chat
 from modules.config import EMBEDDED_MODEL
 from modules.serving.launch import create_app, serve_in_thread
@@ -29,10 +30,11 @@ LONG_GENERATION = 200  # tokens; the slowed tiny model would need >10 s for them
 
 @contextlib.contextmanager
 def running_app(cache, **settings):
-    """The whole app (page + /v1) served on a free loopback port; yields (base URL, demo)."""
-    demo = build_demo(make_settings(**settings), cache=cache)
-    with serve_in_thread(create_app(demo)) as url:
-        yield url, demo
+    """The whole app (page + /v1) served on a free loopback port; yields (base URL, demo, context)."""
+    context = AppContext.create(make_settings(**settings), cache)
+    demo = build_demo(context)
+    with serve_in_thread(create_app(demo, context)) as url:
+        yield url, demo, context
 
 
 @contextlib.contextmanager
@@ -78,7 +80,7 @@ def local_reply(loaded, messages, **params):
 # --- models ------------------------------------------------------------------------
 def test_models_lists_the_chat_choices_active_first(client, server, tiny_ref):
     ids = [model.id for model in client.models.list()]
-    assert ids == server[1].playground.chat_model_choices()
+    assert ids == server[2].chat_model_choices()
     assert ids[0] == tiny_ref and EMBEDDED_MODEL in ids and NOT_DOWNLOADED in ids
 
 
@@ -297,7 +299,7 @@ def test_wrong_or_missing_api_key_is_401(base_url, tiny_ref):
 
 
 def test_no_api_key_configured_means_open(tiny_causal_lm_dir, shared_cache):
-    with running_app(shared_cache, chat_model=str(tiny_causal_lm_dir)) as (url, _):
+    with running_app(shared_cache, chat_model=str(tiny_causal_lm_dir)) as (url, _, _):
         response = httpx.get(f"{url}/v1/models")
         page = httpx.get(url + "/")
     assert response.status_code == 200 and response.json()["data"]
@@ -385,9 +387,9 @@ def test_concurrent_requests_each_get_their_own_reply(client, tiny_ref, tiny_mod
 
 
 def test_login_protects_the_page_and_the_key_protects_v1(tiny_causal_lm_dir, shared_cache):
-    demo = build_demo(make_settings(chat_model=str(tiny_causal_lm_dir), api_key=API_KEY),
-                      cache=shared_cache)
-    with serve_in_thread(create_app(demo, auth=("ada", "lovelace"))) as url:
+    context = AppContext.create(
+        make_settings(chat_model=str(tiny_causal_lm_dir), api_key=API_KEY), shared_cache)
+    with serve_in_thread(create_app(build_demo(context), context, auth=("ada", "lovelace"))) as url:
         assert httpx.get(f"{url}/config").status_code == 401
         with httpx.Client(base_url=url) as browser:
             assert browser.post("/login", data={"username": "ada", "password": "lovelace"}
@@ -396,46 +398,3 @@ def test_login_protects_the_page_and_the_key_protects_v1(tiny_causal_lm_dir, sha
             assert browser.get("/v1/models").status_code == 401  # a login is not the API key
         models = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
     assert models.status_code == 200
-
-
-# --- launching --------------------------------------------------------------------------------
-def _record_launches(monkeypatch, demo, share_reachable: bool) -> dict:
-    """Stand in for the two blocking servers and the share-server probe; record the calls."""
-    import modules.serving.launch as launch_module
-
-    calls: dict = {}
-    monkeypatch.setattr(launch_module, "share_server_reachable", lambda: share_reachable)
-    monkeypatch.setattr(launch_module, "_serve",
-                        lambda app, host, port: calls.update(uvicorn=(app, host, port)))
-    monkeypatch.setattr(demo, "launch", lambda **kw: calls.update(gradio=kw))
-    monkeypatch.setattr(launch_module, "_lend_main_thread", lambda serving: None)
-    return calls
-
-
-@pytest.fixture
-def fresh_demo(tiny_causal_lm_dir, shared_cache):
-    return build_demo(make_settings(chat_model=str(tiny_causal_lm_dir)), cache=shared_cache)
-
-
-def test_launch_serves_page_and_v1_with_uvicorn(monkeypatch, caplog, fresh_demo):
-    from modules.serving.launch import launch
-
-    demo = fresh_demo
-    calls = _record_launches(monkeypatch, demo, share_reachable=False)
-    launch(demo, make_settings(share=True, port=7999))
-    app, host, port = calls["uvicorn"]
-    assert "gradio" not in calls and (host, port) == ("127.0.0.1", 7999)
-    assert [getattr(r, "path", None) for r in app.routes][:1] == ["/v1"]
-    assert "Share link unavailable" in caplog.text
-
-
-def test_launch_with_a_share_link_uses_gradio_and_says_v1_is_off(monkeypatch, caplog,
-                                                                  fresh_demo):
-    from modules.serving.launch import launch
-
-    demo = fresh_demo
-    calls = _record_launches(monkeypatch, demo, share_reachable=True)
-    launch(demo, make_settings(share=True, auth=("a", "b")))
-    assert "uvicorn" not in calls
-    assert calls["gradio"]["share"] is True and calls["gradio"]["auth"] == ("a", "b")
-    assert "/v1 API is not served" in caplog.text

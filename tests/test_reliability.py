@@ -25,6 +25,7 @@ import psutil
 import pytest
 from gradio_client import Client
 
+from modules.app_context import AppContext
 from modules.tasks.chat import GenerationParams, live_generation_threads, stream_chat
 from modules.config import DEFAULT_TRANSLATION_MODELS, EMBEDDED_MODEL
 from tests.conftest import wait_for_generations
@@ -39,8 +40,8 @@ RSS_GROWTH_BOUND_MB = 64
 
 @pytest.fixture(scope="module")
 def embedded_app(shared_cache, embedded_chat_model):
-    with running_app(shared_cache) as (url, demo):
-        assert demo.playground.chat_model.ref == EMBEDDED_MODEL
+    with running_app(shared_cache) as (url, demo, context):
+        assert context.chat_model.ref == EMBEDDED_MODEL
         yield url
 
 
@@ -50,7 +51,7 @@ def tiny_app(shared_cache, tiny_causal_lm_dir, tiny_marian_dir, tiny_distilbert_
         shared_cache, chat_model=str(tiny_causal_lm_dir),
         sentiment_model=str(tiny_distilbert_dir),
         translation_models={**DEFAULT_TRANSLATION_MODELS, "zh-en": str(tiny_marian_dir)},
-    ) as (url, demo):
+    ) as (url, demo, _):
         yield url, demo
 
 

@@ -7,6 +7,7 @@ import csv
 import pytest
 from gradio_client import Client, handle_file
 
+from modules.app_context import AppContext
 from modules.config import EMBEDDED_MODEL
 from modules.ui.layout import build_demo
 from modules.ui.sentiment_tab import CLASSIFIER, ZERO_SHOT
@@ -19,7 +20,7 @@ def served(shared_cache, tiny_distilbert_dir, tiny_causal_lm_dir):
     settings = make_settings(
         sentiment_model=str(tiny_distilbert_dir), chat_model=str(tiny_causal_lm_dir)
     )
-    demo = build_demo(settings, cache=shared_cache)
+    demo = build_demo(AppContext.create(settings, shared_cache))
     demo.launch(
         server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
         quiet=True,
@@ -105,7 +106,7 @@ def test_batch_endpoint_with_a_csv_file(served, tmp_path):
 
 
 def test_offline_without_the_classifier_preselects_zero_shot():
-    demo = build_demo(make_settings(chat_model=EMBEDDED_MODEL))  # default classifier not cached
+    demo = build_demo(AppContext.create(make_settings(chat_model=EMBEDDED_MODEL)))  # default classifier not cached
     radios = [b for b in demo.blocks.values() if getattr(b, "label", None) == "Mode"]
     assert [r.value for r in radios] == [ZERO_SHOT]
     notes = [b.value for b in demo.blocks.values() if getattr(b, "elem_id", None) == "sentiment-mode-note"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from gradio_client import Client
 
+from modules.app_context import AppContext
 from modules.ui.layout import build_demo
 from tests.conftest import free_port, make_settings
 
@@ -21,7 +22,7 @@ def app(tiny_marian_dir, shared_cache):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model; threads only contend on a busy CPU
     models = {"zh-en": str(tiny_marian_dir), "en-zh": str(tiny_marian_dir), "ja-en": NOT_CACHED}
-    demo = build_demo(make_settings(translation_models=models), cache=shared_cache)
+    demo = build_demo(AppContext.create(make_settings(translation_models=models), shared_cache))
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
                 quiet=True)
     yield demo

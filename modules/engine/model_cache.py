@@ -188,6 +188,8 @@ class ModelCache:
                 progress.message, progress.state = str(error), "failed"
             else:
                 progress.message, progress.state = "", "ready"
+                log.info("%s is ready (%.1f s after the start of its load)", key[0],
+                         progress.elapsed_s)
 
         start_job(load, name="model-load")
 

@@ -1,9 +1,11 @@
-"""Serve the app: the Gradio page at / and the OpenAI-compatible API at /v1, one process.
+"""Serve the app: the Gradio page at /, the OpenAI-compatible API at /v1, GET /health.
 
-`create_app(demo)` builds the FastAPI app (a Space still serves `demo` itself);
-`launch` runs it with uvicorn on a background thread and lends the main thread to
-generation (modules/engine/compute.py). A share link needs Gradio's own launcher, so with
---share (and the share server reachable) the page is served without /v1.
+`create_app(demo, context)` builds the one FastAPI app; `launch` runs it with uvicorn
+on a background thread, starts loading the default chat model, and lends the main
+thread to generation (modules/engine/compute.py). With --share, Gradio's share tunnel
+forwards a public link to this same server, so the link keeps /v1, the login and the
+main-thread generation; if the share server cannot be reached, one line says so and
+the app keeps serving locally.
 """
 
 from __future__ import annotations
@@ -11,91 +13,102 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
+from gradio import networking
 
-from modules.engine.compute import lend_main_thread_while
+from modules.app_context import AppContext
 from modules.config import Settings
+from modules.engine.compute import lend_main_thread_while
+from modules.serving.health import health_router
 from modules.serving.openai_api import create_api
+from modules.tasks.warm_start import start_loading_chat_model
 
 log = logging.getLogger(__name__)
-SHARE_SERVER = ("api.gradio.app", 443)
 API_PREFIX = "/v1"
 
 
-def share_server_reachable(timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection(SHARE_SERVER, timeout=timeout):
-            return True
-    except OSError:
-        return False
+def create_app(demo: gr.Blocks, context: AppContext,
+               auth: tuple[str, str] | None = None) -> FastAPI:
+    """One FastAPI app on one context (one model cache): /health, /v1, the page at /.
 
-
-def create_app(demo: gr.Blocks, auth: tuple[str, str] | None = None) -> FastAPI:
-    """One FastAPI app: /v1 on the demo's context (same cache), the Gradio page at /."""
+    `auth` guards the page only: /v1 has its own key, and probes must reach /health."""
     app = FastAPI(title="Transformers Playground", docs_url=None, redoc_url=None,
                   openapi_url=None)
-    app.mount(API_PREFIX, create_api(demo.playground))  # before "/", which matches everything
+    app.include_router(health_router(context, demo))
+    app.mount(API_PREFIX, create_api(context))  # before "/", which matches everything
     return gr.mount_gradio_app(app, demo, path="/", auth=auth, show_error=True)
 
 
-def launch(demo: gr.Blocks, settings: Settings, **kwargs) -> None:
-    """Serve `demo` and /v1 on the settings' host and port (with login, or a share link)."""
-    if settings.share and share_server_reachable():
-        _launch_with_share_link(demo, settings, **kwargs)
-        return
-    if settings.share:
-        log.warning(
-            "Share link unavailable (the Gradio share server cannot be reached); "
-            "serving locally only at http://%s:%d", settings.host, settings.port,
-        )
-    if settings.api_key is None and (settings.auth or not _is_loopback(settings.host)):
-        log.warning("The /v1 API needs no key (--auth covers the page only): "
-                    "set --api-key (PLAYGROUND_API_KEY) to protect it.")
-    app = create_app(demo, auth=settings.auth)
-    url = f"http://{_url_host(settings.host)}:{settings.port}"
-    print(f"* Running on local URL:  {url}\n* OpenAI-compatible API: {url}{API_PREFIX}", flush=True)
-    _serve(app, settings.host, settings.port)
+def launch(demo: gr.Blocks, context: AppContext) -> None:
+    """Serve on the settings' host and port until Ctrl+C; the main thread generates meanwhile."""
+    settings = context.settings
+    _warn_about_open_doors(settings)
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(demo, context, auth=settings.auth),
+        host=settings.host, port=settings.port, log_level="warning"))
+    _print_addresses(settings)
 
+    def serve() -> None:  # runs once the main thread takes jobs, so the load runs there
+        start_loading_chat_model(settings, context.cache, context.chat_model.ref)
+        if settings.share:
+            threading.Thread(target=_open_share_link, args=(settings, server),
+                             name="share-link", daemon=True).start()
+        server.run()
 
-def _serve(app: FastAPI, host: str, port: int) -> None:
-    """uvicorn on a background thread; this (main) thread runs generation jobs meanwhile."""
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    _lend_main_thread(thread.join)
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-def _lend_main_thread(serving: Callable[[], None]) -> None:
-    """Run generation on this thread (modules/engine/compute.py) until `serving()` returns; Ctrl+C ends it."""
     try:
-        lend_main_thread_while(serving)
+        lend_main_thread_while(serve)
     except KeyboardInterrupt:
         print("\nStopping.", flush=True)
+    finally:
+        server.should_exit = True
 
 
-def _launch_with_share_link(demo: gr.Blocks, settings: Settings, **kwargs) -> None:
-    log.warning("Serving a share link through Gradio's launcher: the /v1 API is not served "
-                "in this mode (run without --share to get it).")
-    if settings.auth is None:
+def _print_addresses(settings: Settings) -> None:
+    """The addresses to open, as log lines (nothing opens a browser: a server, a Space, a container)."""
+    local = f"http://{_url_host(settings.host)}:{settings.port}"
+    print(f"* Running on local URL:  {local}\n* OpenAI-compatible API: {local}{API_PREFIX}",
+          flush=True)
+    if settings.public_url:
+        print(f"* Public URL: {settings.public_url}\n"
+              f"* Public OpenAI-compatible API: {settings.public_url}{API_PREFIX}", flush=True)
+
+
+def _warn_about_open_doors(settings: Settings) -> None:
+    if settings.share and settings.auth is None:
         log.warning("Sharing without --auth: anyone with the link can use this app.")
-    demo.launch(server_name=settings.host, server_port=settings.port, share=True,
-                auth=settings.auth, show_error=True, prevent_thread_lock=True, **kwargs)
-    _lend_main_thread(lambda: _wait_while(lambda: demo.is_running))
-    demo.close()
+    exposed = settings.share or settings.auth or not _is_loopback(settings.host)
+    if settings.api_key is None and exposed:
+        log.warning("The /v1 API needs no key (--auth covers the page only): "
+                    "set --api-key (PLAYGROUND_API_KEY) to protect it.")
 
 
-def _wait_while(condition: Callable[[], bool]) -> None:
-    while condition():
-        time.sleep(0.5)
+def _open_share_link(settings: Settings, server: uvicorn.Server) -> None:
+    """Ask Gradio's share server for a tunnel to our own server; one line either way."""
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.1)
+    local = f"http://{_url_host(settings.host)}:{settings.port}"
+    try:
+        url = networking.setup_tunnel(
+            local_host=_url_host(settings.host), local_port=settings.port,
+            share_token=secrets.token_urlsafe(32), share_server_address=None,
+            share_server_tls_certificate=None,
+        )
+    except Exception as error:  # unreachable share server, no frpc binary, refused tunnel
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        log.warning("Share link unavailable (%s); serving locally only at %s", reason, local)
+        return
+    print(f"* Running on public URL: {url}\n* Public OpenAI-compatible API: {url}{API_PREFIX}",
+          flush=True)
 
 
 @contextlib.contextmanager
