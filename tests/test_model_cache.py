@@ -100,12 +100,36 @@ def test_offline_chat_falls_back_to_embedded_model(tiny_causal_lm_dir):
         ("./no-such-folder", ModelNotFoundError, "folder not found"),
         ("/no/such/model.gguf", ModelNotFoundError, "GGUF file not found"),
         ("Qwen/Qwen2.5-0.5B-Instruct", ModelOfflineError, "cannot be reached"),
+        ("x" * 100_000, InvalidModelError, "100,000 characters long; the limit is 256"),
+        ("/models/tiny\x00.gguf", InvalidModelError, "control or invisible characters"),
+        ("models/tiny/../../../etc", InvalidModelError, "steps back out of a folder"),
     ],
 )
 def test_bad_references_give_one_clear_line(ref, error, words):
     with pytest.raises(error, match=words) as raised:
         ModelCache(make_settings()).get(ref, ModelKind.CAUSAL_LM)
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("ref", ["m" * 100_000, "/tmp/\x00", "/models/a/../../etc/x.gguf"])
+def test_malformed_references_fail_before_touching_the_disk(ref, monkeypatch):
+    """A name that cannot be a model is refused by its shape: no stat, no OSError."""
+    import pathlib
+
+    def no_disk(*args, **kwargs):
+        raise AssertionError("the disk was touched")
+
+    for name in ("is_dir", "is_file", "exists", "stat", "resolve", "expanduser"):
+        monkeypatch.setattr(pathlib.Path, name, no_disk)
+    with pytest.raises(InvalidModelError) as raised:
+        ModelCache(make_settings()).get(ref, ModelKind.CAUSAL_LM)
+    assert len(str(raised.value)) < 400
+
+
+def test_a_relative_path_may_start_by_going_up(tiny_causal_lm_dir, monkeypatch):
+    monkeypatch.chdir(tiny_causal_lm_dir)
+    ref = f"../{tiny_causal_lm_dir.name}"
+    assert ModelCache(make_settings()).get(ref, ModelKind.CAUSAL_LM).ref.folder == tiny_causal_lm_dir.resolve()
 
 
 def test_folder_that_is_not_a_model(tmp_path):

