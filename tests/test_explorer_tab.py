@@ -15,7 +15,7 @@ from modules.ui.layout import build_demo
 from tests.conftest import free_port, make_settings
 
 PROMPT = "The quick brown fox"
-KNOBS = (10, 1.0, 0, 1.0)  # shown, temperature, top_k, top_p
+KNOBS = (10, 1.0, 0, 1.0, 0.0)  # shown, temperature, top_k, top_p, min_p
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +60,15 @@ def test_explorer_uses_the_chat_model_from_the_shared_cache(demo, shared_cache, 
 def test_sliders_redraw_from_the_stored_scores(demo, tiny):
     ref = tiny.ref.text
     session = handler(demo, "explorer_score")(PROMPT, False, ref, *KNOBS, progress=None)[0]
-    summary, chart, table = handler(demo, "explorer_redraw")(session, 10, 0.5, 3, 1.0)
+    summary, chart, table, stages, sweep = handler(demo, "explorer_redraw")(session, 10, 0.5, 3, 1.0, 0.0)
     third_best = session.explorer.logits.sort(descending=True).values[2]
     kept = int((session.explorer.logits >= third_best).sum())  # ties with the 3rd stay
     assert list(table["top-k"]) == ["✓"] * kept + ["✗"] * (10 - kept)
     assert list(chart["status"]) == ["kept"] * kept + ["cut by top-k"] * (10 - kept)
     assert sum(table["sampled p"]) == pytest.approx(1.0, abs=1e-3)
     assert f"**{kept}** token(s) left" in summary
+    assert stages.count('class="removed"') == 10 - kept and stages.count('class="kept"') == kept
+    assert list(sweep["temperature"])[0] == 0.2 and list(sweep["temperature"])[-1] == 2.0
     assert handler(demo, "explorer_redraw")(None, *KNOBS)[0] is not None  # nothing scored yet: no error
 
 
@@ -86,6 +88,12 @@ def test_greedy_pick_and_undo_steps(demo, tiny):
     assert session.explorer.ids[-1] == int(row[TABLE_HEADERS.index("id")])
     assert list(picked[6]["how"]) == ["greedy", "picked"] and list(picked[6]["rank"])[-1] == 3
     assert picked[5][-1][1] == "generated"
+    assert session.active == "b1" and picked[12]["choices"] == ["main", "b1"]  # the click made a branch
+    assert "forks after step 1" in picked[11]
+
+    back = handler(demo, "explorer_switch_branch")(session, "main", *KNOBS)
+    assert list(back[6]["how"]) == ["greedy"] and session.active == "main"
+    handler(demo, "explorer_switch_branch")(session, "b1", *KNOBS)
 
     handler(demo, "explorer_undo")(session, *step_args, progress=None)
     handler(demo, "explorer_steps")(session, *step_args, progress=None)
@@ -103,7 +111,8 @@ def test_a_new_prompt_starts_a_new_walk(demo, tiny_ref):
 @pytest.mark.parametrize(
     ("prompt", "knobs", "message"),
     [("", KNOBS, "Type a prompt"), ("word " * 400, KNOBS, "reads at most"),
-     (PROMPT, (10, 0.0, 0, 1.0), "Temperature"), (PROMPT, (10, 1.0, 0, 0.0), "top-p")],
+     (PROMPT, (10, 0.0, 0, 1.0, 0.0), "Temperature"), (PROMPT, (10, 1.0, 0, 0.0, 0.0), "top-p"),
+     (PROMPT, (10, 1.0, 0, 1.0, 2.0), "min-p")],
 )
 def test_bad_input_becomes_a_gradio_error(demo, tiny_ref, prompt, knobs, message):
     with pytest.raises(gr.Error, match=message):
@@ -113,6 +122,46 @@ def test_bad_input_becomes_a_gradio_error(demo, tiny_ref, prompt, knobs, message
 def test_an_unknown_model_is_a_clear_error(demo):
     with pytest.raises(gr.Error):
         handler(demo, "explorer_score")(PROMPT, False, "/no/such/model/folder", *KNOBS, progress=None)
+
+
+def test_views_that_run_a_pass(demo, tiny):
+    session = handler(demo, "explorer_score")(PROMPT, False, tiny.ref.text, *KNOBS, progress=None)[0]
+    summary, heatmap, line = handler(demo, "explorer_lens")(session, "", 5)
+    assert len(line) == tiny.model.config.num_hidden_layers + 1 and "logit-lens" in heatmap
+    assert list(line["rank"])[-1] == 1
+    tree, table = handler(demo, "explorer_beams")(session, 3, 4, 1.0, 1.0, 0, 1.0, 0.0, 0)
+    assert list(table["beam"]) == ["beam 1", "beam 2", "beam 3", "greedy", "sampled"] and "dropped" in tree
+    summary, tokens, scores = handler(demo, "explorer_score_continuation")(session, " fox")
+    assert "p = " in summary and len(scores) == len(tiny.tokenizer(" fox", add_special_tokens=False)["input_ids"])
+    summary, left, right = handler(demo, "explorer_compare")("i am good", False, tiny.ref.text, "i am good ", "", 5)
+    assert "KL(prompt A ‖ prompt B)" in summary and len(left) == len(right) == 5
+    with pytest.raises(gr.Error, match="cannot return attention weights"):  # fused CPU layers
+        handler(demo, "explorer_attention")(session, "mean of heads")
+    with pytest.raises(gr.Error, match="Beams must be"):
+        handler(demo, "explorer_beams")(session, 0, 4, 1.0, 1.0, 0, 1.0, 0.0, 0)
+    with pytest.raises(gr.Error, match="Type a continuation"):
+        handler(demo, "explorer_score_continuation")(session, "")
+    with pytest.raises(gr.Error, match="Score a prompt first"):
+        handler(demo, "explorer_lens")(None, "", 5)
+
+
+def test_export_and_replay_through_the_tab(demo, tiny):
+    ref = tiny.ref.text
+    session = handler(demo, "explorer_score")(PROMPT, False, ref, *KNOBS, progress=None)[0]
+    handler(demo, "explorer_sample")(session, PROMPT, False, ref, *KNOBS, 5, 1, "sample", progress=None)
+    exported = handler(demo, "explorer_export")(session)
+    *views, prompt, chat, model = handler(demo, "explorer_replay")(exported, *KNOBS, progress=None)
+    assert views[0].explorer.ids == session.explorer.ids and (prompt, chat, model) == (PROMPT, False, ref)
+    with pytest.raises(gr.Error, match="not JSON"):
+        handler(demo, "explorer_replay")("{oops", *KNOBS, progress=None)
+
+
+def test_first_show_scores_the_example_once(demo, tiny):
+    outputs = handler(demo, "explorer_first_show")(None, "The capital of France is", False, tiny.ref.text, *KNOBS,
+                                                   progress=None)
+    assert outputs[0] is not None and len(outputs[4]) == 10
+    again = handler(demo, "explorer_first_show")(outputs[0], "ignored", False, tiny.ref.text, *KNOBS, progress=None)
+    assert all(isinstance(value, type(gr.skip())) for value in again)
 
 
 # --- the API --------------------------------------------------------------------
@@ -136,5 +185,21 @@ def test_next_token_endpoint_through_gradio_client(demo, tiny):
             client.predict(PROMPT, temperature=-1.0, api_name="/next_token")
         again = client.predict(PROMPT, api_name="/next_token")  # still serving
         assert len(again["candidates"]) == 10
+
+        stages = client.predict(PROMPT, top_k=3, min_p=0.1, api_name="/sampling_stages")
+        assert stages["stages"] == ["raw", "÷ temperature", "top-k", "top-p", "min-p"]
+        assert len(stages["temperature_sweep"]) == 19
+        lens = client.predict(PROMPT, api_name="/logit_lens")
+        assert len(lens["layers"]) == tiny.model.config.num_hidden_layers + 1
+        beams = client.predict(PROMPT, num_beams=2, length=3, api_name="/beam_search")
+        assert len(beams["beams"]) == 2 and beams["greedy"]["token_ids"]
+        scored = client.predict(PROMPT, " jumps", api_name="/score_continuation")
+        assert 0 < scored["probability"] <= 1
+        compared = client.predict("i am good", "i am good ", api_name="/compare")
+        assert compared["kl_left_right_bits"] > 0
+        with pytest.raises(Exception, match="Beams must be"):
+            client.predict(PROMPT, num_beams=9, api_name="/beam_search")
+        with pytest.raises(Exception, match="cannot return attention"):
+            client.predict(PROMPT, api_name="/attention")
     finally:
         demo.close()
