@@ -28,7 +28,7 @@ from collections.abc import Callable  # noqa: E402
 
 import torch  # noqa: E402
 
-from modules import sentiment, zero_shot  # noqa: E402
+from modules.tasks import sentiment, zero_shot  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
 from modules.engine.model_cache import ModelCache, ModelKind  # noqa: E402
 from testing.tiny_models import ENGLISH_CORPUS, build_tiny_distilbert  # noqa: E402

@@ -168,7 +168,7 @@ def test_lines_split_and_limits():
     with pytest.raises(InvalidInputError, match="too many"):
         sentiment.split_lines("x\n" * (sentiment.MAX_BATCH_ROWS + 1))
     with pytest.raises(InvalidInputError, match="characters"):
-        sentiment.clean_text("x" * (sentiment.MAX_TEXT_CHARS + 1))
+        sentiment.validated_text("x" * (sentiment.MAX_TEXT_CHARS + 1))
 
 
 def test_offline_default_classifier_suggests_zero_shot():

@@ -20,12 +20,18 @@ def tiny_lm(shared_cache, tiny_causal_lm_dir):
     return shared_cache.get(str(tiny_causal_lm_dir), ModelKind.CAUSAL_LM)
 
 
+def _names(labels) -> list[str]:
+    return zero_shot.label_names(labels)
+
+
 def test_labels_are_parsed_and_checked():
-    assert zero_shot.parse_labels("positive, negative,neutral") == ["positive", "negative", "neutral"]
-    assert zero_shot.parse_labels("bug report\n feature   request,\npraise, Praise") == [
+    assert _names(zero_shot.parse_labels("positive, negative,neutral")) == [
+        "positive", "negative", "neutral",
+    ]
+    assert _names(zero_shot.parse_labels("bug report\n feature   request,\npraise, Praise")) == [
         "bug report", "feature request", "praise",
     ]
-    assert zero_shot.parse_labels(["a", "b"]) == ["a", "b"]
+    assert _names(zero_shot.parse_labels(["a", "b"])) == ["a", "b"]
     for bad in ["positive", "positive, positive", " , ,", "", None]:
         with pytest.raises(InvalidInputError, match="at least two labels"):
             zero_shot.parse_labels(bad)
@@ -33,6 +39,17 @@ def test_labels_are_parsed_and_checked():
         zero_shot.parse_labels(",".join(f"l{i}" for i in range(zero_shot.MAX_LABELS + 1)))
     with pytest.raises(InvalidInputError, match="short names"):
         zero_shot.parse_labels("ok, " + "x" * 100)
+
+
+def test_label_words_known_synonyms_typed_words_and_capitals():
+    positive, negative, bug = zero_shot.parse_labels("positive, negative, bug report")
+    assert positive.words == ("positive", "Positive", "good", "Good", "great", "Great")
+    assert {"bad", "terrible"} <= set(negative.words)
+    assert bug.words == ("bug report", "Bug report")
+    typed, other = zero_shot.parse_labels("positive | fine | ok, other")
+    assert typed.name == "positive" and typed.words == ("positive", "Positive", "fine", "Fine", "ok", "Ok")
+    with pytest.raises(InvalidInputError, match="words per label"):
+        zero_shot.parse_labels("a | " + " | ".join(f"w{i}" for i in range(9)) + ", b")
 
 
 def test_scores_sum_to_one_for_every_label(tiny_lm):
@@ -65,6 +82,26 @@ def test_padded_batch_scores_equal_unpadded_ones(tiny_lm):
             assert batched[i, j].item() == pytest.approx(expected, abs=0.1)  # bfloat16 model
 
 
+def test_a_cached_prefix_scores_like_the_whole_sequence(tiny_lm):
+    prefix = [40, 41, 42, 43, 44]
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [20]]
+    continuations = [[30], [31, 32, 33], [34, 35]]
+    whole = zero_shot._continuation_logprobs(tiny_lm, [prefix + p for p in prompts], continuations)
+    cached = zero_shot._continuation_logprobs(tiny_lm, prompts, continuations, prefix)
+    assert torch.allclose(cached, whole, atol=0.1)  # bfloat16 model
+    assert not torch.allclose(
+        cached, zero_shot._continuation_logprobs(tiny_lm, prompts, continuations), atol=0.01
+    )  # the prefix was really attended to
+
+
+def test_the_prior_is_kept_on_the_loaded_model(tiny_lm):
+    labels = zero_shot.parse_labels("good, bad, so so")
+    first = zero_shot.content_free_distribution(tiny_lm, labels)
+    assert zero_shot.content_free_distribution(tiny_lm, labels) is first
+    assert any(prior is first for prior in tiny_lm.extras[zero_shot.PRIOR_CACHE_KEY].values())
+    assert first.sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
 def test_batch_keeps_order_and_matches_one_by_one(tiny_lm):
     texts = ["The weather is nice today.", "I hated it.", "Numbers like 1, 2, 3 appear in text too."]
     batched = zero_shot.zero_shot(tiny_lm, texts, "good, bad")
@@ -75,7 +112,7 @@ def test_batch_keeps_order_and_matches_one_by_one(tiny_lm):
 
 
 def test_typed_special_tokens_stay_plain_text(tiny_lm):
-    before, after = zero_shot._prompt_halves(tiny_lm, ["good", "bad"])
+    before, after = zero_shot._prompt_halves(tiny_lm, zero_shot.parse_labels("good, bad"))
     ids, _ = zero_shot._text_ids(tiny_lm, "<|im_end|><|im_start|>assistant", 100)
     assert 1 not in ids and 2 not in ids  # <|im_start|>, <|im_end|>
     assert set(zero_shot.zero_shot(tiny_lm, ["<|im_end|>"], "good, bad")[0].scores) == {"good", "bad"}

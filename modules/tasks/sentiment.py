@@ -74,7 +74,7 @@ class Explanation:
 
 
 # --- text checks -----------------------------------------------------------
-def clean_text(text: str | None) -> str:
+def validated_text(text: str | None) -> str:
     """The text to classify, or a clear error for empty or absurdly long input."""
     text = require_text(text, "text").replace("\x00", "")
     if not text.strip():
@@ -168,7 +168,7 @@ def classify(
     labels = _id2label(loaded)
     results: list[Classification] = []
     for start in range(0, len(texts), batch_texts):
-        part = [clean_text(t) for t in texts[start : start + batch_texts]]
+        part = [validated_text(t) for t in texts[start : start + batch_texts]]
         windows, owners = _windows(loaded, part, window)
         probs = _window_probabilities(loaded, windows)
         for index in range(len(part)):
@@ -225,7 +225,7 @@ def explain(
     Model-agnostic and faithful to what the classifier does (no gradients needed). Only the
     part of the text that fits one window is explained; the notice says when that is not all.
     """
-    text = clean_text(text)
+    text = validated_text(text)
     matches = list(WORD.finditer(text))
     words = [m.group() for m in matches]
     explained = _words_in_window(loaded, words, max_length(loaded))

@@ -1,20 +1,21 @@
 """Zero-shot classification with the chat model: any labels, no classifier, works offline.
 
-The text goes into a prompt that lists the labels, then each label is scored as the
-continuation of the assistant's answer "The text is …": the sum of its tokens'
-log-probabilities (the same next-token distribution the explorer shows), for all labels
-in one padded batch. A softmax over those sums gives the raw label probabilities.
+Each text goes into a prompt that lists the labels, and each label is scored as the next
+words of the answer ("The text is …"): the probability of its label words, summed (the
+label itself, capitalised or not, plus known synonyms such as good/great for positive, or
+words typed as 'positive | good | great'). Every label word that is one token is read from
+the same next-token distribution, so a text costs one sequence, not one per label.
 
-A small LM prefers some labels whatever the text says, so the raw probabilities are
-calibrated as in "Calibrate Before Use" (Zhao et al., 2021): the label distribution the
-model gives content-free inputs ("N/A", "", "[MASK]"), averaged, is divided out and the
-result renormalised. On tests/data/sentiment_labelled.csv with the embedded
-SmolLM2-135M-Instruct this moves accuracy from 54-56 % (raw: nearly always "positive")
-to 94-96 % (bfloat16 on CPU: the figures move by a sentence with the thread count).
+A small LM prefers some labels whatever the text says, so the label probabilities are
+calibrated: divided by the model's prior, the label distribution it gives content-free
+inputs ("N/A", "", "[MASK]") in the same prompt, averaged ("Calibrate Before Use", Zhao et
+al., 2021), then renormalised. What was measured to help and what not, on real review
+sentences: benchmarks/zero_shot_accuracy.py and the README.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import threading
 from collections import OrderedDict
@@ -23,22 +24,56 @@ from dataclasses import dataclass, field
 
 import torch
 
-from modules.errors import InvalidInputError, ModelError
 from modules.engine.model_cache import LoadedModel
-from modules.tasks.sentiment import Classification, clean_text
+from modules.errors import InvalidInputError, ModelError
+from modules.tasks.sentiment import Classification, validated_text
 
-PROMPT = "Which of these best describes the text below: {labels}?\n\nText: {text}"
-ANSWER_PREFIX = "The text is"
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
 TEXT_SLOT = "\u2063TEXT\u2063"  # stands for the text while the template is rendered
 DEFAULT_LABELS = ("positive", "negative")
+# Synonyms scored with a label of that name (several surface forms per label).
+KNOWN_LABEL_WORDS = {
+    "positive": ("good", "great"),
+    "negative": ("bad", "terrible"),
+}
 MAX_LABELS = 20
+MAX_WORDS_PER_LABEL = 8
 MAX_LABEL_CHARS = 60
 MAX_TEXT_TOKENS = 1024
 SEQUENCES_PER_FORWARD = 16
 TOKENS_PER_FORWARD = 8192  # bounds memory and how long one forward holds the model lock
+PRIOR_CACHE_SIZE = 64
+PRIOR_CACHE_KEY = "zero_shot_priors"
 
 ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Label:
+    """A label's name and the words scored for it (the name first)."""
+
+    name: str
+    words: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """How a prompt is laid out around the text.
+
+    `question` holds {text} and {labels}; with `chat` it is the user's turn of the
+    model's chat template and `answer` starts the assistant's reply, otherwise the
+    plain text is `question` + `answer`. A demonstration repeats the frame with its
+    label after the answer."""
+
+    question: str
+    answer: str
+    chat: bool = True
+
+
+CHAT_FRAME = Frame("Which of these best describes the text below: {labels}?\n\nText: {text}",
+                   "The text is")
+PLAIN_FRAME = Frame("Text: {text}\nWhich of these best describes the text: {labels}?\n",
+                    "Answer:", chat=False)
 
 
 @dataclass(frozen=True)
@@ -48,14 +83,19 @@ class ZeroShotResult(Classification):
     raw_scores: dict[str, float] = field(default_factory=dict)
 
 
-def parse_labels(text: str | Sequence[str] | None) -> list[str]:
-    """'positive, negative, neutral' (commas or new lines) -> distinct labels, or an error."""
+# --- labels --------------------------------------------------------------------
+def parse_labels(text: str | Sequence[str] | Sequence[Label] | None) -> list[Label]:
+    """'positive, negative | bad, neutral' (commas or new lines; '|' adds label words)
+    -> distinct labels with their words, or a clear error."""
+    if text and not isinstance(text, str) and all(isinstance(t, Label) for t in text):
+        return list(text)  # already parsed (e.g. chosen label words, as the benchmark does)
     parts = re.split(r"[,\n]", text or "") if isinstance(text, str) or text is None else text
-    labels: list[str] = []
+    labels: list[Label] = []
     for part in parts or []:
-        label = " ".join(str(part).split())
-        if label and label.lower() not in {seen.lower() for seen in labels}:
-            labels.append(label)
+        words = [" ".join(w.split()) for w in str(part).split("|")]
+        words = [w for w in words if w]
+        if words and words[0].lower() not in {seen.name.lower() for seen in labels}:
+            labels.append(_label(words))
     if len(labels) < 2:
         raise InvalidInputError(
             "Zero-shot needs at least two labels, separated by commas "
@@ -63,14 +103,33 @@ def parse_labels(text: str | Sequence[str] | None) -> list[str]:
         )
     if len(labels) > MAX_LABELS:
         raise InvalidInputError(f"At most {MAX_LABELS} labels, please ({len(labels)} given).")
-    if long := [label for label in labels if len(label) > MAX_LABEL_CHARS]:
+    too_long = [w for label in labels for w in label.words if len(w) > MAX_LABEL_CHARS]
+    if too_long:
         raise InvalidInputError(
-            f"Labels are short names (at most {MAX_LABEL_CHARS} characters): '{long[0][:80]}…'"
+            f"Labels are short names (at most {MAX_LABEL_CHARS} characters): '{too_long[0][:80]}…'"
         )
     return labels
 
 
-# --- prompt building -----------------------------------------------------------
+def _label(words: list[str]) -> Label:
+    """The typed words, then the known synonyms, each also capitalised, without repeats."""
+    name = words[0]
+    typed = words + list(KNOWN_LABEL_WORDS.get(name.lower(), ()) if len(words) == 1 else ())
+    forms: list[str] = []
+    for word in typed:
+        for form in (word, word[:1].upper() + word[1:]):
+            if form not in forms:
+                forms.append(form)
+    if len(words) > MAX_WORDS_PER_LABEL:
+        raise InvalidInputError(f"At most {MAX_WORDS_PER_LABEL} words per label ('{name}').")
+    return Label(name, tuple(forms))
+
+
+def label_names(labels: Sequence[Label]) -> list[str]:
+    return [label.name for label in labels]
+
+
+# --- prompt building -------------------------------------------------------------
 def _encode(loaded: LoadedModel, text: str, split_special: bool = False) -> list[int]:
     return list(
         loaded.tokenizer(
@@ -79,21 +138,37 @@ def _encode(loaded: LoadedModel, text: str, split_special: bool = False) -> list
     )
 
 
-def _prompt_halves(loaded: LoadedModel, labels: Sequence[str]) -> tuple[list[int], list[int]]:
+def _render(loaded: LoadedModel, frame: Frame, labels: Sequence[Label],
+            demonstrations: Sequence[tuple[str, str]]) -> str:
+    """The whole prompt as text, with TEXT_SLOT where the text goes."""
+    listed = ", ".join(label_names(labels))
+    question = lambda text: frame.question.format(labels=listed, text=text)  # noqa: E731
+    tokenizer = loaded.tokenizer
+    if frame.chat and getattr(tokenizer, "chat_template", None):
+        messages = []
+        for text, label in demonstrations:
+            messages += [{"role": "user", "content": question(text)},
+                         {"role": "assistant", "content": f"{frame.answer} {label}."}]
+        messages.append({"role": "user", "content": question(TEXT_SLOT)})
+        rendered = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        return rendered + frame.answer
+    shots = "".join(f"{question(text)}{frame.answer} {label}\n\n" for text, label in demonstrations)
+    return shots + question(TEXT_SLOT) + frame.answer
+
+
+def _prompt_halves(
+    loaded: LoadedModel, labels: Sequence[Label], frame: Frame = CHAT_FRAME,
+    demonstrations: Sequence[tuple[str, str]] = (),
+) -> tuple[list[int], list[int]]:
     """Token ids before and after the text; the text itself is tokenized on its own so that
     special tokens a user types (e.g. '<|im_end|>') stay plain text."""
-    user = PROMPT.format(labels=", ".join(labels), text=TEXT_SLOT)
-    tokenizer = loaded.tokenizer
-    if getattr(tokenizer, "chat_template", None):
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False
-        )
-    else:  # a base model: plain text prompt
-        rendered = user + "\n"
+    rendered = _render(loaded, frame, labels, demonstrations)
     before, slot, after = rendered.partition(" " + TEXT_SLOT)
     if not slot:
         raise ModelError(f"{loaded.name}'s chat template dropped the prompt text.")
-    return _encode(loaded, before), _encode(loaded, after + ANSWER_PREFIX)
+    return _encode(loaded, before), _encode(loaded, after)
 
 
 def _text_ids(loaded: LoadedModel, text: str, max_tokens: int) -> tuple[list[int], str | None]:
@@ -105,28 +180,52 @@ def _text_ids(loaded: LoadedModel, text: str, max_tokens: int) -> tuple[list[int
     )
 
 
-# --- scoring -------------------------------------------------------------------
+# --- scoring ---------------------------------------------------------------------
 def _continuation_logprobs(
-    loaded: LoadedModel, prompts: list[list[int]], continuations: list[list[int]]
+    loaded: LoadedModel, prompts: list[list[int]], continuations: list[list[int]],
+    prefix: list[int] | None = None,
 ) -> torch.Tensor:
-    """[prompt, label] log-probability sums, shape (len(prompts), len(continuations)).
+    """[prompt, continuation] log-probability sums, shape (len(prompts), len(continuations)).
 
-    Sequences are left-padded so that every label ends at the last position: only the
-    last few positions' logits are computed (`logits_to_keep`), not a full vocabulary
-    row per prompt token. Explicit position ids keep the padding from shifting positions.
+    `prefix` (the part every prompt starts with: instructions, demonstrations) is run once
+    and its KV cache reused by every batch. All first tokens are read from the distribution
+    after the prompt, so one-token continuations share one sequence per prompt; each longer
+    one adds a sequence for its remaining tokens. Sequences are left-padded (between prefix
+    and prompt) so that continuations end at the last position and only the last few
+    positions' logits are computed (`logits_to_keep`).
     """
-    pairs = [(p, c) for p in prompts for c in continuations]
+    firsts = torch.tensor([c[0] for c in continuations])
+    longer = [i for i, c in enumerate(continuations) if len(c) > 1]
+    rows = [(p, i) for p in range(len(prompts)) for i in (longer or [None])]
+    pairs = [(prompts[p], continuations[i] if i is not None else []) for p, i in rows]
     keep = max(len(c) for c in continuations) + 1
-    sums: list[float] = []
-    for batch in _forward_batches(pairs):
-        sums.extend(_score_batch(loaded, batch, keep))
-    return torch.tensor(sums).view(len(prompts), len(continuations))
+    prefix_cache = _prefix_cache(loaded, prefix) if prefix else None
+    scores = torch.zeros(len(prompts), len(continuations))
+    done: set[int] = set()
+    start = 0
+    for batch in _forward_batches(pairs, len(prefix or ())):
+        first_tokens, rests = _score_batch(loaded, batch, keep, firsts, prefix_cache)
+        for offset, (first, rest) in enumerate(zip(first_tokens, rests)):
+            p, i = rows[start + offset]
+            if p not in done:
+                scores[p] += first
+                done.add(p)
+            if i is not None:
+                scores[p, i] += rest
+        start += len(batch)
+    return scores
 
 
-def _forward_batches(pairs: list[tuple[list[int], list[int]]]):
+def _prefix_cache(loaded: LoadedModel, prefix: list[int]):
+    inputs = torch.tensor([prefix], device=loaded.device)
+    with loaded.lock, torch.inference_mode():
+        return loaded.model(input_ids=inputs, use_cache=True, logits_to_keep=1).past_key_values
+
+
+def _forward_batches(pairs: list[tuple[list[int], list[int]]], prefix_length: int = 0):
     batch: list[tuple[list[int], list[int]]] = []
     for pair in pairs:
-        longest = max([len(p) + len(c) for p, c in batch + [pair]])
+        longest = prefix_length + max([len(p) + len(c) for p, c in batch + [pair]])
         if batch and (
             len(batch) >= SEQUENCES_PER_FORWARD or longest * (len(batch) + 1) > TOKENS_PER_FORWARD
         ):
@@ -138,8 +237,11 @@ def _forward_batches(pairs: list[tuple[list[int], list[int]]]):
 
 
 def _score_batch(
-    loaded: LoadedModel, batch: list[tuple[list[int], list[int]]], keep: int
-) -> list[float]:
+    loaded: LoadedModel, batch: list[tuple[list[int], list[int]]], keep: int,
+    firsts: torch.Tensor, prefix_cache=None,
+) -> tuple[list[torch.Tensor], list[float]]:
+    """Per row: log-probabilities of `firsts` right after the prompt, and the summed
+    log-probability of the row's continuation after its first token."""
     pad = loaded.tokenizer.pad_token_id
     pad = pad if pad is not None else loaded.tokenizer.eos_token_id or 0
     length = max(len(p) + len(c) for p, c in batch)
@@ -149,85 +251,116 @@ def _score_batch(
         sequence = prompt + continuation
         ids[row, length - len(sequence) :] = torch.tensor(sequence)
         mask[row, length - len(sequence) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    cached = prefix_cache.get_seq_length() if prefix_cache is not None else 0
+    positions = cached + (mask.cumsum(-1) - 1).clamp(min=0)
+    full_mask = torch.cat([torch.ones((len(batch), cached), dtype=torch.long), mask], dim=1)
+    inputs = {"input_ids": ids, "attention_mask": full_mask, "position_ids": positions}
     inputs = {k: v.to(loaded.device) for k, v in inputs.items()}
+    if prefix_cache is not None:
+        inputs["past_key_values"] = copy.deepcopy(prefix_cache)
+        inputs["past_key_values"].batch_repeat_interleave(len(batch))
     with loaded.lock, torch.inference_mode():
-        logits = loaded.model(**inputs, logits_to_keep=keep, use_cache=False).logits
+        logits = loaded.model(**inputs, logits_to_keep=keep, use_cache=cached > 0).logits
     logprobs = torch.log_softmax(logits[:, -keep:].float(), dim=-1).cpu()
-    sums = []
+    first_tokens, rests = [], []
     for row, (_, continuation) in enumerate(batch):
         n = len(continuation)
-        predicted = logprobs[row, keep - 1 - n : keep - 1]  # position t predicts token t+1
-        sums.append(float(predicted.gather(-1, torch.tensor(continuation)[:, None]).sum()))
-    return sums
+        after_prompt = keep - 1 - n  # position t predicts token t+1
+        first_tokens.append(logprobs[row, after_prompt, firsts])
+        following = logprobs[row, after_prompt + 1 : keep - 1]
+        rests.append(float(following.gather(-1, torch.tensor(continuation[1:])[:, None]).sum())
+                     if n > 1 else 0.0)
+    return first_tokens, rests
 
 
-def _ranked(labels: Sequence[str], probs: torch.Tensor) -> dict[str, float]:
-    return dict(sorted(zip(labels, probs.tolist()), key=lambda kv: -kv[1]))
+def _label_probabilities(
+    loaded: LoadedModel, prompts: list[list[int]], labels: Sequence[Label],
+    prefix: list[int] | None = None,
+) -> torch.Tensor:
+    """(prompts, labels): each label's words' probabilities summed, renormalised over labels."""
+    words = [(index, _encode(loaded, " " + word))
+             for index, label in enumerate(labels) for word in label.words]
+    logprobs = _continuation_logprobs(loaded, prompts, [ids for _, ids in words], prefix)
+    owner = torch.tensor([index for index, _ in words])
+    mass = torch.zeros(len(prompts), len(labels)).index_add_(1, owner, logprobs.exp())
+    mass = mass.clamp(min=torch.finfo(mass.dtype).tiny)
+    return mass / mass.sum(-1, keepdim=True)
 
 
-_bias_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-_bias_lock = threading.Lock()
-BIAS_CACHE_SIZE = 64
+def _ranked(labels: Sequence[Label], probs: torch.Tensor) -> dict[str, float]:
+    return dict(sorted(zip(label_names(labels), probs.tolist()), key=lambda kv: -kv[1]))
 
 
-def content_free_distribution(loaded: LoadedModel, labels: Sequence[str]) -> torch.Tensor:
-    """The label distribution for content-free inputs, averaged: the model's bias.
-
-    Remembered per (model, labels), so a single text costs one batch, not two."""
-    key = (loaded.ref.text, id(loaded.model), tuple(labels))
-    with _bias_lock:
-        if key in _bias_cache:
-            _bias_cache.move_to_end(key)
-            return _bias_cache[key]
-    bias = _content_free_distribution(loaded, labels)
-    with _bias_lock:
-        _bias_cache[key] = bias
-        while len(_bias_cache) > BIAS_CACHE_SIZE:
-            _bias_cache.popitem(last=False)
-    return bias
+# --- the model's prior over labels (calibration) ----------------------------------
+_prior_lock = threading.Lock()
 
 
-def _content_free_distribution(loaded: LoadedModel, labels: Sequence[str]) -> torch.Tensor:
-    before, after = _prompt_halves(loaded, labels)
-    continuations = [_encode(loaded, " " + label) for label in labels]
-    prompts = [
-        before + _text_ids(loaded, cf, MAX_TEXT_TOKENS)[0] + after for cf in CONTENT_FREE_INPUTS
-    ]
-    return torch.softmax(_continuation_logprobs(loaded, prompts, continuations), -1).mean(0)
+def content_free_distribution(
+    loaded: LoadedModel, labels: Sequence[Label], frame: Frame = CHAT_FRAME,
+    demonstrations: Sequence[tuple[str, str]] = (),
+) -> torch.Tensor:
+    """The label distribution for content-free inputs, averaged: the model's prior.
+
+    Kept on the loaded model (it dies with it), per prompt and labels, so a single text
+    costs one batch, not two."""
+    key = (tuple(labels), frame, tuple(demonstrations))
+    with _prior_lock:
+        priors = loaded.extras.setdefault(PRIOR_CACHE_KEY, OrderedDict())
+        if key in priors:
+            priors.move_to_end(key)
+            return priors[key]
+    before, after = _prompt_halves(loaded, labels, frame, demonstrations)
+    prompts = [_text_ids(loaded, cf, MAX_TEXT_TOKENS)[0] + after for cf in CONTENT_FREE_INPUTS]
+    prior = _label_probabilities(loaded, prompts, labels, before).mean(0)
+    with _prior_lock:
+        priors[key] = prior
+        while len(priors) > PRIOR_CACHE_SIZE:
+            priors.popitem(last=False)
+    return prior
+
+
+def domain_prior(
+    loaded: LoadedModel, labels: Sequence[Label], frame: Frame = CHAT_FRAME,
+) -> torch.Tensor:
+    """The label distribution after the answer's own words alone, with no question or text:
+    the denominator of domain-conditional PMI (Holtzman et al., 2021)."""
+    _, after = _prompt_halves(loaded, labels, frame)
+    return _label_probabilities(loaded, [after], labels)[0]
+
+
+def divide_out_prior(probabilities: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """Divide out the prior and renormalise (Zhao et al., 2021)."""
+    calibrated = probabilities / prior
+    return calibrated / calibrated.sum(-1, keepdim=True)
 
 
 def zero_shot(
     loaded: LoadedModel,
     texts: Sequence[str],
-    labels: str | Sequence[str],
+    labels: str | Sequence[str] | Sequence[Label],
     *,
     calibrate: bool = True,
     max_text_tokens: int = MAX_TEXT_TOKENS,
     on_progress: ProgressCallback | None = None,
     texts_per_step: int = 16,
+    frame: Frame = CHAT_FRAME,
+    demonstrations: Sequence[tuple[str, str]] = (),
 ) -> list[ZeroShotResult]:
     """Label probabilities for each text (same order), calibrated unless told not to."""
-    labels = parse_labels(labels)
-    texts = [clean_text(t) for t in texts]
+    parsed = parse_labels(labels)
+    texts = [validated_text(t) for t in texts]
     if max_text_tokens < 1:
         raise InvalidInputError("max_text_tokens must be at least 1.")
-    bias = content_free_distribution(loaded, labels) if calibrate else None
-    before, after = _prompt_halves(loaded, labels)
-    continuations = [_encode(loaded, " " + label) for label in labels]
+    prior = content_free_distribution(loaded, parsed, frame, demonstrations) if calibrate else None
+    before, after = _prompt_halves(loaded, parsed, frame, demonstrations)
     results: list[ZeroShotResult] = []
     for start in range(0, len(texts), texts_per_step):
-        step = texts[start : start + texts_per_step]
-        encoded = [_text_ids(loaded, t, max_text_tokens) for t in step]
-        prompts = [before + ids + after for ids, _ in encoded]
-        raw = torch.softmax(_continuation_logprobs(loaded, prompts, continuations), -1)
-        calibrated = raw
-        if bias is not None:
-            calibrated = raw / bias
-            calibrated = calibrated / calibrated.sum(-1, keepdim=True)
-        for (_, notice), cal, unc in zip(encoded, calibrated, raw):
-            results.append(ZeroShotResult(_ranked(labels, cal), notice, _ranked(labels, unc)))
+        encoded = [_text_ids(loaded, t, max_text_tokens) for t in texts[start : start + texts_per_step]]
+        raw = _label_probabilities(loaded, [ids + after for ids, _ in encoded], parsed, before)
+        final = divide_out_prior(raw, prior) if prior is not None else raw
+        for (_, notice), cal, unc in zip(encoded, final, raw):
+            results.append(ZeroShotResult(_ranked(parsed, cal), notice, _ranked(parsed, unc)))
         if on_progress:
             on_progress(len(results), len(texts))
     return results
+

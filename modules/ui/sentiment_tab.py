@@ -1,5 +1,4 @@
-"""The sentiment tab (layout and event wiring; the work is in modules.tasks.sentiment and
-modules.tasks.zero_shot).
+"""The sentiment tab: layout, handlers and wiring (the work is in modules.tasks.classification).
 
 Two modes share one layout: a sequence-classification model, or zero-shot labels scored
 by the chat model (which works offline on the embedded model). Offline without the
@@ -9,69 +8,101 @@ configured classifier on this machine, zero-shot is preselected.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from modules.tasks import sentiment
-from modules.tasks import zero_shot
 from modules.app_context import AppContext
-from modules.ui.errors import user_error
-from modules.errors import PlaygroundError
 from modules.engine.gpu import gpu
-from modules.engine.model_cache import ModelKind
 from modules.engine.model_choice import available_locally
-from modules.tasks.sentiment import Classification
+from modules.tasks import sentiment, zero_shot
+from modules.tasks.classification import ClassificationRequest, Method, classify_texts
+from modules.ui.errors import shows_user_errors
 
 CLASSIFIER = "Classifier model"
 ZERO_SHOT = "Zero-shot (chat model, your labels)"
+METHODS = {CLASSIFIER: Method.CLASSIFIER, ZERO_SHOT: Method.ZERO_SHOT}
 EXAMPLES = [
     "I loved every minute of this film; the cast is wonderful.",
     "The update made the app slow, and support never answered.",
     "The package arrived on Tuesday.",
 ]
+ZERO_SHOT_NOTE = (
+    "**How zero-shot works:** the chat model reads the text and the labels, and each label "
+    "is scored by the probability of its words as the answer (positive: *positive, good, "
+    "great*; negative: *negative, bad, terrible*; other labels: the label itself, or words "
+    "you add as `label | word | word`). Calibration divides out the model's prior, the "
+    "scores it gives an empty text. A 135M model is a teaching tool, not a production "
+    "classifier: about 85-90 % right on movie-review sentences."
+)
+
+
+@dataclass
+class Components:
+    mode: gr.Radio
+    model_ref: gr.Textbox
+    labels: gr.Textbox
+    calibrate: gr.Checkbox
+    zero_shot_note: gr.Markdown
+    text: gr.Textbox
+    explain: gr.Checkbox
+    analyse_button: gr.Button
+    scores: gr.Label
+    why: gr.HighlightedText
+    notice: gr.Markdown
+    lines: gr.Textbox
+    csv_file: gr.File
+    column: gr.Dropdown
+    batch_button: gr.Button
+    table: gr.Dataframe
+    chart: gr.BarPlot
+    download: gr.File
 
 
 def build(context: AppContext) -> None:
-    settings = context.settings
-    classifier_missing = settings.offline and not available_locally(settings.sentiment_model)
-    start_mode = ZERO_SHOT if classifier_missing else CLASSIFIER
+    classifier_missing = context.settings.offline and not available_locally(
+        context.settings.sentiment_model
+    )
+    components = _layout(context, ZERO_SHOT if classifier_missing else CLASSIFIER,
+                         classifier_missing)
+    _wire(components, _Handlers(context))
 
+
+# --- layout ------------------------------------------------------------------------
+def _layout(context: AppContext, start_mode: str, classifier_missing: bool) -> Components:
+    zero = start_mode == ZERO_SHOT
     mode = gr.Radio([CLASSIFIER, ZERO_SHOT], value=start_mode, label="Mode")
     gr.Markdown(_mode_note(context, classifier_missing), elem_id="sentiment-mode-note")
     with gr.Row():
         model_ref = gr.Textbox(
-            settings.sentiment_model, label="Classifier (Hub id or local folder)",
-            visible=start_mode == CLASSIFIER, scale=3,
+            context.settings.sentiment_model, label="Classifier (Hub id or local folder)",
+            visible=not zero, scale=3,
         )
         labels = gr.Textbox(
             ", ".join(zero_shot.DEFAULT_LABELS), label="Labels, comma-separated",
             info="e.g. positive, negative, neutral — or bug report, feature request, praise",
-            visible=start_mode == ZERO_SHOT, scale=3,
+            visible=zero, scale=3,
         )
         calibrate = gr.Checkbox(
-            True, label="Calibrate (divide out the model's bias toward some labels)",
-            visible=start_mode == ZERO_SHOT, scale=1,
+            True, label="Calibrate (divide out the model's prior toward some labels)",
+            visible=zero, scale=1,
         )
-
+    zero_shot_note = gr.Markdown(ZERO_SHOT_NOTE, visible=zero, elem_id="zero-shot-note")
     with gr.Tab("One text"):
         text = gr.Textbox(label="Text", lines=4, max_lines=20, placeholder="Type or paste text…")
         with gr.Row():
             # As switch_mode leaves it: word colouring is a classifier-mode feature.
-            explain = gr.Checkbox(
-                True, label=_explain_label(start_mode == ZERO_SHOT),
-                interactive=start_mode == CLASSIFIER,
-            )
+            explain = gr.Checkbox(True, label=_explain_label(zero), interactive=not zero)
             analyse_button = gr.Button("Analyse", variant="primary")
         gr.Examples(EXAMPLES, inputs=[text], label="Try")
         scores = gr.Label(label="Scores (all labels)")
         why = gr.HighlightedText(
             label="Why (red: the word supports the top label, purple: it argues against it)",
-            show_legend=False, show_inline_category=False, visible=start_mode == CLASSIFIER,
+            show_legend=False, show_inline_category=False, visible=not zero,
         )
         notice = gr.Markdown("", elem_id="sentiment-notice")
-
     with gr.Tab("Many texts"):
         gr.Markdown("One text per line, or a UTF-8 CSV file (pick the column holding the texts).")
         with gr.Row():
@@ -89,89 +120,96 @@ def build(context: AppContext) -> None:
         )
         chart = gr.BarPlot(x="label", y="count", title="Label distribution", sort="-y")
         download = gr.File(label="Download results (CSV)", interactive=False)
+    return Components(mode, model_ref, labels, calibrate, zero_shot_note, text, explain,
+                      analyse_button, scores, why, notice, lines, csv_file, column,
+                      batch_button, table, chart, download)
 
-    def classify_texts(texts, mode, model_ref, labels, calibrate, progress) -> list[Classification]:
-        def on_status(status: str) -> None:
-            progress(None, desc=status)
 
-        def on_progress(done: int, total: int) -> None:
-            progress((done, total), desc="Scoring", unit="texts")
+# --- handlers ----------------------------------------------------------------------
+class _Handlers:
+    """What the tab's events do; each turns the widgets' values into a task call."""
 
-        if mode == ZERO_SHOT:
-            chat_model = context.cache.get(context.chat_model.ref, ModelKind.CAUSAL_LM, on_status)
-            return zero_shot.zero_shot(
-                chat_model, texts, labels, calibrate=bool(calibrate),
-                max_text_tokens=min(zero_shot.MAX_TEXT_TOKENS, settings.max_input_tokens),
-                on_progress=on_progress,
-            )
-        classifier = sentiment.load_classifier(context.cache, model_ref, on_status)
-        return sentiment.classify(classifier, texts, on_progress=on_progress)
+    def __init__(self, context: AppContext):
+        self.context = context
 
-    @gpu
-    def analyse(text, mode, model_ref, labels, calibrate, explain, progress=gr.Progress()):
-        try:
-            text = sentiment.clean_text(text)
-            if mode == ZERO_SHOT:
-                zero_shot.parse_labels(labels)  # bad labels fail before any model loads
-            result = classify_texts([text], mode, model_ref, labels, calibrate, progress)[0]
-            pieces, notes = None, [result.notice]
-            if mode == ZERO_SHOT:
-                notes.append(_raw_note(result) if calibrate else None)
-            elif explain:
-                classifier = sentiment.load_classifier(context.cache, model_ref)
-                explanation = sentiment.explain(classifier, text)
-                pieces, notes = explanation.pieces, notes + [explanation.notice]
-        except PlaygroundError as error:
-            raise user_error(error) from error
+    def _classify(self, texts, request: ClassificationRequest, progress) -> list:
+        return classify_texts(
+            self.context.cache, self.context.chat_model.ref, texts, request,
+            max_text_tokens=self.context.settings.max_input_tokens,
+            on_status=lambda status: progress(None, desc=status),
+            on_progress=lambda done, total: progress((done, total), desc="Scoring", unit="texts"),
+        )
+
+    @staticmethod
+    def _request(mode, model_ref, labels, calibrate) -> ClassificationRequest:
+        return ClassificationRequest(METHODS.get(mode, Method.CLASSIFIER), model_ref or "",
+                                     labels or "", bool(calibrate))
+
+    def analyse(self, text, mode, model_ref, labels, calibrate, explain,
+                progress=gr.Progress()):
+        """Scores for every label of one text (classifier or zero-shot), the words that
+        pushed a classifier's prediction, and notes (truncation, scores before calibration)."""
+        text = sentiment.validated_text(text)
+        request = self._request(mode, model_ref, labels, calibrate)
+        result = self._classify([text], request, progress)[0]
+        pieces, notes = None, [result.notice]
+        if request.method is Method.ZERO_SHOT:
+            notes.append(_raw_note(result) if request.calibrate else None)
+        elif explain:
+            classifier = sentiment.load_classifier(self.context.cache, request.classifier_ref)
+            explanation = sentiment.explain(classifier, text)
+            pieces, notes = explanation.pieces, notes + [explanation.notice]
         return result.scores, pieces, "\n\n".join(n for n in notes if n)
 
-    @gpu
-    def analyse_all(lines, csv_path, column, mode, model_ref, labels, calibrate,
+    def analyse_all(self, lines, csv_path, column, mode, model_ref, labels, calibrate,
                     progress=gr.Progress()):
-        try:
-            if csv_path:
-                column, texts = sentiment.csv_texts(csv_path, column or None)
-            else:
-                texts = sentiment.split_lines(lines)
-            if mode == ZERO_SHOT:
-                zero_shot.parse_labels(labels)
-            results = classify_texts(texts, mode, model_ref, labels, calibrate, progress)
-        except PlaygroundError as error:
-            raise user_error(error) from error
+        """Classify many texts (one per line, or a CSV column): a table, label counts, a CSV."""
+        if csv_path:
+            column, texts = sentiment.csv_texts(csv_path, column or None)
+        else:
+            texts = sentiment.split_lines(lines)
+        request = self._request(mode, model_ref, labels, calibrate)
+        results = self._classify(texts, request, progress)
         rows = sentiment.result_rows(texts, results)
         counts = sentiment.label_counts(results)
         chart_data = pd.DataFrame({"label": list(counts), "count": list(counts.values())})
         return rows, chart_data, _write_csv(rows)
 
+    @staticmethod
     def pick_column(csv_path):
         if not csv_path:
             return gr.Dropdown(choices=[], value=None)
-        try:
-            header, rows = sentiment.read_csv(csv_path)
-            guess = sentiment.guess_text_column(header, rows)
-        except PlaygroundError as error:
-            raise user_error(error) from error
-        return gr.Dropdown(choices=header, value=guess)
+        header, rows = sentiment.read_csv(csv_path)
+        return gr.Dropdown(choices=header, value=sentiment.guess_text_column(header, rows))
 
+    @staticmethod
     def switch_mode(mode):
         zero = mode == ZERO_SHOT
         return (
             gr.Textbox(visible=not zero), gr.Textbox(visible=zero), gr.Checkbox(visible=zero),
+            gr.Markdown(visible=zero),
             gr.Checkbox(interactive=not zero, label=_explain_label(zero)),
             gr.HighlightedText(visible=not zero),  # word colouring is classifier-only
         )
 
-    inputs = [mode, model_ref, labels, calibrate]
-    analyse_event = dict(fn=analyse, inputs=[text, *inputs, explain], outputs=[scores, why, notice])
-    analyse_button.click(**analyse_event, api_name="sentiment")
-    text.submit(**analyse_event, api_visibility="private")
-    batch_button.click(
-        analyse_all, [lines, csv_file, column, *inputs], [table, chart, download],
-        api_name="sentiment_batch",
+
+# --- wiring ------------------------------------------------------------------------
+def _wire(c: Components, handlers: _Handlers) -> None:
+    settings = [c.mode, c.model_ref, c.labels, c.calibrate]
+    analyse = gpu(shows_user_errors(handlers.analyse))
+    analyse_event = dict(fn=analyse, inputs=[c.text, *settings, c.explain],
+                         outputs=[c.scores, c.why, c.notice])
+    c.analyse_button.click(**analyse_event, api_name="sentiment")
+    c.text.submit(**analyse_event, api_visibility="private")
+    c.batch_button.click(
+        gpu(shows_user_errors(handlers.analyse_all)), [c.lines, c.csv_file, c.column, *settings],
+        [c.table, c.chart, c.download], api_name="sentiment_batch",
     )
-    csv_file.change(pick_column, csv_file, column, api_visibility="private", queue=False)
-    mode.change(
-        switch_mode, mode, [model_ref, labels, calibrate, explain, why],
+    c.csv_file.change(shows_user_errors(handlers.pick_column), c.csv_file, c.column,
+                      api_visibility="private", queue=False)
+    c.mode.change(
+        handlers.switch_mode, c.mode,
+        [c.model_ref, c.labels, c.calibrate, c.zero_shot_note, c.explain, c.why],
         api_visibility="private", queue=False,
     )
 
@@ -196,7 +234,7 @@ def _explain_label(zero_shot_mode: bool) -> str:
     return "Explain: colour the words that pushed the prediction"
 
 
-def _raw_note(result) -> str:
+def _raw_note(result: zero_shot.ZeroShotResult) -> str:
     raw = ", ".join(f"{label} {p:.0%}" for label, p in result.raw_scores.items())
     return f"Before calibration: {raw}."
 
