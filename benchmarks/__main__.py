@@ -44,7 +44,7 @@ from benchmarks.explorer_step import median_seconds, prompt_of  # noqa: E402
 from benchmarks.sentiment_throughput import accuracy, labelled_rows, one_by_one, texts_per_second  # noqa: E402
 from benchmarks.translation_throughput import corpus_sentences, measure  # noqa: E402
 from modules.app_context import AppContext  # noqa: E402
-from modules import next_token as nt  # noqa: E402
+from modules.tasks import next_token as nt  # noqa: E402
 from modules import sentiment, zero_shot  # noqa: E402
 from modules.config import DEFAULT_TRANSLATION_MODELS, EMBEDDED_MODEL, Settings  # noqa: E402
 from modules.engine.model_cache import ModelCache, ModelKind  # noqa: E402
@@ -169,7 +169,7 @@ def every_tab(report: Report, demo, cache: ModelCache) -> None:
     for _ in fns["chat"]("Hello!", [], "You are a helpful assistant.", EMBEDDED_MODEL,
                          32, 0.7, 0.9, 50, 1.1, False, None):
         pass
-    fns["explorer_score"]("The capital of France is", False, EMBEDDED_MODEL, 10, 1.0, 0, 1.0,
+    fns["explorer_score"]("The capital of France is", False, EMBEDDED_MODEL, 10, 1.0, 0, 1.0, 0.0,
                           progress=None)
     quiet = lambda *args, **kwargs: None  # noqa: E731 (stands in for gr.Progress)
     fns["sentiment"]("What a lovely day.", "Zero-shot (chat model, your labels)", "",
