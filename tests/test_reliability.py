@@ -178,7 +178,8 @@ NUMBERS = {"negative": -5, "huge": 10**12, "NaN-like text": "NaN", "a word": "lo
 CHAT_NUMBERS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
 NEXT_TOKEN_NUMBERS = ("temperature", "top_k", "top_p", "candidates")
 INVALID_MODELS = {"not an id": "no such model!!", "missing folder": "/no/such/folder",
-                  "unknown hub id": "nobody/nothing-here"}
+                  "unknown hub id": "nobody/nothing-here", "100,000 characters": "m" * 100_000,
+                  "a NUL byte": "/models/tiny\x00", "climbing out": "/models/tiny/../../etc"}
 
 
 def gradio_cases():
@@ -307,3 +308,23 @@ def test_bad_input_on_the_v1_api_gets_an_openai_error_or_a_reply(tiny_app, tiny_
         print(", ".join(f"{name}: {status}" for name, status in outcomes))
     assert {status for _, status in outcomes} >= {200, 400, 404}
 
+
+
+def test_a_100000_character_model_name_is_one_clear_refusal(tiny_app, capfd):
+    """It used to reach the disk and log `OSError: File name too long` tracebacks."""
+    url, _ = tiny_app
+    name = "m" * 100_000
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match="100,000 characters long; the limit is 256") as refused:
+        client.predict(api_name="/load_chat_model", ref=name)
+    assert len(str(refused.value)) < 500
+    client.close()
+    response = httpx.post(url + "/v1/chat/completions", timeout=60, json={
+        "model": name, "messages": [{"role": "user", "content": "Hi"}]})
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["param"] == "model" and error["code"] == "model_not_found"
+    assert len(error["message"]) < 500
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.out + printed.err
+    assert "File name too long" not in printed.out + printed.err
