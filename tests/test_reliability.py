@@ -309,7 +309,6 @@ def test_bad_input_on_the_v1_api_gets_an_openai_error_or_a_reply(tiny_app, tiny_
     assert {status for _, status in outcomes} >= {200, 400, 404}
 
 
-
 def test_a_100000_character_model_name_is_one_clear_refusal(tiny_app, capfd):
     """It used to reach the disk and log `OSError: File name too long` tracebacks."""
     url, _ = tiny_app

@@ -288,7 +288,9 @@ def _stream_reply(context: AppContext, cancels: CancelRegistry, session: str, pa
     reply = None
     chunks = None
     try:
-        chunks = backend.stream(messages, params, cancel, model=model_ref)
+        # A remote backend serves the model it was configured with; the dropdown only shows it.
+        chunks = backend.stream(messages, params, cancel,
+                                model=model_ref if backend.name == "local" else None)
         shown_at = 0.0
         for chunk in chunks:
             reply = chunk
