@@ -303,3 +303,30 @@ def test_cancel_registry_reaches_running_and_queued_requests():
     registry.stop("b")
     registry.arm("b")  # a new Send clears a stale Stop
     assert not registry.begin("b").is_set()
+
+
+def test_tab_settings_become_checked_params_with_one_set_of_defaults():
+    from modules.tasks.chat import CHAT_TAB_REPETITION_PENALTY, RANDOM_SEED, params_from_settings
+
+    params = params_from_settings(12.0, 0.5, 0.8, 40.0, CHAT_TAB_REPETITION_PENALTY, 1,
+                                  RANDOM_SEED, max_new_tokens_limit=64)
+    assert (params.max_new_tokens, params.top_k, params.seed) == (12, 40, None)
+    assert isinstance(params.max_new_tokens, int) and params.do_sample is True
+    assert params_from_settings(1, 0, 1, 0, 1, False, 7.0, max_new_tokens_limit=8).seed == 7
+    assert GenerationParams().repetition_penalty == 1.0  # the API's default: off, as OpenAI
+    from modules.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError) as caught:
+        params_from_settings(9, 0.5, 0.8, 40, 1.0, True, None, max_new_tokens_limit=8)
+    assert caught.value.param == "max_new_tokens"
+
+
+def test_conversation_messages_drop_display_fields_and_blank_system_prompts():
+    from modules.tasks.chat import conversation_messages
+
+    past = [{"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello", "usage": "prompt 3 · completion 1"}]
+    assert conversation_messages(past, "  ", "Again") == [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Again"}]
+    assert conversation_messages([], "Be brief.", "Hi")[0] == {"role": "system", "content": "Be brief."}

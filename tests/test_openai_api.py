@@ -398,3 +398,16 @@ def test_login_protects_the_page_and_the_key_protects_v1(tiny_causal_lm_dir, sha
             assert browser.get("/v1/models").status_code == 401  # a login is not the API key
         models = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
     assert models.status_code == 200
+
+
+def test_errors_map_to_statuses_by_type_not_by_wording():
+    from modules.errors import InvalidParameterError, ModelOfflineError, PromptTooLongError
+    from modules.serving.openai_api import api_error_for
+
+    too_many = api_error_for(InvalidParameterError("max_new_tokens", "max_new_tokens must be …"))
+    assert (too_many.status, too_many.param) == (400, "max_tokens")
+    assert too_many.message.startswith("max_tokens")
+    long = api_error_for(PromptTooLongError("Shorten it."))  # no "context" in the wording
+    assert (long.status, long.param, long.code) == (400, "messages", "context_length_exceeded")
+    offline = api_error_for(ModelOfflineError("Not here."))
+    assert (offline.status, offline.code) == (503, "model_unavailable")
