@@ -82,3 +82,33 @@ def test_request_threads_leave_the_cores_to_the_main_thread(shared_cache, tiny_c
     lend_main_thread_while(request)
     assert seen == [1]
     assert omp.omp_get_max_threads() == main_before  # the main thread keeps its cores
+
+
+def test_a_streaming_request_handler_is_limited_at_every_step():
+    """Gradio may run each step of a generator on a different pool thread."""
+    import inspect
+
+    from modules.engine.compute import OPENMP as omp
+    from modules.engine.compute import on_request_thread
+
+    if omp is None:
+        pytest.skip("no OpenMP runtime beside torch: nothing to limit")
+    seen: list[tuple[int, int]] = []
+
+    @on_request_thread
+    def steps(count: int):
+        for step in range(count):
+            seen.append((step, omp.omp_get_max_threads()))
+            yield step
+
+    def consume_on_fresh_threads() -> None:
+        generator = steps(3)
+        for _ in range(3):
+            thread = threading.Thread(target=next, args=(generator,))
+            thread.start()
+            thread.join()
+        generator.close()
+
+    assert inspect.isgeneratorfunction(steps) and steps.__name__ == "steps"
+    lend_main_thread_while(consume_on_fresh_threads)
+    assert seen == [(0, 1), (1, 1), (2, 1)]
