@@ -254,3 +254,24 @@ def test_dockerfile_passes_hadolint():
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
+
+
+def test_the_share_tunnel_forwards_to_our_own_server(monkeypatch, capsys):
+    """--share asks Gradio's tunnel for *our* uvicorn server's port, so the link keeps /v1."""
+    from types import SimpleNamespace
+
+    import modules.serving.launch as launch_module
+
+    asked = {}
+
+    def fake_tunnel(**kwargs):
+        asked.update(kwargs)
+        return "https://abc123.gradio.live"
+
+    monkeypatch.setattr(launch_module.networking, "setup_tunnel", fake_tunnel)
+    settings = make_settings(share=True, host="0.0.0.0", port=7999)
+    launch_module._open_share_link(settings, SimpleNamespace(started=True, should_exit=False))
+    assert (asked["local_host"], asked["local_port"]) == ("127.0.0.1", 7999)
+    assert len(asked["share_token"]) >= 32
+    printed = capsys.readouterr().out
+    assert "https://abc123.gradio.live/v1" in printed

@@ -105,7 +105,8 @@ def _open_share_link(settings: Settings, server: uvicorn.Server) -> None:
         )
     except Exception as error:  # unreachable share server, no frpc binary, refused tunnel
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        log.warning("Share link unavailable (%s); serving locally only at %s", reason, local)
+        log.warning("Share link unavailable (Gradio's share server could not be reached: %s); "
+                    "serving locally only at %s", reason, local)
         return
     print(f"* Running on public URL: {url}\n* Public OpenAI-compatible API: {url}{API_PREFIX}",
           flush=True)
