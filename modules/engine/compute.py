@@ -5,7 +5,7 @@ OpenMP-parallel kernels run about twice as slowly on any thread but the process'
 initial one (torch's bundled libgomp), so a reply generated on a fresh thread decodes
 at half speed. `python app.py` therefore serves HTTP from a background thread and
 lends its main thread to `run_jobs`; `start_job` hands generation to it. Where
-nothing runs that loop (a Space importing `demo`, the tests) each job gets a thread
+nothing runs that loop (code that imports `demo` and launches it itself, the tests) each job gets a thread
 of its own, as before. Jobs run one after another, as generation on one model is
 serialized anyway; a job whose request was cancelled while it waited returns at once.
 
