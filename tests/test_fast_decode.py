@@ -7,8 +7,12 @@ compute what their weights say, and that the model still says the same things.
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from modules.config import EMBEDDED_MODEL, Settings
 from modules.engine.kernels.fast_decode import (
@@ -18,7 +22,9 @@ from modules.engine.kernels.fast_decode import (
     Int4WeightOnlyLinear,
     Int8WeightOnlyLinear,
     exact_int4_groups,
+    prepare_for_fast_decode,
 )
+from modules.engine.cpu_profile import SpeedPlan
 from modules.engine.kernels.fused_llama import FusedLlamaLayer
 from modules.engine.model_cache import ModelCache, ModelKind
 from tests.conftest import make_settings
@@ -132,3 +138,67 @@ def test_embedded_model_runs_on_its_own_4bit_weights_and_answers_the_same(embedd
 def test_switch_reads_the_environment():
     assert Settings.from_env({"PLAYGROUND_FAST_DECODE": "off"}).fast_decode is False
     assert Settings.from_env({}).fast_decode is True
+
+
+def _four_bit_model(family: str) -> nn.Module:
+    """A tiny random model of `family` whose projections hold exact 4-bit groups (as from GGUF)."""
+    from tests.test_fused_llama import FAMILIES, random_model
+
+    model = random_model(FAMILIES[family]())
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if type(module) is nn.Linear and "lm_head" not in name:
+                module.weight.copy_(four_bit_weight(*module.weight.shape))
+    return model
+
+
+def _picks_agree(reference: torch.Tensor, candidate: torch.Tensor) -> bool:
+    """The candidate's top token is the reference's, or within 2 % of the logit range of it
+    (a near-tie that rounding may flip on either CPU class)."""
+    picked = reference[candidate.argmax()]
+    return bool(picked >= reference.max() - 0.02 * (reference.max() - reference.min()))
+
+
+def _teacher_forced_logits(model: nn.Module, ids: torch.Tensor, prompt: int) -> list[torch.Tensor]:
+    """Last-position logits after a prompt read in one pass (the float prefill path), then
+    after each further token fed one at a time with the cache (the decode kernels)."""
+    with torch.inference_mode():
+        out = model(input_ids=ids[:, :prompt], use_cache=True)
+        logits = [out.logits[0, -1].float()]
+        for position in range(prompt, ids.shape[1]):
+            out = model(input_ids=ids[:, position:position + 1],
+                        past_key_values=out.past_key_values, use_cache=True)
+            logits.append(out.logits[0, -1].float())
+    return logits
+
+
+def _similarity(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a - a.mean(), b - b.mean(), dim=0))
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama-biases"])
+@pytest.mark.parametrize("decode_dtype, prefill_dtype", [("fp32", "fp32"), ("bf16", "fp32"),
+                                                         ("bf16", "bf16")])
+def test_fused_int4_families_predict_like_float32(family, decode_dtype, prefill_dtype):
+    """Teacher-forced top-1 and logits against the float32 model. With bf16 activations the
+    bar is transformers' own bf16 model on the same weights: a random tiny model has steps
+    where any bf16 rounding moves the logits, and the fast path may not do worse there."""
+    reference = _four_bit_model(family)
+    fast = copy.deepcopy(reference)
+    plan = SpeedPlan("test", "quantized", decode_dtype, prefill_dtype)
+    assert prepare_for_fast_decode(fast, torch.device("cpu"), plan) == INT4_TAG
+    assert sum(isinstance(m, Int4WeightOnlyLinear) for m in fast.modules()) == 4 * 2
+    ids = torch.randint(3, 500, (1, 40), generator=torch.Generator().manual_seed(2))
+    prompt = PREFILL_ROWS + 4
+    expected = _teacher_forced_logits(reference, ids, prompt)
+    got = _teacher_forced_logits(fast, ids, prompt)
+    if decode_dtype == "fp32":
+        bar_similarity, bar_agreement = [0.999] * len(expected), len(expected)
+    else:
+        plain_bf16 = _teacher_forced_logits(copy.deepcopy(reference).bfloat16(), ids, prompt)
+        bar_similarity = [min(0.99, _similarity(e, b)) - 0.05 for e, b in zip(expected, plain_bf16)]
+        bar_agreement = sum(_picks_agree(e, b) for e, b in zip(expected, plain_bf16)) - 1
+    assert sum(_picks_agree(e, g) for e, g in zip(expected, got)) >= bar_agreement
+    for e, g, bar in zip(expected, got, bar_similarity):
+        assert _similarity(e, g) > bar

@@ -1,7 +1,8 @@
-"""FusedLlamaLayer computes what transformers' LlamaDecoderLayer computes.
+"""FusedLlamaLayer computes what transformers' decoder layers compute.
 
-Both run in float32 on the tiny Llama test model (same weights, plain float
-projections), through every path the app uses: a prompt in one pass, token-by-token
+Both run in float32 on tiny random models of each fused family (the Llama test
+model, Qwen2 with q/k/v biases, Qwen3 with q/k norms, a Llama with every bias), with
+the same weights and plain float projections, through every path the app uses: a prompt in one pass, token-by-token
 decoding with the cache, a chunk after cached tokens (the explorer's prefill), a
 left-padded batch (zero-shot scoring) and `generate`.
 """
@@ -12,16 +13,38 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
 from modules.engine.kernels.fused_llama import FusedLlamaLayer, float_linear, fuse_layers, fusable
 
 TOLERANCE = 1e-4
+SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=512, max_position_embeddings=256,
+             tie_word_embeddings=True)
+FAMILIES = {
+    "qwen2": lambda: Qwen2Config(**SMALL),  # biased q/k/v
+    "qwen3": lambda: Qwen3Config(**SMALL, head_dim=16),  # q/k RMSNorm per head
+    "llama-biases": lambda: LlamaConfig(**SMALL, attention_bias=True, mlp_bias=True),
+}
 
 
-@pytest.fixture(scope="module")
-def models(tiny_causal_lm_dir):
-    original = AutoModelForCausalLM.from_pretrained(tiny_causal_lm_dir, dtype=torch.float32).eval()
+def random_model(config) -> torch.nn.Module:
+    """A random model whose biases and norm weights are non-trivial (init leaves them 0 / 1)."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    return model
+
+
+@pytest.fixture(scope="module", params=["llama", *FAMILIES])
+def models(request, tiny_causal_lm_dir):
+    if request.param == "llama":
+        original = AutoModelForCausalLM.from_pretrained(tiny_causal_lm_dir, dtype=torch.float32).eval()
+    else:
+        original = random_model(FAMILIES[request.param]())
     fused = copy.deepcopy(original)
     assert fuse_layers(fused, float_linear) == original.config.num_hidden_layers
     assert all(isinstance(layer, FusedLlamaLayer) for layer in fused.model.layers)
@@ -71,9 +94,11 @@ def test_generate_gives_the_same_tokens(models):
     assert torch.equal(original.generate(ids, **kwargs), fused.generate(ids, **kwargs))
 
 
-def test_only_plain_llama_models_are_fused(models):
+def test_other_architectures_and_sliding_windows_keep_their_layers(models):
     original, _ = models
     assert fusable(original)
     other = copy.deepcopy(original)
-    other.config.attention_bias = True  # e.g. Qwen2: biased q/k/v, left to transformers
+    other.config.layer_types = ["sliding_attention"] * other.config.num_hidden_layers
     assert not fusable(other) and fuse_layers(other, float_linear) == 0
+    other.config.model_type = "gemma"
+    assert not fusable(other)

@@ -26,17 +26,20 @@ freezing on/off): within ±7% of eager after 55-120 s of compiling.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modules.engine.kernels.fused_llama import fuse_layers
+from modules.engine.cpu_profile import SpeedPlan, plan_for
+from modules.engine.kernels.fused_llama import float_linear, fuse_layers
 
 log = logging.getLogger(__name__)
 
 INT8_TAG = "int8 weights"
 INT4_TAG = "int4 weights as in its GGUF file, int8 head"
+FLOAT_TAG = "fused float layers"
 # Above this many rows (prompt tokens) a quantized layer uses its float copy.
 PREFILL_ROWS = 8
 INT4_GROUP = 32  # a GGUF Q4_0/Q4_1 block
@@ -56,24 +59,30 @@ def int4_kernel_available() -> bool:
 
 
 class _QuantizedLinear(nn.Module):
-    """y = x Wᵀ (+ b) from quantized weights: a kernel for a few rows, bf16 for many.
+    """y = x Wᵀ (+ b) from quantized weights: a kernel for a few rows, a float matmul for many.
 
-    The quantized kernels are matrix-vector kernels; for a long prompt a bf16 matmul
-    over the same quantized values (`dequantized`) is several times faster.
+    The quantized kernels are matrix-vector kernels; for a long prompt a float matmul
+    over the same quantized values (`float_weight`) is several times faster. That
+    matmul runs in `prefill_dtype`, which the CPU profile picks per machine: bf16 where
+    the CPU has native bf16 matmuls, float32 where bf16 would be emulated (AVX2: ~4x slower).
     """
 
     def __init__(self, out_features: int, in_features: int, bias: torch.Tensor | None,
-                 compute_dtype: torch.dtype) -> None:
+                 compute_dtype: torch.dtype, prefill_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = out_features, in_features
         self.compute_dtype = compute_dtype
+        self.prefill_dtype = prefill_dtype or compute_dtype
         self.register_buffer("bias", None if bias is None else bias.detach().to(compute_dtype),
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        flat = x.reshape(-1, shape[-1]).to(self.compute_dtype)
-        out = self.many_rows(flat) if flat.shape[0] > PREFILL_ROWS else self.few_rows(flat)
+        flat = x.reshape(-1, shape[-1])
+        if flat.shape[0] > PREFILL_ROWS:
+            out = self.many_rows(flat.to(self.prefill_dtype)).to(self.compute_dtype)
+        else:
+            out = self.few_rows(flat.to(self.compute_dtype))
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*shape[:-1], self.out_features)
@@ -91,24 +100,27 @@ class Int8WeightOnlyLinear(_QuantizedLinear):
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                 compute_dtype: torch.dtype = torch.bfloat16) -> None:
-        super().__init__(weight.shape[0], weight.shape[1], bias, compute_dtype)
+                 compute_dtype: torch.dtype = torch.bfloat16,
+                 prefill_dtype: torch.dtype | None = None) -> None:
+        super().__init__(weight.shape[0], weight.shape[1], bias, compute_dtype, prefill_dtype)
         weight = weight.detach().float()
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
         quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
         self.register_buffer("weight_int8", quantized.contiguous(), persistent=False)
-        self.register_buffer("float_weight", quantized.to(compute_dtype), persistent=False)
+        self.register_buffer("float_weight", quantized.to(self.prefill_dtype), persistent=False)
         self.register_buffer("scale", scale.to(compute_dtype), persistent=False)
+        self.register_buffer("prefill_scale", scale.to(self.prefill_dtype), persistent=False)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16):
-        return cls(linear.weight, linear.bias, compute_dtype)
+    def from_linear(cls, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16,
+                    prefill_dtype: torch.dtype | None = None):
+        return cls(linear.weight, linear.bias, compute_dtype, prefill_dtype)
 
     def few_rows(self, flat: torch.Tensor) -> torch.Tensor:
         return torch._weight_int8pack_mm(flat, self.weight_int8, self.scale)
 
     def many_rows(self, flat: torch.Tensor) -> torch.Tensor:
-        return F.linear(flat, self.float_weight) * self.scale
+        return F.linear(flat, self.float_weight) * self.prefill_scale
 
 
 def exact_int4_groups(weight: torch.Tensor, group: int = INT4_GROUP):
@@ -141,15 +153,16 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
     """
 
     def __init__(self, weight: torch.Tensor, groups, compute_dtype: torch.dtype = torch.bfloat16,
-                 group: int = INT4_GROUP) -> None:
-        super().__init__(weight.shape[0], weight.shape[1], None, compute_dtype)
+                 group: int = INT4_GROUP, bias: torch.Tensor | None = None,
+                 prefill_dtype: torch.dtype | None = None) -> None:
+        super().__init__(weight.shape[0], weight.shape[1], bias, compute_dtype, prefill_dtype)
         self.group = group
         q, scale, zero = groups
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
         self.register_buffer("packed", packed, persistent=False)
         scales_and_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
         self.register_buffer("scales_and_zeros", scales_and_zeros.to(compute_dtype), persistent=False)
-        self.register_buffer("float_weight", weight.detach().to(compute_dtype), persistent=False)
+        self.register_buffer("float_weight", weight.detach().to(self.prefill_dtype), persistent=False)
 
     def few_rows(self, flat: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -159,7 +172,8 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
         return F.linear(flat, self.float_weight)
 
 
-def quantize_linears_int8(model: nn.Module, compute_dtype: torch.dtype = torch.bfloat16) -> int:
+def quantize_linears_int8(model: nn.Module, compute_dtype: torch.dtype = torch.bfloat16,
+                          prefill_dtype: torch.dtype | None = None) -> int:
     """Replace every plain nn.Linear in `model` (LM head included) by an int8 one; the count.
 
     A tied LM head gets its own int8 copy; the input embedding keeps its float weights.
@@ -171,34 +185,88 @@ def quantize_linears_int8(model: nn.Module, compute_dtype: torch.dtype = torch.b
         if type(child) is nn.Linear
     ]
     for parent, name, child in targets:
-        setattr(parent, name, Int8WeightOnlyLinear.from_linear(child, compute_dtype))
+        setattr(parent, name, Int8WeightOnlyLinear.from_linear(child, compute_dtype, prefill_dtype))
     return len(targets)
 
 
-def prepare_for_fast_decode(model: nn.Module, device: torch.device, dtype: torch.dtype) -> str | None:
-    """Fuse and quantize a bf16 causal LM on CPU in place; says how its weights are held.
+def has_four_bit_layers(model: nn.Module) -> bool:
+    """Are the first layer's projections exactly 4-bit (a Q4_0/Q4_1 GGUF file's)?"""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not layers or not int4_kernel_available():
+        return False
+    attention = getattr(layers[0], "self_attn", None)
+    weight = getattr(getattr(attention, "q_proj", None), "weight", None)
+    return weight is not None and exact_int4_groups(weight) is not None
 
-    Only CPU + bfloat16 (the CPU default for chat models): on GPU the float kernels
-    are already fast, and an explicit float32 choice means the user wants precision.
-    Returns INT4_TAG when the layers run on 4-bit weights, INT8_TAG when on int8,
-    None when the model was left as it is.
+
+def prepare_for_fast_decode(model: nn.Module, device: torch.device, plan: SpeedPlan) -> str | None:
+    """Fuse and quantize a causal LM on CPU in place, as `plan` says; how its weights are held.
+
+    The model is first cast to the plan's decode dtype (its activations' dtype); prompt
+    matmuls run in the plan's prefill dtype. Returns INT4_TAG when the layers run on
+    4-bit weights, INT8_TAG when on int8, "float weights" for fused float layers, None
+    when the model was left as it is (not on CPU, or no weight-only kernels in torch).
     """
-    if device.type != "cpu" or dtype != torch.bfloat16 or not int8_kernel_available():
+    if device.type != "cpu" or not int8_kernel_available():
         return None
+    dtype, prefill_dtype = plan.dtype, plan.prefill_torch_dtype
+    model.to(dtype)
     formats: list[str] = []
 
-    def make_linear(weight: torch.Tensor) -> nn.Module:
+    def make_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+        if plan.decode_kernel == "float":
+            formats.append("float")
+            return float_linear(weight.to(dtype), None if bias is None else bias.to(dtype))
         groups = exact_int4_groups(weight) if int4_kernel_available() else None
         if groups is not None:
             formats.append("int4")
-            return Int4WeightOnlyLinear(weight, groups, dtype)
+            return Int4WeightOnlyLinear(weight, groups, dtype, bias=bias, prefill_dtype=prefill_dtype)
         formats.append("int8")
-        return Int8WeightOnlyLinear(weight, None, dtype)
+        return Int8WeightOnlyLinear(weight, bias, dtype, prefill_dtype)
 
     fused = fuse_layers(model, make_linear)
-    rest = quantize_linears_int8(model, dtype)
-    log.info("Fast decode: %d fused layers (%d int4, %d int8 projections), %d more int8 linears",
-             fused, formats.count("int4"), formats.count("int8"), rest)
+    rest = 0 if plan.decode_kernel == "float" else quantize_linears_int8(model, dtype, prefill_dtype)
+    log.info("Fast decode: %d fused layers (%d int4, %d int8, %d float projections), "
+             "%d more int8 linears", fused, formats.count("int4"), formats.count("int8"),
+             formats.count("float"), rest)
     if formats and set(formats) == {"int4"}:
         return INT4_TAG
+    if formats and set(formats) == {"float"}:
+        return FLOAT_TAG
     return INT8_TAG if formats or rest else None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What preparation made of a model: its dtype now, its weights' format, the CPU plan."""
+
+    dtype: torch.dtype
+    quantization: str | None = None
+    plan: str | None = None
+
+
+SHORT_FORMATS = {INT4_TAG: "int4", INT8_TAG: "int8", FLOAT_TAG: "float"}
+
+
+def prepare_chat_model(model: nn.Module, device: torch.device, dtype: torch.dtype,
+                       model_key: str, cache_dir: str, probe: bool) -> Prepared:
+    """Fast decode for a chat model on CPU, with kernels and dtypes measured for this machine.
+
+    `probe` (the dtype setting is "auto"): the CPU profile's plan, cached per model and
+    machine. Otherwise the user chose `dtype`: bf16 runs the fast path all in bf16, any
+    other explicit dtype (float32: precision wanted) leaves the model as it is.
+    """
+    if device.type != "cpu" or not int8_kernel_available():
+        return Prepared(dtype)
+    if probe:
+        plan = plan_for(model.config, model_key, cache_dir, four_bit=has_four_bit_layers(model))
+    elif dtype == torch.bfloat16:
+        plan = SpeedPlan.fixed(dtype)
+    else:
+        return Prepared(dtype)
+    quantization = prepare_for_fast_decode(model, device, plan)
+    if quantization is None:  # nothing fused or quantized; the model may have been cast
+        return Prepared(plan.dtype)
+    line = plan.describe(SHORT_FORMATS.get(quantization, quantization))
+    log.info("Speed plan: %s (%s)", line, plan.source)
+    return Prepared(plan.dtype, quantization, line)

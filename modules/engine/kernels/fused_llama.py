@@ -7,6 +7,10 @@ sixteen), and each costs microseconds of dispatch. `FusedLlamaLayer` computes th
 same function with ~30: the q/k/v projections as one matrix, gate/up as one,
 RMSNorm as `torch.rms_norm`, rotary embeddings applied to queries and keys at once.
 
+The Qwen2/Qwen3 family has the same layer with two additions, handled here too:
+biases on q/k/v (Qwen2) and an RMSNorm of each query and key head before the
+rotary embedding (Qwen3's q_norm/k_norm).
+
 It is a drop-in replacement inside transformers' own `LlamaModel`: same arguments,
 same cache (`past_key_values.update`), same masks, so `generate`, streaming, the
 explorer's stepping and the zero-shot scorer all run through it unchanged. The
@@ -23,19 +27,29 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-LinearFactory = Callable[[torch.Tensor], nn.Module]  # weight [out, in] -> y = x @ Wᵀ
+# (weight [out, in], bias [out] or None) -> module computing y = x @ Wᵀ + b
+LinearFactory = Callable[[torch.Tensor, torch.Tensor | None], nn.Module]
+FUSABLE_TYPES = ("llama", "qwen2", "qwen3")
 
 
 def fusable(model: nn.Module) -> bool:
-    """Is this a plain Llama (no biases, SiLU MLP, default attention scaling)?"""
+    """Llama, Qwen2 or Qwen3 with a SiLU MLP and full (not sliding-window) attention everywhere."""
     config = getattr(model, "config", None)
     return (
-        getattr(config, "model_type", None) == "llama"
-        and not getattr(config, "attention_bias", False)
-        and not getattr(config, "mlp_bias", False)
+        getattr(config, "model_type", None) in FUSABLE_TYPES
         and getattr(config, "hidden_act", None) == "silu"
         and getattr(config, "pretraining_tp", 1) == 1
+        and "sliding_attention" not in (getattr(config, "layer_types", None) or ())
     )
+
+
+def _cat_biases(*linears: nn.Linear) -> torch.Tensor | None:
+    """One bias for the fused projection, zeros standing in for a missing part; None if none has one."""
+    if all(linear.bias is None for linear in linears):
+        return None
+    return torch.cat([linear.bias if linear.bias is not None
+                      else torch.zeros(linear.out_features, dtype=linear.weight.dtype)
+                      for linear in linears]).detach()
 
 
 class FusedLlamaLayer(nn.Module):
@@ -51,11 +65,18 @@ class FusedLlamaLayer(nn.Module):
         self.kv_heads = config.num_key_value_heads
         self.scaling = attention.scaling
         self.intermediate = mlp.gate_proj.out_features
-        self.qkv = make_linear(torch.cat(
-            [attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]))
-        self.o = make_linear(attention.o_proj.weight)
-        self.gate_up = make_linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
-        self.down = make_linear(mlp.down_proj.weight)
+        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+        self.qkv = make_linear(torch.cat([p.weight for p in projections]), _cat_biases(*projections))
+        self.o = make_linear(attention.o_proj.weight, attention.o_proj.bias)
+        self.gate_up = make_linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+                                   _cat_biases(mlp.gate_proj, mlp.up_proj))
+        self.down = make_linear(mlp.down_proj.weight, mlp.down_proj.bias)
+        # Qwen3: RMSNorm over each query / key head before the rotary embedding.
+        q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
+        self.head_norm = None if q_norm is None else torch.cat([
+            q_norm.weight.expand(self.query_heads, -1), k_norm.weight.expand(self.kv_heads, -1)
+        ]).detach()
+        self.head_norm_eps = None if q_norm is None else q_norm.variance_epsilon
         self.input_norm = layer.input_layernorm.weight
         self.post_attention_norm = layer.post_attention_layernorm.weight
         self.eps = layer.input_layernorm.variance_epsilon
@@ -81,6 +102,9 @@ class FusedLlamaLayer(nn.Module):
         qkv = qkv.view(batch, length, rotated_heads + self.kv_heads, self.head_dim)
         cos, sin = (part.unsqueeze(2) for part in position_embeddings)
         qk = qkv[:, :, :rotated_heads]
+        if self.head_norm is not None:
+            normed = torch.rms_norm(qk.float(), (self.head_dim,), eps=self.head_norm_eps)
+            qk = self.head_norm * normed.to(qk.dtype)
         half = self.head_dim // 2
         qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
         query = qk[:, :, : self.query_heads].transpose(1, 2)
@@ -105,7 +129,6 @@ class FusedLlamaLayer(nn.Module):
             scale=self.scaling, enable_gqa=self.query_heads != self.kv_heads,
         )
 
-
     def _attend_one(self, query, key, value, mask) -> torch.Tensor:
         """Attention for one new token as two small float32 batched products.
 
@@ -128,7 +151,7 @@ class FusedLlamaLayer(nn.Module):
 
 
 def fuse_layers(model: nn.Module, make_linear: LinearFactory) -> int:
-    """Replace each decoder layer of a fusable Llama model in place; returns the count."""
+    """Replace each decoder layer of a fusable model in place; returns the count."""
     if not fusable(model):
         return 0
     layers = model.model.layers
@@ -137,9 +160,11 @@ def fuse_layers(model: nn.Module, make_linear: LinearFactory) -> int:
     return len(layers)
 
 
-def float_linear(weight: torch.Tensor) -> nn.Module:
-    """The plain factory: an nn.Linear holding `weight` as it is."""
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False,
+def float_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Module:
+    """The plain factory: an nn.Linear holding `weight` (and `bias`) as they are."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
                        device=weight.device, dtype=weight.dtype)
     linear.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias.detach(), requires_grad=False)
     return linear

@@ -1,0 +1,100 @@
+"""The per-machine speed plan: the decision rule, the probe, the on-disk cache, the load hook.
+
+Timings are never asserted (the machine is shared); the decision rule is checked on
+given timings, and the probe only for producing every candidate.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modules.engine import cpu_profile
+from modules.engine.cpu_profile import LayerShapes, SpeedPlan, cpu_signature, decide, plan_for
+from modules.engine.model_cache import ModelCache, ModelKind
+from tests.conftest import make_settings
+
+# µs per layer, shaped like measurements of SmolLM2-135M on the two CPU classes.
+AVX512_LIKE = {"decode int4 bf16": 60, "decode int4 fp32": 150, "decode int8 bf16": 90,
+               "decode int8 fp32": 200, "decode float bf16": 400, "decode float fp32": 300,
+               "prefill bf16": 900, "prefill fp32": 1800}
+AVX2_LIKE = {"decode int4 bf16": 140, "decode int4 fp32": 120, "decode int8 bf16": 600,
+             "decode int8 fp32": 500, "decode float bf16": 350, "decode float fp32": 320,
+             "prefill bf16": 8000, "prefill fp32": 1500}
+
+
+def test_native_bf16_machines_keep_bf16_and_int4():
+    plan = decide(AVX512_LIKE, four_bit=True)
+    assert (plan.decode_kernel, plan.decode_dtype, plan.prefill_dtype) == ("quantized", "bf16", "bf16")
+
+
+def test_avx2_like_machines_read_prompts_in_float32():
+    plan = decide(AVX2_LIKE, four_bit=True)
+    assert plan.prefill_dtype == "fp32"
+    assert (plan.decode_kernel, plan.decode_dtype) == ("quantized", "fp32")
+
+
+def test_models_without_4bit_weights_are_judged_by_the_int8_kernel():
+    plan = decide(AVX2_LIKE, four_bit=False)  # int8 is slower than float32 there
+    assert (plan.decode_kernel, plan.decode_dtype) == ("float", "fp32")
+    assert decide(AVX512_LIKE, four_bit=False).decode_kernel == "quantized"
+
+
+def test_float32_wins_near_ties():
+    timings = dict(AVX512_LIKE, **{"prefill bf16": 1000, "prefill fp32": 1050})
+    assert decide(timings, four_bit=True).prefill_dtype == "fp32"
+
+
+def test_plan_describes_itself_in_one_line():
+    plan = SpeedPlan("AVX2", "quantized", "fp32", "fp32")
+    assert plan.describe("int4") == "decode: fused int4 (fp32) · prefill: fp32 (AVX2)"
+    assert plan.dtype == torch.float32
+
+
+def test_signature_names_the_capability_and_torch():
+    signature = cpu_signature()
+    assert torch.backends.cpu.get_cpu_capability() in signature
+    assert torch.__version__ in signature
+
+
+def test_probe_times_every_candidate():
+    timings = cpu_profile.probe(LayerShapes((96, 32), (32, 32), (128, 32), (32, 64)))
+    assert {"prefill bf16", "prefill fp32", "decode float bf16", "decode float fp32"} <= set(timings)
+    assert all(value > 0 for value in timings.values())
+
+
+def test_the_decision_is_cached_on_disk(tmp_path, monkeypatch, tiny_causal_lm_dir):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_causal_lm_dir)
+    monkeypatch.setattr(cpu_profile, "probe", lambda shapes: AVX2_LIKE)
+    first = plan_for(config, "tiny", tmp_path, four_bit=False)
+    assert first.source == "probe" and (tmp_path / cpu_profile.CACHE_FILE).exists()
+
+    def no_probe(shapes):
+        raise AssertionError("probed again")
+
+    monkeypatch.setattr(cpu_profile, "probe", no_probe)
+    again = plan_for(config, "tiny", tmp_path, four_bit=False)
+    assert again.source == "cache"
+    assert (again.decode_kernel, again.decode_dtype, again.prefill_dtype) == (
+        first.decode_kernel, first.decode_dtype, first.prefill_dtype)
+    with pytest.raises(AssertionError):  # another model is probed on its own
+        plan_for(config, "other", tmp_path, four_bit=False)
+
+
+@pytest.mark.parametrize("timings, dtype", [(AVX2_LIKE, torch.float32), (AVX512_LIKE, torch.bfloat16)])
+def test_auto_dtype_loads_with_the_plan_and_says_so(tmp_path, monkeypatch, tiny_causal_lm_dir,
+                                                    timings, dtype):
+    monkeypatch.setattr(cpu_profile, "probe", lambda shapes: timings)
+    settings = make_settings(dtype="auto", fast_decode=True, cache_dir=str(tmp_path))
+    loaded = ModelCache(settings).get(str(tiny_causal_lm_dir), ModelKind.CAUSAL_LM)
+    assert loaded.dtype == dtype
+    assert next(loaded.model.parameters()).dtype == dtype
+    assert loaded.speed_plan and loaded.speed_plan.endswith(
+        f"({torch.backends.cpu.get_cpu_capability()})")
+    ids = torch.tensor([[1, 5, 9, 14, 20, 3, 7, 8, 9, 10, 11, 12]])  # above PREFILL_ROWS
+    with torch.inference_mode():
+        out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                                    do_sample=False, pad_token_id=0)
+    assert out.shape[1] == ids.shape[1] + 4
