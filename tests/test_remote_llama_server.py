@@ -25,6 +25,8 @@ from tests.test_openai_api import CAPITAL_QUESTION, running_app
 
 LLAMA_CPP_VERSION = "0.3.36"  # what ../shared/tools/llama-cpp builds by default
 START_TIMEOUT_S = 120
+SYSTEM = "You are a helpful assistant."  # the chat tab's default system prompt
+QUESTION = [{"role": "system", "content": SYSTEM}, *CAPITAL_QUESTION]
 
 
 def llama_server_binary() -> Path | None:
@@ -44,8 +46,11 @@ def llama_server():
                     "or set LLAMA_SERVER=/path/to/llama-server")
     port = free_port()
     process = subprocess.Popen(
+        # --jinja: the GGUF file's own chat template, as transformers renders it.
+        # --no-repack: the repacked (AMX) weight path dies with SIGILL where the kernel has
+        # not enabled AMX tiles for processes (seen on this project's VMs: `tilezero` traps).
         [str(binary), "-m", str(embedded_gguf_path()), "-t", "1", "-c", "2048",
-         "--host", "127.0.0.1", "--port", str(port)],
+         "--jinja", "--no-repack", "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -87,7 +92,7 @@ def test_the_page_chats_through_llama_server(app_on_llama_server):
     url, cache = app_on_llama_server
     client = Client(url, verbose=False)
     chatbot, _, status = client.predict(
-        message=CAPITAL_QUESTION[-1]["content"], system_prompt="", model="remote",
+        message=CAPITAL_QUESTION[-1]["content"], system_prompt=SYSTEM, model="remote",
         max_new_tokens=16, temperature=0.0, top_p=0.9, top_k=50, repetition_penalty=1.0,
         do_sample=False, seed=None, api_name="/chat",
     )
@@ -104,7 +109,7 @@ def test_v1_chats_through_llama_server(app_on_llama_server, llama_server):
     served = httpx.get(llama_server + "/models").json()["data"][0]["id"]
     listed = [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]]
     answer = httpx.post(url + "/v1/chat/completions", timeout=120, json={
-        "messages": CAPITAL_QUESTION, "max_tokens": 16, "temperature": 0})
+        "messages": QUESTION, "max_tokens": 16, "temperature": 0})
     assert served in listed
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -112,7 +117,7 @@ def test_v1_chats_through_llama_server(app_on_llama_server, llama_server):
     assert "Paris" in body["choices"][0]["message"]["content"]
     assert body["usage"]["prompt_tokens"] > 0 and body["usage"]["completion_tokens"] > 0
     with httpx.stream("POST", url + "/v1/chat/completions", timeout=120, json={
-        "messages": CAPITAL_QUESTION, "max_tokens": 4, "temperature": 0, "stream": True,
+        "messages": QUESTION, "max_tokens": 4, "temperature": 0, "stream": True,
     }) as response:
         events = [json.loads(line[5:]) for line in response.iter_lines()
                   if line.startswith("data:") and line != "data: [DONE]"]
