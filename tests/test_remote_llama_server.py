@@ -38,24 +38,25 @@ def llama_server_binary() -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def llama_server():
+def llama_server(tmp_path_factory):
     """Base URL (…/v1) of a llama-server on 127.0.0.1 serving the embedded GGUF model."""
     binary = llama_server_binary()
     if binary is None:
         pytest.skip("llama-server is not built: run ../shared/tools/llama-cpp (about 15 min) "
                     "or set LLAMA_SERVER=/path/to/llama-server")
     port = free_port()
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"  # a pipe could fill and block it
     process = subprocess.Popen(
         # --jinja: the GGUF file's own chat template, as transformers renders it.
         # --no-repack: the repacked (AMX) weight path dies with SIGILL where the kernel has
         # not enabled AMX tiles for processes (seen on this project's VMs: `tilezero` traps).
         [str(binary), "-m", str(embedded_gguf_path()), "-t", "1", "-c", "2048",
          "--jinja", "--no-repack", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=log.open("w"),
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(base, process)
+        _wait_healthy(base, process, log)
         yield base + "/v1"
     finally:
         process.terminate()
@@ -66,11 +67,11 @@ def llama_server():
             process.wait()
 
 
-def _wait_healthy(base: str, process: subprocess.Popen) -> None:
+def _wait_healthy(base: str, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"llama-server exited ({process.returncode}): {process.stderr.read()[-2000:]}")
+            pytest.fail(f"llama-server exited ({process.returncode}): {log.read_text()[-2000:]}")
         try:
             if httpx.get(base + "/health", timeout=2).status_code == 200:
                 return
