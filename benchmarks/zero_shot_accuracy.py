@@ -32,36 +32,29 @@ import torch  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
 from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind  # noqa: E402
 from modules.tasks import zero_shot  # noqa: E402
-from modules.tasks.zero_shot import CHAT_FRAME, Frame, Label  # noqa: E402
+from modules.tasks.zero_shot import CHAT_FRAME, REVIEW_FRAME, Frame, Label, Method  # noqa: E402
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "tests" / "data"
 DATASETS = ("movie_review_sentences.csv", "sentiment_labelled.csv")
-REVIEW_FRAME = Frame("Review: {text}\n", "Sentiment:", chat=False)  # the classic SST-2 frame
+HOLDOUT = "movie_review_sentences_holdout.csv"  # looked at only to confirm the choice
 NAMES_ONLY = [Label("positive", ("positive",)), Label("negative", ("negative",))]
-# Written for this benchmark (not from any evaluation set), balanced, alternating.
-DEMONSTRATIONS = (
-    ("A warm, funny film with a cast that clearly loves the material.", "positive"),
-    ("The plot drags and the jokes fall flat.", "negative"),
-    ("I would happily watch it again tomorrow.", "positive"),
-    ("Two hours of my life I will never get back.", "negative"),
-)
+DEMOS = zero_shot.SENTIMENT.demonstrations  # written here, never from evaluation data
 
 
 @dataclass(frozen=True)
 class Layout:
     name: str
-    frame: Frame
     labels: str | Sequence[Label]
+    frame: Frame
     demonstrations: tuple[tuple[str, str], ...] = ()
 
 
 LAYOUTS = (
-    Layout("chat, label names", CHAT_FRAME, NAMES_ONLY),
-    Layout("chat, label words", CHAT_FRAME, "positive, negative"),
-    Layout("plain 'Review: … Sentiment:', label words", REVIEW_FRAME, "positive, negative"),
-    Layout("chat, label words, 4 demos", CHAT_FRAME, "positive, negative", DEMONSTRATIONS),
-    Layout("plain 'Review:', label words, 4 demos", REVIEW_FRAME, "positive, negative",
-           DEMONSTRATIONS),
+    Layout("chat, label names", NAMES_ONLY, CHAT_FRAME),
+    Layout("chat, label words", "positive, negative", CHAT_FRAME),
+    Layout("plain 'Review: … Sentiment:', label words", "positive, negative", REVIEW_FRAME),
+    Layout("chat, label words, 4 demos", "positive, negative", CHAT_FRAME, DEMOS),
+    Layout("plain 'Review:', label words, 4 demos", "positive, negative", REVIEW_FRAME, DEMOS),
 )
 
 
@@ -82,8 +75,8 @@ def rows_of(name: str, limit: int | None) -> list[dict[str, str]]:
 def readouts(loaded: LoadedModel, layout: Layout, texts: list[str]) -> dict[str, torch.Tensor]:
     """Label probabilities (texts, labels), in label order, for raw / calibrated / PMI."""
     labels = zero_shot.parse_labels(layout.labels)
-    results = zero_shot.zero_shot(loaded, texts, labels, frame=layout.frame,
-                                  demonstrations=layout.demonstrations)
+    method = Method(layout.frame, layout.demonstrations, zero_shot.CONTENT_FREE)
+    results = zero_shot.zero_shot(loaded, texts, labels, method=method)
     names = zero_shot.label_names(labels)
     raw = torch.tensor([[r.raw_scores[n] for n in names] for r in results])
     calibrated = torch.tensor([[r.scores[n] for n in names] for r in results])
@@ -103,13 +96,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N sentences of each set")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--layouts", default="", help="comma-separated layout numbers (1-based)")
+    parser.add_argument("--holdout", action="store_true",
+                        help=f"score {HOLDOUT} instead (to confirm a choice, not to make one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     chosen = [LAYOUTS[int(i) - 1] for i in args.layouts.split(",") if i] or list(LAYOUTS)
     loaded = ModelCache(Settings(offline=True)).get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
     print(f"\n{loaded.description}, {torch.get_num_threads()} thread(s), "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    for dataset in DATASETS:
+    for dataset in [HOLDOUT] if args.holdout else DATASETS:
         rows = rows_of(dataset, args.limit)
         texts = [r["text"] for r in rows]
         gold = [0 if r["label"] == "positive" else 1 for r in rows]

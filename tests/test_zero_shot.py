@@ -13,6 +13,7 @@ from modules.errors import InvalidInputError
 from modules.engine.model_cache import ModelKind
 
 LABELLED = pathlib.Path(__file__).parent / "data" / "sentiment_labelled.csv"
+MOVIE_REVIEWS = pathlib.Path(__file__).parent / "data" / "movie_review_sentences.csv"
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,14 @@ def _unpadded_logprob(model, prompt: list[int], continuation: list[int]) -> floa
     return float(logprobs.gather(-1, torch.tensor(continuation)[:, None]).sum())
 
 
+def test_positive_negative_gets_the_sentiment_method_other_labels_the_generic_one():
+    assert zero_shot.method_for(zero_shot.parse_labels("Negative, positive")) is zero_shot.SENTIMENT
+    assert zero_shot.method_for(zero_shot.parse_labels("positive, negative, neutral")) is zero_shot.GENERIC
+    demo_labels = {label for _, label in zero_shot.SENTIMENT.demonstrations}
+    assert demo_labels == {"positive", "negative"}  # balanced: two of each
+    assert len(zero_shot.SENTIMENT.demonstrations) == 4
+
+
 def test_padded_batch_scores_equal_unpadded_ones(tiny_lm):
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [20]]
     continuations = [[30], [31, 32, 33], [34, 35]]
@@ -96,8 +105,8 @@ def test_a_cached_prefix_scores_like_the_whole_sequence(tiny_lm):
 
 def test_the_prior_is_kept_on_the_loaded_model(tiny_lm):
     labels = zero_shot.parse_labels("good, bad, so so")
-    first = zero_shot.content_free_distribution(tiny_lm, labels)
-    assert zero_shot.content_free_distribution(tiny_lm, labels) is first
+    first = zero_shot.label_prior(tiny_lm, labels, zero_shot.GENERIC)
+    assert zero_shot.label_prior(tiny_lm, labels, zero_shot.GENERIC) is first
     assert any(prior is first for prior in tiny_lm.extras[zero_shot.PRIOR_CACHE_KEY].values())
     assert first.sum().item() == pytest.approx(1.0, abs=1e-5)
 
@@ -135,21 +144,57 @@ def test_lock_is_free_afterwards(tiny_lm):
     tiny_lm.lock.release()
 
 
-def test_embedded_model_accuracy_and_calibration(embedded_chat_model):
-    """Measured on this set (50 sentences written for this project, 25 positive / 25 negative):
-    uncalibrated 54-56 % (the raw model says "positive" to nearly everything),
-    calibrated 94-96 % (contextual calibration on "N/A", "", "[MASK]"); the model runs in
-    bfloat16 on CPU, so the figures move by a sentence with the torch thread count."""
-    with LABELLED.open(encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    assert len(rows) >= 40
+def _rows(path: pathlib.Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _accuracy(results, rows, scores=lambda r: r.scores) -> float:
+    return sum(max(scores(r), key=scores(r).get) == row["label"]
+               for r, row in zip(results, rows)) / len(rows)
+
+
+def test_calibration_helps_the_generic_prompt_on_the_smoke_set(embedded_chat_model):
+    """The smoke set (50 sentences written here): the generic chat prompt says "positive"
+    to nearly everything until the prior is divided out (measured raw 54-60 %, 94-96 %)."""
+    rows = _rows(LABELLED)
     assert sum(r["label"] == "positive" for r in rows) == sum(r["label"] == "negative" for r in rows)
-    results = zero_shot.zero_shot(
-        embedded_chat_model, [r["text"] for r in rows], "positive, negative"
-    )
-    calibrated = sum(r.label == row["label"] for r, row in zip(results, rows)) / len(rows)
-    raw = sum(
-        max(r.raw_scores, key=r.raw_scores.get) == row["label"] for r, row in zip(results, rows)
-    ) / len(rows)
+    results = zero_shot.zero_shot(embedded_chat_model, [r["text"] for r in rows],
+                                  "positive, negative", method=zero_shot.GENERIC)
+    calibrated, raw = _accuracy(results, rows), _accuracy(results, rows, lambda r: r.raw_scores)
     assert calibrated >= 0.8
     assert calibrated > raw + 0.1
+
+
+def test_sentiment_method_on_real_review_sentences(embedded_chat_model):
+    """80 of the 400 real movie-review sentences (benchmarks/zero_shot_accuracy.py scores all
+    of them: 85 %); chance is 50 %, the generic prompt 81 % on all 400."""
+    rows = _rows(MOVIE_REVIEWS)[:80]
+    results = zero_shot.zero_shot(embedded_chat_model, [r["text"] for r in rows], "positive, negative")
+    assert _accuracy(results, rows) >= 0.75
+
+
+THREE_LABEL_CASES = [
+    ("The app crashes every time I open the settings page.", "bug report"),
+    ("Clicking save deletes my draft instead of saving it.", "bug report"),
+    ("Since the last update the login button does nothing.", "bug report"),
+    ("Please add a dark mode to the editor.", "feature request"),
+    ("It would be great if I could export my notes as PDF.", "feature request"),
+    ("Could you support keyboard shortcuts for the main actions?", "feature request"),
+    ("I love this app, it makes my mornings so much easier.", "praise"),
+    ("Fantastic work, the new design is beautiful and fast.", "praise"),
+    ("Thank you for such a helpful and well made tool!", "praise"),
+]
+
+
+def test_three_labels_of_your_own_beat_chance(embedded_chat_model):
+    """Any labels, not just sentiment: 9 texts written here, 3 labels (chance: 3 right).
+    Noun labels need their article form typed as a label word ("The text is a bug report").
+    Measured 7 of 9 uncalibrated; with the bare names, or with the content-free prior
+    divided out, 3 of 9 (everything becomes "praise"), as the README reports."""
+    texts = [text for text, _ in THREE_LABEL_CASES]
+    labels = "bug report | a bug report, feature request | a feature request, praise"
+    results = zero_shot.zero_shot(embedded_chat_model, texts, labels, calibrate=False)
+    right = sum(r.label == gold for r, (_, gold) in zip(results, THREE_LABEL_CASES))
+    assert right >= 5
+    assert len({r.label for r in results}) >= 2

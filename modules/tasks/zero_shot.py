@@ -74,6 +74,35 @@ CHAT_FRAME = Frame("Which of these best describes the text below: {labels}?\n\nT
                    "The text is")
 PLAIN_FRAME = Frame("Text: {text}\nWhich of these best describes the text: {labels}?\n",
                     "Answer:", chat=False)
+REVIEW_FRAME = Frame("Review: {text}\n", "Sentiment:", chat=False)  # the classic SST-2 frame
+CONTENT_FREE = "content-free"  # prior: content-free inputs in the same prompt (Zhao et al.)
+DOMAIN = "domain"  # prior: the answer's words alone (domain-conditional PMI, Holtzman et al.)
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a label set is prompted and which prior calibration divides out."""
+
+    frame: Frame
+    demonstrations: tuple[tuple[str, str], ...] = ()
+    prior: str = CONTENT_FREE
+
+
+GENERIC = Method(CHAT_FRAME)
+# Positive/negative, the best of the layouts measured on real review sentences: k=4 fixed,
+# balanced demonstrations written here (never from evaluation data) and domain PMI.
+SENTIMENT = Method(REVIEW_FRAME, (
+    ("A warm, funny film with a cast that clearly loves the material.", "positive"),
+    ("The plot drags and the jokes fall flat.", "negative"),
+    ("I would happily watch it again tomorrow.", "positive"),
+    ("Two hours of my life I will never get back.", "negative"),
+), DOMAIN)
+
+
+def method_for(labels: Sequence[Label]) -> Method:
+    """SENTIMENT for exactly 'positive, negative' (any case or order), GENERIC otherwise."""
+    names = sorted(name.lower() for name in label_names(labels))
+    return SENTIMENT if names == ["negative", "positive"] else GENERIC
 
 
 @dataclass(frozen=True)
@@ -114,7 +143,8 @@ def parse_labels(text: str | Sequence[str] | Sequence[Label] | None) -> list[Lab
 def _label(words: list[str]) -> Label:
     """The typed words, then the known synonyms, each also capitalised, without repeats."""
     name = words[0]
-    typed = words + list(KNOWN_LABEL_WORDS.get(name.lower(), ()) if len(words) == 1 else ())
+    known = KNOWN_LABEL_WORDS.get(name.lower()) if len(words) == 1 else None
+    typed = words + list(known or ())
     forms: list[str] = []
     for word in typed:
         for form in (word, word[:1].upper() + word[1:]):
@@ -295,28 +325,35 @@ def _ranked(labels: Sequence[Label], probs: torch.Tensor) -> dict[str, float]:
 _prior_lock = threading.Lock()
 
 
-def content_free_distribution(
-    loaded: LoadedModel, labels: Sequence[Label], frame: Frame = CHAT_FRAME,
-    demonstrations: Sequence[tuple[str, str]] = (),
-) -> torch.Tensor:
-    """The label distribution for content-free inputs, averaged: the model's prior.
+def label_prior(loaded: LoadedModel, labels: Sequence[Label], method: Method) -> torch.Tensor:
+    """The model's prior over the labels, as `method` defines it.
 
-    Kept on the loaded model (it dies with it), per prompt and labels, so a single text
+    Kept on the loaded model (it dies with it), per labels and method, so a single text
     costs one batch, not two."""
-    key = (tuple(labels), frame, tuple(demonstrations))
+    key = (tuple(labels), method)
     with _prior_lock:
         priors = loaded.extras.setdefault(PRIOR_CACHE_KEY, OrderedDict())
         if key in priors:
             priors.move_to_end(key)
             return priors[key]
-    before, after = _prompt_halves(loaded, labels, frame, demonstrations)
-    prompts = [_text_ids(loaded, cf, MAX_TEXT_TOKENS)[0] + after for cf in CONTENT_FREE_INPUTS]
-    prior = _label_probabilities(loaded, prompts, labels, before).mean(0)
+    if method.prior == DOMAIN:
+        prior = domain_prior(loaded, labels, method.frame)
+    else:
+        prior = content_free_distribution(loaded, labels, method)
     with _prior_lock:
         priors[key] = prior
         while len(priors) > PRIOR_CACHE_SIZE:
             priors.popitem(last=False)
     return prior
+
+
+def content_free_distribution(
+    loaded: LoadedModel, labels: Sequence[Label], method: Method = GENERIC
+) -> torch.Tensor:
+    """The label distribution for content-free inputs in the same prompt, averaged."""
+    before, after = _prompt_halves(loaded, labels, method.frame, method.demonstrations)
+    prompts = [_text_ids(loaded, cf, MAX_TEXT_TOKENS)[0] + after for cf in CONTENT_FREE_INPUTS]
+    return _label_probabilities(loaded, prompts, labels, before).mean(0)
 
 
 def domain_prior(
@@ -343,16 +380,18 @@ def zero_shot(
     max_text_tokens: int = MAX_TEXT_TOKENS,
     on_progress: ProgressCallback | None = None,
     texts_per_step: int = 16,
-    frame: Frame = CHAT_FRAME,
-    demonstrations: Sequence[tuple[str, str]] = (),
+    method: Method | None = None,
 ) -> list[ZeroShotResult]:
-    """Label probabilities for each text (same order), calibrated unless told not to."""
+    """Label probabilities for each text (same order), calibrated unless told not to.
+
+    `method` defaults to the one measured best for these labels (`method_for`)."""
     parsed = parse_labels(labels)
     texts = [validated_text(t) for t in texts]
     if max_text_tokens < 1:
         raise InvalidInputError("max_text_tokens must be at least 1.")
-    prior = content_free_distribution(loaded, parsed, frame, demonstrations) if calibrate else None
-    before, after = _prompt_halves(loaded, parsed, frame, demonstrations)
+    method = method or method_for(parsed)
+    prior = label_prior(loaded, parsed, method) if calibrate else None
+    before, after = _prompt_halves(loaded, parsed, method.frame, method.demonstrations)
     results: list[ZeroShotResult] = []
     for start in range(0, len(texts), texts_per_step):
         encoded = [_text_ids(loaded, t, max_text_tokens) for t in texts[start : start + texts_per_step]]
