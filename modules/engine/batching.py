@@ -1,0 +1,398 @@
+"""Step-level batched generation over one loaded causal LM (continuous batching).
+
+Decoding a small model on a CPU is dominated by per-step overhead, not arithmetic:
+one forward pass over four sequences costs little more than over one. So every
+sequence generating on a model runs in one shared batch: a new request is prefilled
+alone (its first token comes out at once), then joins the batch between decode
+steps; a finished, stopped or abandoned one leaves between steps.
+
+Why not transformers' own continuous batching (`generate_batch`, paged KV cache)?
+It runs its loop on a thread of its own (torch decodes about half as fast off the
+main thread here, modules/engine/compute.py), and its paged cache does not compose
+with the fused layers (modules/engine/kernels/fused_llama.py): they call
+`past_key_values.update(k, v, layer)` and attend themselves, while the paged cache
+needs per-batch read/write indices and its own attention function.
+
+The batch keeps one DynamicCache with left padding: row i's first `pads[i]` cache
+positions are padding, masked out of attention, and its position ids count only its
+own tokens, so each row computes what it would alone. Greedy replies match
+generation alone token for token; seeded sampling draws from a per-sequence
+torch.Generator with transformers' logits processors, so the same seed gives the
+same text whatever else runs.
+
+A KV-cache budget (tokens reserved per sequence: prompt + max new tokens) and a
+maximum batch size decide how many run at once; the rest wait in order and can see
+their place in the line (`Sequence.ahead`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache, LogitsProcessorList
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from modules.engine.compute import start_job
+from modules.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+DRIVER_JOB_PREFIX = "batch-driver"
+DEFAULT_MAX_SEQUENCES = 4
+DEFAULT_KV_CACHE_TOKENS = 8192
+DEFAULT_MAX_WAITING = 32
+LOCK_POLL_S = 0.05
+
+FINISH_EOS, FINISH_LENGTH, FINISH_CANCELLED = "stop", "length", "cancelled"
+
+
+class SchedulerBusyError(ModelError):
+    """Too many requests are already waiting for this model."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick each token: greedy unless `do_sample`."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def processors(self) -> LogitsProcessorList:
+        """The same processors, in the same order, as `generate` builds for these values."""
+        chain = LogitsProcessorList()
+        if self.repetition_penalty != 1.0:
+            chain.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.do_sample:
+            if self.temperature != 1.0:
+                chain.append(TemperatureLogitsWarper(self.temperature))
+            if self.top_k:
+                chain.append(TopKLogitsWarper(self.top_k))
+            if self.top_p < 1.0:
+                chain.append(TopPLogitsWarper(self.top_p))
+        return chain
+
+    def generator(self) -> torch.Generator | None:
+        if not self.do_sample:
+            return None
+        generator = torch.Generator()
+        if self.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.seed)
+        return generator
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request's generation. The scheduler fills in tokens, times and the outcome.
+
+    `on_token(id)` is called on the generating thread for every new token (the end
+    token included); `cancelled()` is polled before every step.
+    """
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    eos_ids: frozenset[int] = frozenset()
+    sampling: Sampling = Sampling()
+    on_token: Callable[[int], None] = lambda token: None
+    cancelled: Callable[[], bool] = lambda: False
+    tokens: list[int] = field(default_factory=list)
+    submitted_at: float = field(default_factory=time.perf_counter)
+    started_at: float | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    finish_reason: str | None = None
+    error: BaseException | None = None
+    ahead: int = 0  # sequences waiting before this one (0 once running)
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+    _processors: LogitsProcessorList | None = field(default=None, repr=False)
+    _generator: torch.Generator | None = field(default=None, repr=False)
+
+    @property
+    def reserved_tokens(self) -> int:
+        return len(self.prompt_ids) + self.max_new_tokens
+
+    def is_done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+
+class _BatchCache:
+    """The running rows' KV cache, left-padded to a common length."""
+
+    def __init__(self) -> None:
+        self.cache: DynamicCache | None = None
+        self.pads: list[int] = []
+
+    @property
+    def length(self) -> int:
+        return 0 if self.cache is None else self.cache.layers[0].keys.shape[-2]
+
+    def add(self, cache: DynamicCache) -> None:
+        """Append one prefilled sequence's cache as a new row."""
+        if self.cache is None:
+            self.cache, self.pads = cache, [0]
+            return
+        new_length = cache.layers[0].keys.shape[-2]
+        target = max(self.length, new_length)
+        grow = target - self.length
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.keys = torch.cat([_left_pad(mine.keys, grow), _left_pad(theirs.keys, target - new_length)])
+            mine.values = torch.cat([_left_pad(mine.values, grow),
+                                     _left_pad(theirs.values, target - new_length)])
+        self.pads = [pad + grow for pad in self.pads] + [target - new_length]
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only `rows` (in this order), and drop columns that are padding in all of them."""
+        if not rows:
+            self.cache, self.pads = None, []
+            return
+        trim = min(self.pads[row] for row in rows)
+        index = torch.tensor(rows)
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, trim:]
+            layer.values = layer.values.index_select(0, index)[:, :, trim:]
+        self.pads = [self.pads[row] - trim for row in rows]
+
+    def step_inputs(self, attention: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Position ids [rows, 1] and a mask for one new token per row (None: no padding)."""
+        length = self.length
+        pads = torch.tensor(self.pads)
+        positions = (length - pads).unsqueeze(1)
+        if not any(self.pads):
+            return positions, None
+        mask = (torch.arange(length + 1).unsqueeze(0) >= pads.unsqueeze(1))[:, None, None, :]
+        if attention == "eager":  # eager attention adds its mask
+            dtype = self.cache.layers[0].keys.dtype
+            mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+        return positions, mask
+
+
+def _left_pad(tensor: torch.Tensor, count: int) -> torch.Tensor:
+    if not count:
+        return tensor
+    shape = list(tensor.shape)
+    shape[-2] = count
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=-2)
+
+
+def batchable(model: torch.nn.Module) -> bool:
+    """Can rows of this model's cache be padded and joined (a plain full-attention cache)?"""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return False
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False
+    return getattr(config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
+
+
+class BatchScheduler:
+    """Runs every sequence on one model in a shared batch, one step at a time.
+
+    The loop runs as a compute job (the main thread when the app lends it) while any
+    sequence runs or waits, and holds `lock` for each step, so other users of the
+    model (zero-shot scoring) fit in between steps.
+    """
+
+    def __init__(self, model: torch.nn.Module, lock: threading.Lock,
+                 max_sequences: int = DEFAULT_MAX_SEQUENCES,
+                 kv_cache_tokens: int = DEFAULT_KV_CACHE_TOKENS,
+                 max_waiting: int = DEFAULT_MAX_WAITING) -> None:
+        self.model = model
+        self.lock = lock
+        self.max_sequences = max(1, max_sequences if batchable(model) else 1)
+        self.kv_cache_tokens = kv_cache_tokens
+        self.max_waiting = max_waiting
+        self._state = threading.Lock()
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+        self._batch = _BatchCache()
+        self._driving = False
+
+    # --- what callers use ----------------------------------------------------
+    def submit(self, sequence: Sequence) -> Sequence:
+        """Queue `sequence`; it starts as soon as the batch and the budget allow."""
+        with self._state:
+            if len(self._waiting) >= self.max_waiting:
+                raise SchedulerBusyError(
+                    f"The model is busy: {len(self._waiting)} requests are already waiting. "
+                    "Try again in a minute.")
+            sequence.ahead = len(self._waiting)
+            self._waiting.append(sequence)
+            if not self._driving:
+                self._driving = True
+                start_job(self._drive, DRIVER_JOB_PREFIX)
+        return sequence
+
+    def live(self) -> int:
+        """Sequences running or waiting."""
+        with self._state:
+            return len(self._waiting) + len(self._running)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    # --- the loop ------------------------------------------------------------
+    def _drive(self) -> None:
+        while True:
+            with self._state:
+                if not self._waiting and not self._running:
+                    self._driving = False
+                    return
+            if not self._acquire_model():
+                continue
+            try:
+                with torch.inference_mode():
+                    self._admit()
+                    if self._running:
+                        self._decode_step()
+            finally:
+                self.lock.release()
+
+    def _acquire_model(self) -> bool:
+        """Wait for the model, ending cancelled sequences meanwhile."""
+        while not self.lock.acquire(timeout=LOCK_POLL_S):
+            self._drop_cancelled()
+        self._drop_cancelled()
+        return True
+
+    def _drop_cancelled(self) -> None:
+        with self._state:
+            waiting = [s for s in self._waiting if s.cancelled()]
+            for sequence in waiting:
+                self._waiting.remove(sequence)
+            self._renumber()
+            running = [row for row, s in enumerate(self._running) if s.cancelled()]
+        for sequence in waiting:
+            _finish(sequence, FINISH_CANCELLED)
+        if running:
+            self._leave(set(running), FINISH_CANCELLED)
+
+    def _renumber(self) -> None:
+        for place, sequence in enumerate(self._waiting):
+            sequence.ahead = place
+
+    def _admit(self) -> None:
+        """Prefill waiting sequences, in order, while the batch and the budget have room."""
+        while True:
+            with self._state:
+                if not self._waiting or not self._fits(self._waiting[0]):
+                    return
+                sequence = self._waiting.popleft()
+                self._renumber()
+            self._prefill(sequence)
+
+    def _fits(self, sequence: Sequence) -> bool:
+        if not self._running:
+            return True  # one sequence always runs, even beyond the budget
+        reserved = sum(s.reserved_tokens for s in self._running)
+        return (len(self._running) < self.max_sequences
+                and reserved + sequence.reserved_tokens <= self.kv_cache_tokens)
+
+    def _prefill(self, sequence: Sequence) -> None:
+        sequence.started_at = time.perf_counter()
+        sequence._processors = sequence.sampling.processors()
+        sequence._generator = sequence.sampling.generator()
+        cache = DynamicCache(config=self.model.config)
+        try:
+            ids = torch.tensor([sequence.prompt_ids], device=self.model.device)
+            output = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            token = self._pick(sequence, output.logits[:, -1, :].float())
+        except BaseException as error:  # this request fails; the batch goes on
+            _finish(sequence, None, error)
+            return
+        if self._emit(sequence, token):
+            return
+        with self._state:
+            self._running.append(sequence)
+        self._batch.add(cache)
+
+    def _decode_step(self) -> None:
+        last = torch.tensor([[s.tokens[-1]] for s in self._running], device=self.model.device)
+        positions, mask = self._batch.step_inputs(self.model.config._attn_implementation)
+        try:
+            output = self.model(input_ids=last, attention_mask=mask, position_ids=positions,
+                                past_key_values=self._batch.cache, use_cache=True)
+        except BaseException as error:  # the batch's state is unknown: end every row
+            self._leave(set(range(len(self._running))), None, error)
+            return
+        logits = output.logits[:, -1, :].float()
+        finished = {row for row, sequence in enumerate(list(self._running))
+                    if self._emit(sequence, self._pick(sequence, logits[row:row + 1]))}
+        if finished:
+            self._leave(finished, None)
+
+    def _pick(self, sequence: Sequence, scores: torch.Tensor) -> int:
+        if sequence._processors:
+            history = torch.tensor([sequence.prompt_ids + sequence.tokens], device=scores.device)
+            scores = sequence._processors(history, scores)
+        if sequence._generator is None:
+            return int(scores.argmax(-1))
+        probabilities = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probabilities, 1, generator=sequence._generator))
+
+    def _emit(self, sequence: Sequence, token: int) -> bool:
+        """Record and hand out `token`; True when the sequence is finished with it."""
+        sequence.tokens.append(token)
+        if sequence.first_token_at is None:
+            sequence.first_token_at = time.perf_counter()
+        try:
+            sequence.on_token(token)
+        except BaseException as error:  # a broken consumer ends only its own sequence
+            sequence.error = error
+            sequence.finish_reason = FINISH_CANCELLED
+            return True
+        if token in sequence.eos_ids:
+            sequence.finish_reason = FINISH_EOS
+        elif len(sequence.tokens) >= sequence.max_new_tokens:
+            sequence.finish_reason = FINISH_LENGTH
+        return sequence.finish_reason is not None
+
+    def _leave(self, rows: set[int], reason: str | None, error: BaseException | None = None) -> None:
+        """Take `rows` out of the batch and finish them."""
+        with self._state:
+            leaving = [s for row, s in enumerate(self._running) if row in rows]
+            kept = [row for row in range(len(self._running)) if row not in rows]
+            self._running = [self._running[row] for row in kept]
+        self._batch.keep(kept)
+        for sequence in leaving:
+            _finish(sequence, reason or sequence.finish_reason, error)
+
+
+def _finish(sequence: Sequence, reason: str | None, error: BaseException | None = None) -> None:
+    sequence.finish_reason = reason or sequence.finish_reason or FINISH_CANCELLED
+    if error is not None and sequence.error is None:
+        sequence.error = error
+    sequence.finished_at = time.perf_counter()
+    sequence.ahead = 0
+    sequence._done.set()
+
+
+_schedulers_lock = threading.Lock()
+
+
+def scheduler_for(loaded, **settings) -> BatchScheduler:
+    """The one scheduler of a loaded model, made on first use (`loaded.scheduler`)."""
+    with _schedulers_lock:
+        if getattr(loaded, "scheduler", None) is None:
+            loaded.scheduler = BatchScheduler(loaded.model, loaded.lock, **settings)
+        return loaded.scheduler
+
