@@ -1,16 +1,22 @@
 """Zero-shot classification with the chat model: any labels, no classifier, works offline.
 
 Each text goes into a prompt that lists the labels, and each label is scored as the next
-words of the answer ("The text is …"): the probability of its label words, summed (the
-label itself, capitalised or not, plus known synonyms such as good/great for positive, or
-words typed as 'positive | good | great'). Every label word that is one token is read from
-the same next-token distribution, so a text costs one sequence, not one per label.
+words of the answer: the probability of its label words, summed (the label itself,
+capitalised or not, plus good/great for positive and bad/terrible for negative, or words
+typed as 'praise | a compliment'). Label words of one token are all read from the same
+next-token distribution, and the prompt's shared start (instructions, demonstrations) is
+run once and its KV cache reused, so a text costs one short sequence.
 
-A small LM prefers some labels whatever the text says, so the label probabilities are
-calibrated: divided by the model's prior, the label distribution it gives content-free
-inputs ("N/A", "", "[MASK]") in the same prompt, averaged ("Calibrate Before Use", Zhao et
-al., 2021), then renormalised. What was measured to help and what not, on real review
-sentences: benchmarks/zero_shot_accuracy.py and the README.
+A small LM prefers some labels whatever the text says, so calibration divides out the
+model's prior over the labels and renormalises. Which prompt and which prior depends on
+the labels (`method_for`), as measured on real review sentences (benchmarks/zero_shot_accuracy.py,
+embedded SmolLM2-135M-Instruct, 400 sentences, then a disjoint 400 to confirm):
+
+* positive/negative: a plain "Review: … Sentiment:" frame after 4 fixed demonstrations
+  written here, prior = the answer's words alone (domain-conditional PMI, Holtzman et al.,
+  2021): 85.2 % (holdout 84.2 %);
+* any other labels: the chat template, prior = content-free inputs ("N/A", "", "[MASK]")
+  averaged ("Calibrate Before Use", Zhao et al., 2021): 81.0 % on the same sentences.
 """
 
 from __future__ import annotations

@@ -30,12 +30,12 @@ EXAMPLES = [
     "The package arrived on Tuesday.",
 ]
 ZERO_SHOT_NOTE = (
-    "**How zero-shot works:** the chat model reads the text and the labels, and each label "
-    "is scored by the probability of its words as the answer (positive: *positive, good, "
-    "great*; negative: *negative, bad, terrible*; other labels: the label itself, or words "
-    "you add as `label | word | word`). Calibration divides out the model's prior, the "
-    "scores it gives an empty text. A 135M model is a teaching tool, not a production "
-    "classifier: about 85-90 % right on movie-review sentences."
+    "**How zero-shot works:** the chat model reads the text, and each label is scored by "
+    "the probability of its words as the answer (positive: *positive, good, great*; "
+    "negative: *negative, bad, terrible*; other labels: the label itself, plus words you "
+    "add as `praise | a compliment`). Calibration divides out the model's prior, the "
+    "scores it gives with no text. A 135M model is a teaching tool, not a production "
+    "classifier: 85 % right on real movie-review sentences."
 )
 
 
