@@ -1,0 +1,260 @@
+"""Conversations as plain values: messages with variants, the saved store, stats and thinking.
+
+A conversation's messages are what the chat tab shows, as dicts:
+``{"role": "user" | "assistant", "content": str}``, and on a reply also
+``"stats"`` (how it was generated) and ``"variants"`` / ``"variant"`` (the
+replies Retry or a branch wrote for the same place, and which one is shown).
+The variant shown is the one the conversation continues from: switching
+variants swaps in the messages that followed that variant.
+
+The store is what the browser keeps (gr.BrowserState): every conversation with
+its settings, plus the user's own presets. Nothing here knows about Gradio.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import secrets
+import time
+import uuid
+from pathlib import Path
+
+from modules.config import ENV_PREFIX, Settings
+from modules.errors import InvalidInputError
+from modules.tasks.chat.params import Usage
+
+STORE_VERSION = 1
+BROWSER_SECRET_SETTING = ENV_PREFIX + "BROWSER_SECRET"
+SECRET_FILE = "browser_secret.txt"
+DEFAULT_TITLE = "New chat"
+TITLE_CHARS = 60
+THINKING = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
+
+Message = dict
+
+
+# --- the browser secret ---------------------------------------------------------
+def browser_secret(settings: Settings, env: dict | None = None) -> str:
+    """The fixed key the browser's saved chats are encrypted with.
+
+    A per-launch key (Gradio's default) makes every saved chat unreadable after a
+    restart, so: the PLAYGROUND_BROWSER_SECRET setting, else one generated once and
+    kept in the cache folder (readable only by this user).
+    """
+    env = os.environ if env is None else env
+    configured = (env.get(BROWSER_SECRET_SETTING) or "").strip()
+    if configured:
+        return configured
+    path = Path(settings.cache_dir) / SECRET_FILE
+    try:
+        kept = path.read_text().strip()
+        if kept:
+            return kept
+    except OSError:
+        pass
+    secret = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secret)
+    return secret
+
+
+# --- stats and thinking ---------------------------------------------------------
+def reply_stats(usage: Usage | None, finish_reason: str | None, model: str,
+                context_window: int | None) -> dict:
+    """What a reply's stats line and the context meter need, as JSON-ready values."""
+    stats = {"finish": finish_reason or "cancelled", "model": model, "context_window": context_window}
+    if usage is not None:
+        stats.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                     first_token_s=usage.time_to_first_token_s, tokens_per_s=usage.tokens_per_second)
+    return stats
+
+
+def stats_line(stats: dict) -> str:
+    """LM Studio's line under a reply: tokens, tok/s, first-token time, finish reason, model."""
+    parts = []
+    if stats.get("completion_tokens") is not None:
+        parts.append(f"{stats['completion_tokens']} tokens")
+    if stats.get("tokens_per_s") is not None:
+        parts.append(f"{stats['tokens_per_s']:.1f} tok/s")
+    if stats.get("first_token_s") is not None:
+        parts.append(f"first token {stats['first_token_s']:.2f} s")
+    parts.append(f"finish: {stats.get('finish') or 'unknown'}")
+    if stats.get("edited"):
+        parts.append("edited")
+    if stats.get("model"):
+        parts.append(str(stats["model"]))
+    return " · ".join(parts)
+
+
+def context_meter(messages: list[Message]) -> str:
+    """Used tokens out of the window, from the last reply's stats ("" before any reply)."""
+    for message in reversed(messages):
+        stats = message.get("stats") or {}
+        if message["role"] == "assistant" and stats.get("prompt_tokens") is not None:
+            used = stats["prompt_tokens"] + (stats.get("completion_tokens") or 0)
+            window = stats.get("context_window")
+            if not window:
+                return f"Context: {used:,} tokens used"
+            return f"Context: {used:,} / {window:,} tokens ({100 * used / window:.0f} %)"
+    return ""
+
+
+def split_thinking(text: str) -> tuple[str | None, str]:
+    """(thinking, answer): the `<think>…</think>` part (None without one) and the rest."""
+    found = THINKING.search(text)
+    if not found:
+        return None, text
+    return found.group(1).strip(), (text[:found.start()] + text[found.end():]).strip()
+
+
+def model_messages(messages: list[Message], system_prompt: str = "") -> list[dict[str, str]]:
+    """What the model reads: plain {role, content}, thinking left out of past replies
+    (as reasoning models' templates expect)."""
+    plain = [{"role": "system", "content": system_prompt}] if system_prompt and system_prompt.strip() else []
+    for message in messages:
+        content = message["content"]
+        if message["role"] == "assistant":
+            content = split_thinking(content)[1]
+        plain.append({"role": message["role"], "content": content})
+    return plain
+
+
+# --- variants and edits ---------------------------------------------------------
+def with_reply(messages: list[Message], content: str, stats: dict) -> list[Message]:
+    """The conversation with a reply appended after its last message (a user turn)."""
+    return [*messages, {"role": "assistant", "content": content, "stats": stats}]
+
+
+def add_variant(messages: list[Message], index: int, content: str, stats: dict) -> list[Message]:
+    """A new variant for the reply at `index`, shown from now on; the old one (and
+    what followed it) is kept, one switch away."""
+    reply = _reply_at(messages, index)
+    variants = _variants_with_current(reply, messages[index + 1:])
+    variants.append({"content": content, "stats": stats, "after": []})
+    return [*messages[:index], _showing(reply, variants, len(variants) - 1)]
+
+
+def switch_variant(messages: list[Message], index: int, step: int) -> list[Message]:
+    """Show the previous (step -1) or next (+1) variant of the reply at `index`,
+    with the conversation that followed it."""
+    reply = _reply_at(messages, index)
+    variants = _variants_with_current(reply, messages[index + 1:])
+    chosen = (reply.get("variant", 0) + step) % len(variants)
+    return [*messages[:index], _showing(reply, variants, chosen), *copy.deepcopy(variants[chosen]["after"])]
+
+
+def variant_label(message: Message) -> str:
+    """"‹ 2/3 ›" for a reply with variants, "" otherwise."""
+    count = len(message.get("variants") or ())
+    return f"‹ {message.get('variant', 0) + 1}/{count} ›" if count > 1 else ""
+
+
+def last_reply_index(messages: list[Message]) -> int | None:
+    return next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "assistant"), None)
+
+
+def edit_message(messages: list[Message], index: int, text: str) -> tuple[list[Message], bool]:
+    """(messages, regenerate): a user message edited cuts the conversation after it
+    (the caller writes a new reply); a reply edited is kept as the model's own words."""
+    if not isinstance(index, int) or not 0 <= index < len(messages):
+        raise InvalidInputError(f"There is no message {index} to edit.")
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInputError("An edited message cannot be empty: type some text, or use Undo.")
+    edited = copy.deepcopy(messages[index])
+    edited["content"] = text
+    if edited["role"] == "user":
+        return [*messages[:index], edited], True
+    edited["stats"] = {**(edited.get("stats") or {}), "edited": True}
+    if edited.get("variants"):
+        edited["variants"][edited.get("variant", 0)].update(content=text, stats=edited["stats"])
+    return [*messages[:index], edited, *messages[index + 1:]], False
+
+
+def _reply_at(messages: list[Message], index: int) -> Message:
+    if not isinstance(index, int) or not 0 <= index < len(messages) or messages[index]["role"] != "assistant":
+        raise InvalidInputError("Choose a reply of the model (an assistant message).")
+    return messages[index]
+
+
+def _variants_with_current(reply: Message, after: list[Message]) -> list[dict]:
+    variants = copy.deepcopy(reply.get("variants")) or [{"content": reply["content"], "stats": reply.get("stats")}]
+    current = variants[reply.get("variant", 0)]
+    current.update(content=reply["content"], stats=reply.get("stats"), after=copy.deepcopy(after))
+    return variants
+
+
+def _showing(reply: Message, variants: list[dict], chosen: int) -> Message:
+    return {**reply, "content": variants[chosen]["content"], "stats": variants[chosen]["stats"],
+            "variants": variants, "variant": chosen}
+
+
+# --- the saved store ------------------------------------------------------------
+def empty_store() -> dict:
+    return {"version": STORE_VERSION, "conversations": [], "presets": {}}
+
+
+def new_conversation(settings: dict | None = None) -> dict:
+    now = time.time()
+    return {"id": uuid.uuid4().hex[:12], "title": DEFAULT_TITLE, "created": now, "updated": now,
+            "messages": [], "settings": dict(settings or {})}
+
+
+def title_for(messages: list[Message]) -> str:
+    """The first user message, shortened: what the sidebar lists."""
+    first = next((m["content"] for m in messages if m["role"] == "user"), "")
+    first = " ".join(first.split())
+    return (first[:TITLE_CHARS] + "…" if len(first) > TITLE_CHARS else first) or DEFAULT_TITLE
+
+
+def save_conversation(store: dict | None, conversation: dict) -> dict:
+    """The store with `conversation` put first (most recent), titled if still untitled."""
+    store = _valid_store(store)
+    saved = copy.deepcopy(conversation)
+    saved["updated"] = time.time()
+    if saved.get("title", DEFAULT_TITLE) == DEFAULT_TITLE:
+        saved["title"] = title_for(saved["messages"])
+    rest = [c for c in store["conversations"] if c["id"] != saved["id"]]
+    return {**store, "conversations": [saved, *rest]}
+
+
+def find_conversation(store: dict | None, conversation_id: str | None) -> dict | None:
+    return next((c for c in _valid_store(store)["conversations"] if c["id"] == conversation_id), None)
+
+
+def rename_conversation(store: dict | None, conversation_id: str, title: str) -> dict:
+    title = " ".join((title or "").split())[:200]
+    if not title:
+        raise InvalidInputError("Type a new name for the conversation first.")
+    store = _valid_store(store)
+    if find_conversation(store, conversation_id) is None:
+        raise InvalidInputError("Choose a saved conversation to rename.")
+    return {**store, "conversations": [{**c, "title": title} if c["id"] == conversation_id else c
+                                       for c in store["conversations"]]}
+
+
+def delete_conversation(store: dict | None, conversation_id: str) -> dict:
+    store = _valid_store(store)
+    return {**store, "conversations": [c for c in store["conversations"] if c["id"] != conversation_id]}
+
+
+def search_conversations(store: dict | None, query: str = "") -> list[tuple[str, str]]:
+    """(title, id) of conversations whose title or any message contains `query` (any case)."""
+    words = (query or "").casefold().split()
+    found = []
+    for conversation in _valid_store(store)["conversations"]:
+        text = " ".join([conversation["title"], *(m["content"] for m in conversation["messages"])]).casefold()
+        if all(word in text for word in words):
+            found.append((conversation["title"], conversation["id"]))
+    return found
+
+
+def _valid_store(store: dict | None) -> dict:
+    """A store as the browser gave it back; anything unreadable starts a fresh one."""
+    if not isinstance(store, dict) or not isinstance(store.get("conversations"), list):
+        return empty_store()
+    return {"version": STORE_VERSION, "conversations": store["conversations"],
+            "presets": store.get("presets") if isinstance(store.get("presets"), dict) else {}}
