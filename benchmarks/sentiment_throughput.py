@@ -6,7 +6,10 @@ Run: `python -m benchmarks.sentiment_throughput [--threads 1] [--texts 128]`.
   folder, loaded through the app's ModelCache), texts one at a time vs batched.
 * Zero-shot mode: the embedded SmolLM2-135M-Instruct (the offline chat model), labels
   "positive, negative", one text per call vs all texts in one call (padded batches).
-* Zero-shot accuracy on tests/data/sentiment_labelled.csv, uncalibrated vs calibrated.
+* Zero-shot with positive/negative (4 fixed demonstrations in the prompt): the shared
+  prefix's KV cache reused vs the whole prompt run for every text, side by side.
+* Zero-shot accuracy on tests/data/sentiment_labelled.csv, uncalibrated vs calibrated
+  (real review sentences: benchmarks/zero_shot_accuracy.py).
 
 Numbers are for this machine only; the tiny classifier measures the plumbing overhead,
 not a real DistilBERT's arithmetic.
@@ -61,6 +64,23 @@ def accuracy(rows, results, scores_of) -> float:
     return right / len(rows)
 
 
+def prompt_prefix_rates(chat, texts: list[str]) -> tuple[float, float]:
+    """Texts/s for positive/negative (4 demonstrations: a long shared prefix), the prefix's
+    KV cache computed once per batch vs the whole prompt run for every text."""
+    labels = zero_shot.parse_labels("positive, negative")
+    method = zero_shot.method_for(labels)
+    before, after = zero_shot._prompt_halves(chat, labels, method.frame, method.demonstrations)
+
+    def probabilities(batch: list[str], reuse: bool):
+        prompts = [zero_shot._text_ids(chat, t, zero_shot.MAX_TEXT_TOKENS)[0] + after for t in batch]
+        if reuse:
+            return zero_shot._label_probabilities(chat, prompts, labels, before)
+        return zero_shot._label_probabilities(chat, [before + p for p in prompts], labels)
+
+    return (texts_per_second(lambda batch: probabilities(batch, True), texts),
+            texts_per_second(lambda batch: probabilities(batch, False), texts))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1,
@@ -93,6 +113,9 @@ def main() -> None:
     table.append(("zero-shot (SmolLM2-135M, 2 labels)", "batched",
                   texts_per_second(score, sentences)))
     results = score(sentences)
+    prefix_cached = prompt_prefix_rates(chat, sentences)
+    table.append(("zero-shot, demos' KV cache reused", "batched", prefix_cached[0]))
+    table.append(("zero-shot, whole prompt every time", "batched", prefix_cached[1]))
 
     dtype = str(chat.dtype).removeprefix("torch.")
     print(f"\nSentiment throughput on {chat.device.type}, {args.threads} thread(s); "
