@@ -113,6 +113,10 @@ class Settings:
     cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "transformers-playground")
     trust_remote_code: frozenset[str] = frozenset()
     concurrency_limit: int = 1
+    # Sequences one chat model generates at once, in one batch (modules/engine/batching.py),
+    # and the KV-cache tokens (prompt + max new tokens each) they may reserve together.
+    batch_size: int = 4
+    kv_cache_tokens: int = 8192
     max_queue_size: int = 64
     # The /v1 API's key (None: open). Never logged or shown.
     api_key: str | None = field(default=None, repr=False)
@@ -157,6 +161,8 @@ class Settings:
             trust_remote_code=frozenset(m.strip() for m in trusted.split(",") if m.strip()),
             concurrency_limit=_int(env, ENV_PREFIX + "CONCURRENCY", defaults.concurrency_limit),
             max_queue_size=_int(env, ENV_PREFIX + "MAX_QUEUE", defaults.max_queue_size),
+            batch_size=_int(env, ENV_PREFIX + "BATCH_SIZE", defaults.batch_size),
+            kv_cache_tokens=_int(env, ENV_PREFIX + "KV_CACHE_TOKENS", defaults.kv_cache_tokens),
             api_key=env.get(ENV_PREFIX + "API_KEY") or None,
             remote_base_url=env.get(ENV_PREFIX + "REMOTE_BASE_URL") or None,
             remote_api_key=env.get(ENV_PREFIX + "REMOTE_API_KEY") or None,

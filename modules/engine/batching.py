@@ -102,7 +102,8 @@ class Sequence:
     """One request's generation. The scheduler fills in tokens, times and the outcome.
 
     `on_token(id)` is called on the generating thread for every new token (the end
-    token included); `cancelled()` is polled before every step.
+    token included), `on_end()` once when it is over; `cancelled()` is polled before
+    every step.
     """
 
     prompt_ids: list[int]
@@ -110,6 +111,7 @@ class Sequence:
     eos_ids: frozenset[int] = frozenset()
     sampling: Sampling = Sampling()
     on_token: Callable[[int], None] = lambda token: None
+    on_end: Callable[[], None] = lambda: None
     cancelled: Callable[[], bool] = lambda: False
     tokens: list[int] = field(default_factory=list)
     submitted_at: float = field(default_factory=time.perf_counter)
@@ -127,8 +129,9 @@ class Sequence:
     def reserved_tokens(self) -> int:
         return len(self.prompt_ids) + self.max_new_tokens
 
-    def is_done(self) -> bool:
-        return self._done.is_set()
+    def is_alive(self) -> bool:
+        """Waiting or running (the counterpart of a thread's is_alive)."""
+        return not self._done.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -236,6 +239,7 @@ class BatchScheduler:
                     "Try again in a minute.")
             sequence.ahead = len(self._waiting)
             self._waiting.append(sequence)
+            _live.add(sequence)
             if not self._driving:
                 self._driving = True
                 start_job(self._drive, DRIVER_JOB_PREFIX)
@@ -320,6 +324,7 @@ class BatchScheduler:
             _finish(sequence, None, error)
             return
         if self._emit(sequence, token):
+            _finish(sequence, None)
             return
         with self._state:
             self._running.append(sequence)
@@ -383,7 +388,19 @@ def _finish(sequence: Sequence, reason: str | None, error: BaseException | None 
         sequence.error = error
     sequence.finished_at = time.perf_counter()
     sequence.ahead = 0
-    sequence._done.set()
+    _live.discard(sequence)
+    try:
+        sequence.on_end()
+    finally:
+        sequence._done.set()
+
+
+_live: set[Sequence] = set()  # sequences waiting or running, on any model
+
+
+def live_sequences() -> int:
+    """How many sequences wait or run now (tests check none are left behind)."""
+    return len(_live)
 
 
 _schedulers_lock = threading.Lock()

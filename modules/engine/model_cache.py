@@ -34,6 +34,7 @@ from transformers import (
 )
 
 from modules.config import Settings
+from modules.engine.batching import BatchScheduler
 from modules.engine.compute import start_job
 from modules.engine.device import pick_device, pick_dtype
 from modules.errors import (
@@ -78,6 +79,8 @@ class LoadedModel:
     speed_plan: str | None = None
     # Held while a request runs the model, for callers that must not interleave.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Causal LMs: runs every generation in one shared batch (modules/engine/batching.py).
+    scheduler: BatchScheduler | None = field(default=None, repr=False)
     # What tasks derive from this model and reuse (e.g. zero-shot label priors); dies with it.
     extras: dict = field(default_factory=dict, repr=False)
 
@@ -260,11 +263,15 @@ class ModelCache:
         model.to(self.device).eval()
         prepared = self._after_load(model, kind, dtype, ref.text)
         self.loads += 1
-        return LoadedModel(
+        loaded = LoadedModel(
             ref=ref, kind=kind, model=model, tokenizer=tokenizer,
             device=self.device, dtype=prepared.dtype, nbytes=_model_bytes(model),
             quantization=prepared.quantization, speed_plan=prepared.plan,
         )
+        if kind is ModelKind.CAUSAL_LM:
+            loaded.scheduler = BatchScheduler(model, loaded.lock, self.settings.batch_size,
+                                              self.settings.kv_cache_tokens)
+        return loaded
 
     def _after_load(self, model: PreTrainedModel, kind: ModelKind, dtype: torch.dtype,
                     model_key: str) -> Prepared:

@@ -1,16 +1,15 @@
 """Chat generation: a conversation in, a streamed reply out (no UI here).
 
-`stream_chat` fits the conversation into the window (prompt.py), runs
-`model.generate` as a job with a `TextIteratorStreamer`, and yields the growing
+`stream_chat` fits the conversation into the window (prompt.py), hands it to
+the model's batch scheduler, streams it through a `TextIteratorStreamer`, and yields the growing
 reply as `ChatChunk`s, ending with one that carries the finish reason and usage.
 Callers reach it through `LocalChatBackend` (backends.py).
 
 * Stop means stop: setting `cancel`, or closing the generator (a client that
-  went away), ends `model.generate` at the next token via a StoppingCriteria.
-* Generation runs on the process's main thread when the app lends it
-  (modules/engine/compute.py: torch decodes about twice as fast there).
-* One generation at a time per model (`LoadedModel.lock`): on a small CPU,
-  interleaved generations only slow each other down (see benchmarks/).
+  went away), takes the sequence out of the batch at the next step.
+* Every reply on one model runs in one shared batch (modules/engine/batching.py):
+  new requests join between decode steps, on the process's main thread when the
+  app lends it (modules/engine/compute.py: torch decodes about twice as fast there).
 """
 
 from __future__ import annotations
@@ -20,12 +19,17 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import TextIteratorStreamer
 
-from modules.engine.compute import Job, live_jobs, start_job
+from modules.engine.batching import (
+    FINISH_EOS,
+    Sampling,
+    Sequence,
+    live_sequences,
+    scheduler_for,
+)
 from modules.engine.model_cache import LoadedModel
 from modules.errors import ModelError, ModelOutOfMemoryError, PlaygroundError
 from modules.tasks.chat.params import (
@@ -36,6 +40,7 @@ from modules.tasks.chat.params import (
     GenerationParams,
     Usage,
 )
+from modules.tasks.chat.processors import tell_token_chosen, with_request_processors
 from modules.tasks.chat.prompt import PreparedPrompt, prepare_prompt
 
 log = logging.getLogger(__name__)
@@ -44,37 +49,9 @@ GENERATE_THREAD_PREFIX = "chat-generate"
 
 
 # --- generation --------------------------------------------------------------
-class _GenerationWatch(StoppingCriteria):
-    """Called by generate after every new token: counts, times, and stops on request."""
-
-    def __init__(self, *events: threading.Event) -> None:
-        self.events = events
-        self.tokens = 0
-        self.last_token: int | None = None
-        self.first_token_at: float | None = None
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        self.tokens += 1
-        self.last_token = int(input_ids[0, -1])
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-        stop = any(event.is_set() for event in self.events)
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-
-
-@dataclass
-class _Run:
-    """What the generate thread reports back to the consumer."""
-
-    started_at: float | None = None
-    finished_at: float | None = None
-    error: BaseException | None = None
-    job: Job | None = field(default=None, repr=False)
-
-
 def live_generation_threads() -> int:
     """How many generations are queued or running now (tests check none are left behind)."""
-    return live_jobs(GENERATE_THREAD_PREFIX)
+    return live_sequences()
 
 
 def _eos_ids(loaded: LoadedModel) -> list[int]:
@@ -85,45 +62,12 @@ def _eos_ids(loaded: LoadedModel) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def _generate_kwargs(loaded: LoadedModel, prompt: PreparedPrompt, params: GenerationParams) -> dict:
-    eos = _eos_ids(loaded)
-    pad = loaded.tokenizer.pad_token_id
-    kwargs = {
-        "max_new_tokens": prompt.max_new_tokens,
-        "do_sample": params.samples,
-        "repetition_penalty": params.repetition_penalty,
-        "eos_token_id": eos or None,
-        "pad_token_id": pad if pad is not None else (eos[0] if eos else None),
-    }
-    if params.samples:
-        kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
-    else:  # greedy: leave out what would only draw warnings
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    return kwargs
-
-
-def _run_generate(loaded: LoadedModel, kwargs: dict, params: GenerationParams,
-                  streamer: TextIteratorStreamer, watch: _GenerationWatch, run: _Run) -> None:
-    """The thread body: wait for the model (giving up if cancelled), then generate."""
-    try:
-        while not loaded.lock.acquire(timeout=0.05):
-            if any(e.is_set() for e in watch.events):
-                return
-        try:
-            if any(e.is_set() for e in watch.events):
-                return
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            run.started_at = time.perf_counter()
-            with torch.inference_mode():
-                loaded.model.generate(**kwargs, streamer=streamer, stopping_criteria=StoppingCriteriaList([watch]))
-        finally:
-            run.finished_at = time.perf_counter()
-            loaded.lock.release()
-    except BaseException as error:  # reported to the consumer, who raises it
-        run.error = error
-    finally:
-        streamer.end()  # a second end() after generate's own is harmless
+def _sampling(params: GenerationParams) -> Sampling:
+    if not params.samples:
+        return Sampling(repetition_penalty=params.repetition_penalty)
+    return Sampling(do_sample=True, temperature=params.temperature, top_k=params.top_k,
+                    top_p=params.top_p, repetition_penalty=params.repetition_penalty,
+                    seed=params.seed)
 
 
 def stream_chat(
@@ -135,27 +79,37 @@ def stream_chat(
 ) -> Iterator[ChatChunk]:
     """Stream the assistant's reply to `messages`; the last chunk has finish_reason and usage."""
     requested_at = time.perf_counter()
-    prompt = prepare_prompt(loaded, messages, params.max_new_tokens, max_input_tokens)
+    prompt = prepare_prompt(loaded, messages, params.max_new_tokens, max_input_tokens,
+                            params.template_options)
+    yield from stream_prompt(loaded, prompt, params, cancel, requested_at)
+
+
+def stream_prompt(
+    loaded: LoadedModel,
+    prompt: PreparedPrompt,
+    params: GenerationParams,
+    cancel: threading.Event | None = None,
+    requested_at: float | None = None,
+) -> Iterator[ChatChunk]:
+    """Stream the continuation of ready token ids (a chat prompt, or a raw /v1/completions one)."""
+    requested_at = time.perf_counter() if requested_at is None else requested_at
     closed = threading.Event()  # set when the consumer stops reading
     cancel = cancel or threading.Event()
     streamer = TextIteratorStreamer(
-        loaded.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=0.25
+        loaded.tokenizer, skip_prompt=False, skip_special_tokens=True, timeout=0.25
     )
-    watch = _GenerationWatch(cancel, closed)
-    run = _Run()
-    kwargs = _generate_kwargs(loaded, prompt, params)
-    kwargs["input_ids"] = torch.tensor([prompt.input_ids], device=loaded.device)
-    kwargs["attention_mask"] = torch.ones_like(kwargs["input_ids"])
     stops = _StopScanner(params.stop)
     text = ""
     emitted = 0
     stopped_by_string = False
     try:
-        run.job = start_job(
-            lambda: _run_generate(loaded, kwargs, params, streamer, watch, run),
-            GENERATE_THREAD_PREFIX,
-        )
-        for piece in _pieces(streamer, run.job):
+        sequence = scheduler_for(loaded).submit(Sequence(
+            prompt.input_ids, prompt.max_new_tokens, frozenset(_eos_ids(loaded)),
+            with_request_processors(_sampling(params), params.logits_processors),
+            on_token=lambda token: _hand_out(token, streamer, params), on_end=streamer.end,
+            cancelled=lambda: cancel.is_set() or closed.is_set(),
+        ))
+        for piece in _pieces(streamer, sequence):
             text += piece
             cut = stops.find(text)
             if cut is not None:
@@ -167,52 +121,52 @@ def stream_chat(
                 emitted = safe
             if stopped_by_string:
                 break
-        run.job.join()
-        if run.error is not None:
-            raise _explain(run.error)
+        sequence.wait()
+        if sequence.error is not None:
+            raise _explain(sequence.error)
         if emitted < len(text):  # a held-back partial stop string that never completed
             yield ChatChunk(text, text[emitted:], notice=prompt.notice)
             emitted = len(text)
-        reason = _finish_reason(loaded, prompt, watch, cancel, stopped_by_string)
-        yield ChatChunk(text, "", reason, _usage(prompt, watch, run, requested_at), prompt.notice)
+        reason = _finish_reason(sequence, stopped_by_string)
+        yield ChatChunk(text, "", reason, _usage(prompt, sequence, requested_at), prompt.notice)
     finally:
         closed.set()  # a consumer that closed us early: generate stops at the next token
 
 
-def _pieces(streamer: TextIteratorStreamer, thread: Job) -> Iterator[str]:
-    """The streamer's text, not hanging if the job died without ending it."""
+def _hand_out(token: int, streamer: TextIteratorStreamer, params: GenerationParams) -> None:
+    tell_token_chosen(params.logits_processors, token)  # before the text: its logprob is ready
+    streamer.put(torch.tensor([token]))
+
+
+def _pieces(streamer: TextIteratorStreamer, sequence: Sequence) -> Iterator[str]:
+    """The streamer's text, not hanging if the sequence ended without ending it."""
     while True:
         try:
             piece = next(streamer)
         except StopIteration:
             return
         except queue.Empty:
-            if not thread.is_alive() and streamer.text_queue.empty():
+            if not sequence.is_alive() and streamer.text_queue.empty():
                 return
             continue
         if piece:
             yield piece
 
 
-def _finish_reason(loaded, prompt, watch, cancel, stopped_by_string) -> str:
+def _finish_reason(sequence: Sequence, stopped_by_string: bool) -> str:
     if stopped_by_string:
         return FINISH_STOP
-    if cancel.is_set():
-        return FINISH_CANCELLED
-    if watch.last_token is not None and watch.last_token in _eos_ids(loaded):
-        return FINISH_STOP
-    if watch.tokens >= prompt.max_new_tokens:
-        return FINISH_LENGTH
-    return FINISH_CANCELLED if watch.tokens == 0 else FINISH_STOP
+    return {FINISH_EOS: FINISH_STOP, FINISH_LENGTH: FINISH_LENGTH}.get(
+        sequence.finish_reason, FINISH_CANCELLED)
 
 
-def _usage(prompt: PreparedPrompt, watch: _GenerationWatch, run: _Run, requested_at: float) -> Usage:
-    prompt_tokens = len(prompt.input_ids)
-    ttft = None if watch.first_token_at is None else watch.first_token_at - requested_at
+def _usage(prompt: PreparedPrompt, sequence: Sequence, requested_at: float) -> Usage:
+    prompt_tokens, tokens = len(prompt.input_ids), len(sequence.tokens)
+    ttft = None if sequence.first_token_at is None else sequence.first_token_at - requested_at
     speed = None
-    if watch.tokens and run.started_at and run.finished_at and run.finished_at > run.started_at:
-        speed = watch.tokens / (run.finished_at - run.started_at)
-    return Usage(prompt_tokens, watch.tokens, prompt_tokens + watch.tokens, ttft, speed)
+    if tokens and sequence.started_at and sequence.finished_at and sequence.finished_at > sequence.started_at:
+        speed = tokens / (sequence.finished_at - sequence.started_at)
+    return Usage(prompt_tokens, tokens, prompt_tokens + tokens, ttft, speed)
 
 
 def _explain(error: BaseException) -> PlaygroundError:

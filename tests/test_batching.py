@@ -1,0 +1,185 @@
+"""The batch scheduler: batched replies equal replies alone; stop, budget and queue order.
+
+References are computed with transformers' own `model.generate` (greedy, or seeded
+sampling with the global RNG), so "the same as alone" means the same as generate.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from modules.engine.batching import (
+    FINISH_CANCELLED,
+    FINISH_LENGTH,
+    BatchScheduler,
+    Sampling,
+    SchedulerBusyError,
+    Sequence,
+    live_sequences,
+)
+
+SAMPLED = dict(temperature=0.7, top_p=0.9, top_k=50)
+PROMPTS = [  # different lengths, so rows are left-padded
+    "Hello!",
+    "Write a long story about a brave little dragon who learns to fly over the mountains.",
+    "What is the capital of France?",
+    "Explain how a rainbow forms.",
+]
+
+
+def prompt_ids(loaded, text: str) -> list[int]:
+    return loaded.tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True,
+        return_dict=False)
+
+
+def generate_alone(loaded, ids: list[int], tokens: int, seed: int | None = None) -> list[int]:
+    """transformers' generate, ending at the model's end token, as the reference."""
+    inputs = torch.tensor([ids])
+    sampling = dict(do_sample=True, **SAMPLED) if seed is not None else dict(do_sample=False)
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.inference_mode():
+        out = loaded.model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=tokens,
+                                    pad_token_id=0, **sampling)
+    return out[0, len(ids):].tolist()
+
+
+def end_tokens(loaded) -> frozenset[int]:
+    ids = loaded.model.generation_config.eos_token_id
+    return frozenset([] if ids is None else [ids] if isinstance(ids, int) else ids)
+
+
+def sequence(ids, tokens, seed=None, eos=frozenset(), **kwargs) -> Sequence:
+    sampling = Sampling(do_sample=True, seed=seed, **SAMPLED) if seed is not None else Sampling()
+    return Sequence(ids, tokens, eos, sampling=sampling, **kwargs)
+
+
+@pytest.fixture()
+def scheduler(tiny_model):
+    return BatchScheduler(tiny_model.model, tiny_model.lock, max_sequences=4)
+
+
+def test_greedy_replies_in_a_batch_equal_replies_alone(tiny_model, scheduler):
+    ids = [prompt_ids(tiny_model, p) for p in PROMPTS]
+    expected = [generate_alone(tiny_model, i, 12) for i in ids]
+    sizes: list[int] = []
+    running = [scheduler.submit(sequence(i, 12, on_token=lambda _: sizes.append(scheduler.running)))
+               for i in ids]
+    assert all(s.wait(60) for s in running)
+    assert [s.tokens for s in running] == expected
+    assert max(sizes) == 4  # they really ran together
+
+
+def test_sequences_joining_and_leaving_mid_batch_are_unchanged(tiny_model, scheduler):
+    ids = [prompt_ids(tiny_model, p) for p in PROMPTS]
+    lengths = [20, 6, 14, 9]  # short ones leave while others run
+    expected = [generate_alone(tiny_model, i, n) for i, n in zip(ids, lengths)]
+    first = scheduler.submit(sequence(ids[0], lengths[0]))
+    joined = threading.Event()
+    later: list[Sequence] = []
+
+    def join_after_three(_token) -> None:
+        if len(first.tokens) == 3 and not joined.is_set():
+            joined.set()
+            later.extend(scheduler.submit(sequence(i, n)) for i, n in zip(ids[1:], lengths[1:]))
+
+    first.on_token = join_after_three
+    assert first.wait(60) and all(s.wait(60) for s in later)
+    assert [s.tokens for s in [first, *later]] == expected
+
+
+def test_seeded_sampling_in_a_batch_gives_the_same_text_as_alone(embedded_chat_model):
+    loaded = embedded_chat_model
+    ids = [prompt_ids(loaded, p) for p in PROMPTS[:3]]
+    expected = generate_alone(loaded, ids[1], 10, seed=7)
+    scheduler = BatchScheduler(loaded.model, loaded.lock)
+    eos = end_tokens(loaded)
+    batch = [scheduler.submit(sequence(ids[0], 10, seed=1, eos=eos)),
+             scheduler.submit(sequence(ids[1], 10, seed=7, eos=eos)),
+             scheduler.submit(sequence(ids[2], 10, eos=eos))]
+    assert all(s.wait(120) for s in batch)
+    assert batch[1].tokens == expected
+    assert loaded.tokenizer.decode(batch[1].tokens) == loaded.tokenizer.decode(expected)
+
+
+def test_greedy_on_the_real_model_equals_generate(embedded_chat_model):
+    loaded = embedded_chat_model
+    ids = [prompt_ids(loaded, p) for p in PROMPTS]
+    expected = [generate_alone(loaded, i, 10) for i in ids]
+    scheduler = BatchScheduler(loaded.model, loaded.lock)
+    batch = [scheduler.submit(sequence(i, 10, eos=end_tokens(loaded))) for i in ids]
+    assert all(s.wait(120) for s in batch)
+    assert [s.tokens for s in batch] == expected
+
+
+def test_a_cancelled_sequence_leaves_at_the_next_step_and_the_others_go_on(tiny_model, scheduler):
+    ids = [prompt_ids(tiny_model, p) for p in PROMPTS[:3]]
+    expected = [generate_alone(tiny_model, i, 16) for i in ids]
+    stop = threading.Event()
+    batch = [scheduler.submit(sequence(ids[0], 16)),
+             scheduler.submit(sequence(ids[1], 16, cancelled=stop.is_set)),
+             scheduler.submit(sequence(ids[2], 16))]
+    batch[1].on_token = lambda _: stop.set() if len(batch[1].tokens) == 4 else None
+    assert all(s.wait(60) for s in batch)
+    assert batch[1].finish_reason == FINISH_CANCELLED and len(batch[1].tokens) == 4
+    assert [batch[0].tokens, batch[2].tokens] == [expected[0], expected[2]]
+    assert batch[0].finish_reason == FINISH_LENGTH
+    assert live_sequences() == 0
+
+
+def test_the_batch_size_bounds_running_sequences_and_the_rest_wait_in_order(tiny_model):
+    scheduler = BatchScheduler(tiny_model.model, tiny_model.lock, max_sequences=2)
+    ids = prompt_ids(tiny_model, PROMPTS[0])
+    seen: list[tuple[int, list[int]]] = []
+    batch = [sequence(ids, 6) for _ in range(5)]
+    batch[0].on_token = lambda _: seen.append((scheduler.running, [s.ahead for s in batch[2:]]))
+    with tiny_model.lock:  # hold the model so all five are queued before the first step
+        for s in batch:
+            scheduler.submit(s)
+        assert [s.ahead for s in batch] == [0, 1, 2, 3, 4]
+    assert all(s.wait(60) for s in batch)
+    assert max(running for running, _ in seen) == 2
+    assert seen[1][1] == [0, 1, 2]  # two running, three waiting in submission order
+    assert [s.started_at for s in batch] == sorted(s.started_at for s in batch)
+
+
+def test_the_kv_budget_runs_one_at_a_time_when_two_do_not_fit(tiny_model):
+    ids = prompt_ids(tiny_model, PROMPTS[0])
+    scheduler = BatchScheduler(tiny_model.model, tiny_model.lock, max_sequences=4,
+                               kv_cache_tokens=len(ids) + 8 + len(ids))
+    sizes: list[int] = []
+    batch = [scheduler.submit(sequence(ids, 8, on_token=lambda _: sizes.append(scheduler.running)))
+             for _ in range(3)]
+    assert all(s.wait(60) for s in batch)
+    assert max(sizes) == 1
+
+
+def test_a_full_queue_refuses_new_requests_with_a_clear_error(tiny_model):
+    scheduler = BatchScheduler(tiny_model.model, tiny_model.lock, max_sequences=1, max_waiting=2)
+    ids = prompt_ids(tiny_model, PROMPTS[0])
+    stop = threading.Event()
+    with tiny_model.lock:
+        queued = [scheduler.submit(sequence(ids, 50, cancelled=stop.is_set)) for _ in range(2)]
+        with pytest.raises(SchedulerBusyError, match="busy"):
+            scheduler.submit(sequence(ids, 5))
+        stop.set()  # cancelled while waiting for the model: they end without a step
+        assert all(s.wait(10) for s in queued)
+    assert all(s.finish_reason == FINISH_CANCELLED and not s.tokens for s in queued)
+
+
+def test_a_failing_consumer_ends_only_its_own_sequence(tiny_model, scheduler):
+    ids = [prompt_ids(tiny_model, p) for p in PROMPTS[:2]]
+    expected = generate_alone(tiny_model, ids[1], 10)
+
+    def broken(_token):
+        raise RuntimeError("consumer went away")
+
+    batch = [scheduler.submit(sequence(ids[0], 10, on_token=broken)),
+             scheduler.submit(sequence(ids[1], 10))]
+    assert all(s.wait(60) for s in batch)
+    assert isinstance(batch[0].error, RuntimeError) and len(batch[0].tokens) == 1
+    assert batch[1].tokens == expected
