@@ -273,3 +273,16 @@ def test_export_then_replay_is_exact(tiny):
 def test_replay_bad_input(tiny, text, message):
     with pytest.raises(InvalidInputError, match=message):
         session.replay_session(tiny, text)
+
+
+def test_embedded_attention_gathers_on_the_first_token(shared_cache):
+    """A real model's 'attention sink': most layers put the largest share on the first token."""
+    from modules.config import EMBEDDED_MODEL
+
+    plain = ModelCache(make_settings(fast_decode=False)).get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
+    ids = plain.tokenizer("The capital of France is")["input_ids"]
+    result = attention.attention(plain, ids)
+    assert result.layers == plain.model.config.num_hidden_layers
+    firsts = [row.index(max(row)) == 0 for row in result.weights]
+    assert sum(firsts) > result.layers // 2
+    assert all(sum(row) == pytest.approx(1.0, abs=1e-2) for row in result.weights)
