@@ -8,7 +8,8 @@ the same values except for the repetition penalty, whose preset is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from modules.errors import InvalidParameterError
 from modules.tasks.validation import number_in_range, whole_number
@@ -34,6 +35,9 @@ class GenerationParams:
     do_sample: bool = True
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Request-scoped transformers LogitsProcessors (constraints, logprob recorders): see
+    # processors.py. Local backend only; a remote server ignores them.
+    logits_processors: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
     def validated(self, max_new_tokens_limit: int) -> GenerationParams:
         """A clean copy (ints as ints, stop as a tuple), or InvalidParameterError naming the field."""
