@@ -2,14 +2,19 @@
 
     HF_HUB_OFFLINE=1 python -m benchmarks.decode_speed [--tokens 64] [--repeats 3]
 
-Prints two tables from one run:
+Prints the CPU class torch uses (get_cpu_capability: AVX512, AVX2, ...), the speed
+plan the app picked for this machine (modules/engine/cpu_profile.py), then two tables
+from one run:
 
 1. Greedy agreement with the float32 reference on 10 fixed prompts (20 tokens):
    how many prompts give the same first 20 tokens, and the shortest common prefix.
 2. Speed: for each configuration (dtype, int8 weights, threads, bare generate or
-   the streamed chat path) the median decode tokens/s, time to first token for a
-   ~200-token prompt, and the ratio to llama.cpp's 116 tokens/s on this machine
-   kind (llama-bench, SmolLM2-135M-Instruct Q4_1, 2 cores).
+   the streamed chat path) the median decode tokens/s and time to first token for a
+   ~200-token prompt, each as a ratio to llama.cpp measured in the same rounds
+   (`llama-bench` tg128 / pp<prompt> on the same GGUF file, same thread count) when
+   its binaries are found: $LLAMA_CPP_BIN, or the folder ../shared/tools/llama-cpp
+   builds. Emulating AVX2 (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2) changes
+   torch only: a natively built llama.cpp keeps its own instruction set.
 
 The machine is shared, so configurations run interleaved, round after round, and
 only medians and ratios within one run mean anything. The OpenMP wait policy is
@@ -21,10 +26,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
+import json
 import os
+import shutil
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -33,10 +43,12 @@ from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from benchmarks.chat_throughput import as_in_the_app  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
+from modules.engine.cpu_profile import cpu_capability  # noqa: E402
 from modules.engine.kernels.fast_decode import quantize_linears_int8  # noqa: E402
 from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind  # noqa: E402
+from modules.engine.model_refs import embedded_gguf_path  # noqa: E402
 
-LLAMA_CPP_DECODE = 116.0  # tokens/s, llama-bench on this machine kind
+LLAMA_CPP_DECODE_TOKENS = 128
 AGREEMENT_TOKENS = 20
 FIXED_PROMPTS = [
     "What is the capital of France?",
@@ -175,41 +187,84 @@ def load_int8_only() -> LoadedModel:
     return loaded
 
 
+def llama_bench_binary() -> str | None:
+    """llama-bench from $LLAMA_CPP_BIN, PATH, or the cache ../shared/tools/llama-cpp builds into."""
+    folders = [os.environ.get("LLAMA_CPP_BIN", "")]
+    folders += sorted(glob.glob(str(Path.home() / ".cache/llama-cpp-*/src/vendor/llama.cpp/build/bin")))
+    for folder in folders:
+        candidate = Path(folder) / "llama-bench"
+        if folder and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("llama-bench")
+
+
+def llama_bench_run(binary: str, threads: int, prompt_tokens: int) -> tuple[float, float]:
+    """(prefill seconds for `prompt_tokens`, decode tokens/s): one llama-bench repetition."""
+    result = subprocess.run(
+        [binary, "-m", str(embedded_gguf_path()), "-t", str(threads), "-p", str(prompt_tokens),
+         "-n", str(LLAMA_CPP_DECODE_TOKENS), "-r", "1", "-o", "json"],
+        capture_output=True, text=True, check=True, timeout=600)
+    tests = json.loads(result.stdout)
+    prefill = next(t for t in tests if t["n_prompt"] and not t["n_gen"])
+    decode = next(t for t in tests if t["n_gen"] and not t["n_prompt"])
+    return prompt_tokens / prefill["avg_ts"], decode["avg_ts"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", default="2", help="comma-separated torch thread counts")
     parser.add_argument("--no-chat", action="store_true", help="skip the streamed chat path rows")
+    parser.add_argument("--no-agreement", action="store_true", help="skip the agreement table")
     args = parser.parse_args()
     policy = os.environ.get("OMP_WAIT_POLICY", "(unset)")
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, OMP_WAIT_POLICY={policy}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    isa = " ".join(f"{name}={os.environ[name]}" for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+                   if name in os.environ) or "native"
+    print(f"torch {torch.__version__}, CPU capability {cpu_capability()} ({isa}), "
+          f"bf16 matmul {'native' if _native_bf16() else 'emulated'}, "
+          f"{os.cpu_count()} CPUs, OMP_WAIT_POLICY={policy}, load average {os.getloadavg()[0]:.1f}")
 
     models = {
         "fp32": load("float32", fast_decode=False),
         "bf16": load("bfloat16", fast_decode=False),
         "int8 linears": load_int8_only(),
-        "fused int4": load("bfloat16", fast_decode=True),  # the app's default
+        "fused int4 bf16": load("bfloat16", fast_decode=True),  # the previous default
+        "app default": load("auto", fast_decode=True),  # the plan probed for this machine
     }
-    print_agreement(models)
+    print(f"App default here: {models['app default'].speed_plan}")
+    if not args.no_agreement:
+        print_agreement(models)
 
     ids = prompt_ids(models["bf16"], LONG_PROMPT)
     print(f"\nSpeed: prompt {ids.shape[1]} tokens, {args.tokens} new tokens, "
           f"{args.repeats} interleaved rounds, medians")
     threads = [int(t) for t in args.threads.split(",")]
+    llama_bench = llama_bench_binary()
     runs: dict[str, Callable[[], tuple[float, float]]] = {}
     for n in threads:
+        if llama_bench:
+            runs[f"llama.cpp llama-bench, {n} thread(s)"] = (
+                lambda n=n: llama_bench_run(llama_bench, n, ids.shape[1]))
         for name, loaded in models.items():
             runs[f"generate {name}, {n} thread(s)"] = _with_threads(
                 n, lambda lm=loaded: bare_run(lm, ids, args.tokens))
         if not args.no_chat:
-            for name in ("bf16", "fused int4"):
-                runs[f"chat path {name}, {n} thread(s)"] = _with_threads(
-                    n, lambda lm=models[name]: chat_run_in_app(lm, LONG_PROMPT, args.tokens))
-            runs["chat path fused int4, no lent main thread"] = _with_threads(
-                n, lambda lm=models["fused int4"]: chat_run(lm, LONG_PROMPT, args.tokens))
+            runs[f"chat path app default, {n} thread(s)"] = _with_threads(
+                n, lambda lm=models["app default"]: chat_run_in_app(lm, LONG_PROMPT, args.tokens))
+            runs[f"chat path app default, {n} thread(s), no lent main thread"] = _with_threads(
+                n, lambda lm=models["app default"]: chat_run(lm, LONG_PROMPT, args.tokens))
+    if not llama_bench:
+        print("(no llama.cpp binaries found: run ../shared/tools/llama-cpp or set LLAMA_CPP_BIN)")
     print_speed(runs, args.repeats)
+
+
+def _native_bf16() -> bool:
+    """Does oneDNN run bf16 matmuls natively at the ISA torch uses (AVX-512 bf16 / AMX)?"""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in {"AVX2", "AVX", "SSE41"}
+    return not capped and cpu_capability().startswith("AVX512") and (
+        "avx512_bf16" in flags or "amx_bf16" in flags)
 
 
 def _with_threads(n: int, run: Callable[[], tuple[float, float]]) -> Callable[[], tuple[float, float]]:
@@ -256,12 +311,17 @@ def print_speed(runs: dict[str, Callable[[], tuple[float, float]]], repeats: int
     for _ in range(repeats):
         for name, run in runs.items():
             results[name].append(run())
-    print(f"{'configuration':<34} {'decode tok/s':>12} {'TTFT s':>8} {'vs llama.cpp':>13}")
-    for name, values in results.items():
-        speed = statistics.median(v[1] for v in values)
-        ttft = statistics.median(v[0] for v in values)
-        print(f"{name:<34} {speed:>12.1f} {ttft:>8.3f} {speed / LLAMA_CPP_DECODE:>12.0%}")
-    print(f"(load average now {os.getloadavg()[0]:.1f})")
+    medians = {name: (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values))
+               for name, values in results.items()}
+    llama = next((value for name, value in medians.items() if name.startswith("llama.cpp")), None)
+    print(f"{'configuration':<52} {'decode tok/s':>12} {'first token s':>13} "
+          f"{'decode vs llama.cpp':>20} {'prefill vs llama.cpp':>21}")
+    for name, (ttft, speed) in medians.items():
+        ratios = (f"{speed / llama[1]:>20.0%} {llama[0] / ttft:>21.0%}" if llama
+                  else f"{'-':>20} {'-':>21}")
+        print(f"{name:<52} {speed:>12.1f} {ttft:>13.3f} {ratios}")
+    print("(prefill vs llama.cpp: llama.cpp's prompt time / ours; above 100 % is faster than it."
+          f" Load average now {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ the one piece of module-level state here, and it only ever holds pending jobs.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import inspect
@@ -22,7 +23,7 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 from pathlib import Path
 
@@ -146,6 +147,24 @@ def _find_openmp() -> ctypes.CDLL | None:
 
 _single_threaded = threading.local()
 OPENMP = _find_openmp()
+
+
+@contextlib.contextmanager
+def one_core() -> Iterator[None]:
+    """Run torch on one core on this thread only, then restore its OpenMP team size.
+
+    For measurements (the CPU profile's probe): one core gives kernel timings that do
+    not depend on which thread measures or on how busy the other cores are.
+    """
+    if OPENMP is None:
+        yield
+        return
+    before = OPENMP.omp_get_max_threads()
+    OPENMP.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        OPENMP.omp_set_num_threads(before)
 
 
 def live_jobs(prefix: str) -> int:

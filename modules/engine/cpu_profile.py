@@ -11,10 +11,13 @@ own layer shapes, the candidates for
   each with bf16 and float32 activations;
 * prefill (many rows): a float matmul in bf16 and in float32,
 
-and `SpeedPlan` records the winners. Decisions are cached on disk per (model, CPU
-signature, torch version), so later loads skip the probe. The probe times real
-kernels at real shapes but not the rest of a layer; ties go to float32, whose
-results are the reference, so a plan is never knowingly slower than plain float32.
+and `SpeedPlan` records the winners. The starting point is what the CPU flags say
+(`prior_plan`: bf16 with native bf16, else float32); the probe overrides it only
+for a clear win (SWITCH_MARGIN), which keeps a noisy, shared machine from flipping
+decisions. The probe runs on one core (min of samples, a hard time cap): on an
+oversubscribed machine, 2-thread OpenMP timings measure the scheduler, not the
+kernels. A probe that hit its cap is not cached. Decisions are cached on disk per
+(model, CPU signature, torch version), so later loads skip the probe.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -31,13 +34,15 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from modules.engine.compute import one_core
+
 log = logging.getLogger(__name__)
 
-PROBE_SECONDS = 1.2  # stop adding rounds after this long (a round takes ~10-100 ms)
-PROBE_MIN_ROUNDS = 3
+PROBE_SECONDS = 1.5  # hard cap, warm-up included (a round takes ~20-100 ms on one core)
+PROBE_ROUNDS = 7
 PREFILL_PROBE_ROWS = 64
-# bf16 must beat float32 by this factor to be chosen (noise guard; float32 is the reference).
-BF16_MARGIN = 1.1
+# Another candidate replaces the prior's only when this much faster (noise guard).
+SWITCH_MARGIN = 1.3
 CACHE_FILE = "cpu_profile.json"
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 DTYPES_BY_NAME = {name: dtype for dtype, name in DTYPE_NAMES.items()}
@@ -78,22 +83,31 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
-def cpu_signature() -> str:
-    """What decides kernel speed: ISA torch uses, CPU model and bf16 flags, threads, torch."""
-    flags: set[str] = set()
-    model = "unknown"
+def _cpu_flags() -> set[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    bf16 = ",".join(sorted(flags & {"avx512_bf16", "amx_bf16", "avx512f", "avx2"}))
+    return set()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_signature() -> str:
+    """What decides kernel speed: the ISA torch uses, CPU model and flags, threads, torch."""
+    flags = ",".join(sorted(_cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512f", "avx2"}))
     isa_env = os.environ.get("ATEN_CPU_CAPABILITY", "") + os.environ.get("ONEDNN_MAX_CPU_ISA", "")
-    return (f"{cpu_capability()}|{isa_env}|{model}|{bf16}|threads={torch.get_num_threads()}"
+    return (f"{cpu_capability()}|{isa_env}|{_cpu_model()}|{flags}|threads={torch.get_num_threads()}"
             f"|torch={torch.__version__}")
 
 
@@ -130,47 +144,71 @@ def plan_for(config, model_key: str, cache_dir: str | os.PathLike, four_bit: boo
         log.info("CPU plan for %s (cached): %s", model_key, plan)
         return plan
     start = time.perf_counter()
-    timings = probe(shapes)
+    timings, complete = probe(shapes)
     plan = decide(timings, four_bit)
-    log.info("CPU plan for %s: %s (probe %.2f s; µs per layer: %s)", model_key, plan,
-             time.perf_counter() - start, {k: round(v) for k, v in timings.items()})
-    _write(path, key, {"plan": asdict(plan), "timings_us": timings})
+    log.info("CPU plan for %s: %s (probe %.2f s%s; µs per layer on one core: %s)", model_key,
+             plan, time.perf_counter() - start, "" if complete else ", cut short: not cached",
+             {k: round(v) for k, v in timings.items()})
+    if complete:
+        _write(path, key, {"plan": asdict(plan), "timings_us": timings})
     return plan
 
 
-def decide(timings: dict[str, float], four_bit: bool) -> SpeedPlan:
-    """Pick the fastest decode and prefill candidates; float32 wins ties within BF16_MARGIN."""
-    quantized = "int4" if four_bit and "decode int4 bf16" in timings else "int8"
-    decode = {(kernel, dtype): timings[f"decode {name} {dtype}"]
+def native_bf16() -> bool:
+    """Do the CPU and the ISA torch uses have bf16 arithmetic (AVX-512 bf16 or AMX)?"""
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper().startswith(("AVX2", "AVX_", "SSE"))
+    return (not capped and cpu_capability().startswith("AVX512")
+            and bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"}))
+
+
+def prior_plan(four_bit: bool) -> tuple[str, str, str]:
+    """(decode kernel, decode dtype, prefill dtype) as the CPU flags suggest, before measuring."""
+    dtype = "bf16" if native_bf16() else "fp32"
+    return "quantized", dtype, dtype
+
+
+def decide(timings: dict[str, float], four_bit: bool,
+           prior: tuple[str, str, str] | None = None) -> SpeedPlan:
+    """The prior plan, each part replaced by a candidate that measured SWITCH_MARGIN faster."""
+    decode_kernel, decode_dtype, prefill_dtype = prior or prior_plan(four_bit)
+    quantized = "int4" if four_bit else "int8"
+    decode = {(kernel, dtype): timings.get(f"decode {name} {dtype}")
               for kernel, name in (("quantized", quantized), ("float", "float"))
-              for dtype in ("bf16", "fp32") if f"decode {name} {dtype}" in timings}
-    for (kernel, dtype), value in list(decode.items()):
-        if dtype == "bf16":  # bf16 has to win clearly
-            decode[(kernel, dtype)] = value * BF16_MARGIN
-    decode_kernel, decode_dtype = min(decode, key=decode.get)
-    bf16_prefill = timings["prefill bf16"] * BF16_MARGIN < timings["prefill fp32"]
-    return SpeedPlan(cpu_capability(), decode_kernel, decode_dtype,
-                     "bf16" if bf16_prefill else "fp32")
+              for dtype in ("bf16", "fp32")}
+    decode = {choice: value for choice, value in decode.items() if value}
+    if decode:
+        fastest = min(decode, key=decode.get)
+        current = decode.get((decode_kernel, decode_dtype))
+        if current is None or decode[fastest] * SWITCH_MARGIN < current:
+            decode_kernel, decode_dtype = fastest
+    prefill = {dtype: timings.get(f"prefill {dtype}") for dtype in ("bf16", "fp32")}
+    other = "fp32" if prefill_dtype == "bf16" else "bf16"
+    if prefill[other] and (not prefill[prefill_dtype]
+                           or prefill[other] * SWITCH_MARGIN < prefill[prefill_dtype]):
+        prefill_dtype = other
+    return SpeedPlan(cpu_capability(), decode_kernel, decode_dtype, prefill_dtype)
 
 
-def probe(shapes: LayerShapes) -> dict[str, float]:
-    """Median µs per decoder layer of each candidate, measured interleaved round by round."""
-    candidates = _candidates(shapes)
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    with torch.inference_mode():
-        for run in candidates.values():  # warm-up: first calls pack and allocate
-            run()
-        start = time.perf_counter()
-        rounds = 0
-        while rounds < PROBE_MIN_ROUNDS or time.perf_counter() - start < PROBE_SECONDS:
+def probe(shapes: LayerShapes) -> tuple[dict[str, float], bool]:
+    """(fastest µs per decoder layer of each candidate on one core, whether all rounds ran).
+
+    Candidates run interleaved, round by round; the minimum is the kernel's own cost
+    (on a shared machine noise only ever adds).
+    """
+    deadline = time.perf_counter() + PROBE_SECONDS
+    samples: dict[str, list[float]] = {}
+    rounds = -1  # the first round warms up (packing, allocation) and is not counted
+    with torch.inference_mode(), one_core():
+        candidates = _candidates(shapes)
+        while rounds < PROBE_ROUNDS and time.perf_counter() < deadline:
             for name, run in candidates.items():
                 began = time.perf_counter()
                 run()
-                samples[name].append((time.perf_counter() - began) * 1e6)
+                if rounds >= 0:
+                    samples.setdefault(name, []).append((time.perf_counter() - began) * 1e6)
             rounds += 1
-            if rounds >= 50:
-                break
-    return {name: statistics.median(values) for name, values in samples.items()}
+    timings = {name: min(values) for name, values in samples.items() if len(values) == rounds}
+    return timings, rounds >= PROBE_ROUNDS
 
 
 def _candidates(shapes: LayerShapes) -> dict[str, Callable[[], None]]:

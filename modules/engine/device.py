@@ -1,8 +1,10 @@
 """Pick where models run and in which precision.
 
-On CPU, bfloat16 decodes SmolLM2 ~1.7x faster than float32 here (see
-benchmarks/decode_speed.py) and gives the same greedy text, so chat models use
-it; small encoders (classifier, translation) stay float32, where speed is ample.
+On CPU, chat models load in bfloat16 (half the memory of float32; most are
+published in it); with the default dtype "auto" the CPU profile then picks the
+dtypes they run in on this machine (modules/engine/cpu_profile.py): float32 where
+bf16 matmuls are emulated (AVX2), bf16 where they are native (AVX-512 bf16, AMX).
+Small encoders (classifier, translation) stay float32, where speed is ample.
 """
 
 from __future__ import annotations
