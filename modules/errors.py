@@ -1,12 +1,24 @@
 """Exceptions whose message is meant for the person using the app.
 
-Logic modules raise these; the UI shows `str(error)` as one clear line and the
-HTTP API returns it in its error body. Anything else is a bug and is logged.
+Logic modules raise these with a `Message` (a key and parameters, modules/messages.py)
+or, for now, a plain English string. `str(error)` is the English text, which the HTTP
+API returns in its error body; the UI shows `error.text(language)`, the reader's
+language. Anything else is a bug and is logged.
 """
+
+from modules.messages import Message, message
 
 
 class PlaygroundError(Exception):
     """An error the user can act on; its message is safe to show."""
+
+    def __init__(self, problem: "str | Message" = "", *args: object) -> None:
+        super().__init__(str(problem), *args)
+        self.message = problem if isinstance(problem, Message) else None
+
+    def text(self, language: str) -> str:
+        """The message in `language` when it was built from a key; else as raised."""
+        return self.message.text(language) if self.message else str(self)
 
 
 class InvalidInputError(PlaygroundError, ValueError):
@@ -19,8 +31,8 @@ class InvalidParameterError(InvalidInputError):
     `param` is the setting's name in the code (e.g. "max_new_tokens"), so an API
     can name its own field without reading the message."""
 
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, param: str, problem: "str | Message") -> None:
+        super().__init__(problem)
         self.param = param
 
 
@@ -60,5 +72,5 @@ def require_text(value: object, what: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise InvalidInputError(f"The {what} must be text, not {type(value).__name__}.")
+        raise InvalidInputError(message("errors.not_text", what=what, type=type(value).__name__))
     return value

@@ -7,6 +7,7 @@ import gradio as gr
 
 from modules.config import EMBEDDED_MODEL
 from modules.engine.model_cache import ModelKind
+from modules.messages import text
 
 
 def test_app_exposes_demo_without_launching(monkeypatch):
@@ -15,8 +16,8 @@ def test_app_exposes_demo_without_launching(monkeypatch):
     app = importlib.import_module("app")
     assert isinstance(app.demo, gr.Blocks)
     assert not app.demo.is_running  # built, not launched
-    tabs = [  # the top-level tabs (a tab may hold tabs of its own)
-        block.label for block in app.demo.blocks.values()
+    tabs = [  # the top-level tabs (a tab may hold tabs of its own), as English readers see them
+        text(block.label.key) for block in app.demo.blocks.values()
         if isinstance(block, gr.Tab) and block.parent.parent is app.demo
     ]
     assert tabs == ["Chat", "Translation", "Sentiment", "Next-token explorer"]

@@ -1,4 +1,4 @@
-"""The layering rule of modules/: `ui`/`serving` -> `tasks` -> `engine` -> (config, errors).
+"""The layering rule of modules/: `ui`/`serving` -> `tasks` -> `engine` -> (config, errors, messages).
 
 Walks every module's imports with `ast`, so an upward import, or Gradio / FastAPI imported
 below the two top layers, fails here rather than in a reviewer's head.
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = ROOT / "modules"
 
 # Rank of each part of modules/: a module may import only parts of lower or equal rank.
-RANKS = {"config": 0, "errors": 0, "engine": 1, "tasks": 2, "app_context": 3, "serving": 4, "ui": 4}
+RANKS = {"config": 0, "errors": 0, "messages": 0, "engine": 1, "tasks": 2, "app_context": 3, "serving": 4, "ui": 4}
 WEB_FRAMEWORKS = {"gradio", "fastapi", "starlette", "uvicorn", "gradio_client"}
 WEB_LAYERS = {"serving", "ui", "app_context"}
 

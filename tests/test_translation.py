@@ -239,7 +239,7 @@ def test_translate_all_joins_typed_lines_and_a_file(shared_cache, settings, tran
     assert result.translations == translate_many(translator, result.sources)
     assert result.rows()[1] == ["🎉", "🎉"]
     path = write_results_csv(result, "zh-en")
-    with open(path, encoding="utf-8", newline="") as file:
+    with open(path, encoding="utf-8-sig", newline="") as file:
         assert list(csv.reader(file)) == [["source", "translation"], *result.rows()]
 
 

@@ -66,7 +66,7 @@ def test_batch_endpoint_returns_rows_and_a_csv(client):
     rows = table["data"]
     assert [row[0] for row in rows] == ["你好。", "Hello, how are you today?", "🎉"]
     assert rows[2][1] == "🎉" and all(row[1] for row in rows)
-    with open(csv_path, encoding="utf-8", newline="") as file:
+    with open(csv_path, encoding="utf-8-sig", newline="") as file:  # a BOM, for Excel
         assert list(csv.reader(file)) == [["source", "translation"], *rows]
     empty_table, no_file = client.predict(" \n ", None, "zh-en", api_name="/translate_batch")
     assert empty_table["data"] in ([], [["", ""]]) and no_file is None

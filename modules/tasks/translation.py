@@ -24,6 +24,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from modules.config import ENV_PREFIX, Settings
 from modules.errors import InvalidInputError, ModelError, ModelOfflineError, require_text
+from modules.messages import DEFAULT_LANGUAGE, message
+from modules.messages import text as message_text
 from modules.engine.callbacks import ProgressCallback, StatusCallback
 from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind
 from modules.tasks.sentences import split_sentences, split_to_fit
@@ -45,11 +47,8 @@ MARIAN_MAX_POSITIONS = 512  # used when neither config nor tokenizer says
 MAX_BATCH_TEXTS = 2_000
 MAX_FILE_BYTES = 2_000_000
 
-LANGUAGE_NAMES = {
-    "ar": "Arabic", "de": "German", "en": "English", "es": "Spanish", "fr": "French",
-    "it": "Italian", "ja": "Japanese", "ko": "Korean", "nl": "Dutch", "pt": "Portuguese",
-    "ru": "Russian", "uk": "Ukrainian", "zh": "Chinese",
-}
+# Languages with a name in modules/locales ("language.<code>"); others show their code.
+NAMED_LANGUAGES = frozenset({"ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pt", "ru", "uk", "zh"})
 # Multi-target opus-mt models (opus-mt-en-zh) need a `>>lang<<` token first.
 _TARGET_TOKENS = {
     "zh": (">>cmn_Hans<<", ">>zho_Hans<<", ">>cmn<<", ">>zho<<"),
@@ -63,26 +62,41 @@ _INVISIBLE = re.compile("[\u200b\u200c\u2060\ufeff\u00ad]")
 
 
 # --- directions -------------------------------------------------------------
-def language_name(code: str) -> str:
-    return LANGUAGE_NAMES.get(code, code)
+def language_name(code: str, language: str = DEFAULT_LANGUAGE) -> str:
+    """'zh' -> 'Chinese' (or '中文' for a reader of `language` zh-CN); unknown codes as they are."""
+    return message_text(f"language.{code}", language) if code in NAMED_LANGUAGES else code
 
 
-def direction_label(direction: str) -> str:
-    """'zh-en' -> 'Chinese → English'."""
+def direction_label(direction: str, language: str = DEFAULT_LANGUAGE) -> str:
+    """'zh-en' -> 'Chinese → English' ('中文 → 英语' in zh-CN)."""
     source, _, target = direction.partition("-")
-    return f"{language_name(source)} → {language_name(target)}"
+    return f"{language_name(source, language)} → {language_name(target, language)}"
 
 
-def direction_choices(settings: Settings) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class DirectionNames:
+    """Directions named in a message, rendered in the reader's language."""
+
+    directions: tuple[str, ...]
+
+    def text(self, language: str = DEFAULT_LANGUAGE) -> str:
+        names = ", ".join(direction_label(d, language) for d in self.directions)
+        return names or message_text("translation.none", language)
+
+    def __str__(self) -> str:
+        return self.text()
+
+
+def direction_choices(settings: Settings, language: str = DEFAULT_LANGUAGE) -> list[tuple[str, str]]:
     """(label, direction) pairs for a dropdown, the default direction first."""
     directions = sorted(settings.translation_models, key=lambda d: d != DEFAULT_DIRECTION)
-    return [(direction_label(d), d) for d in directions]
+    return [(direction_label(d, language), d) for d in directions]
 
 
 def default_direction(settings: Settings) -> str:
     choices = direction_choices(settings)
     if not choices:
-        raise InvalidInputError("No translation directions are configured.")
+        raise InvalidInputError(message("translation.no_directions"))
     return choices[0][1]
 
 
@@ -101,17 +115,13 @@ def model_for(models: Mapping[str, str], direction: str) -> str:
     key = require_text(direction, "translation direction").strip().lower()
     if key in models:
         return models[key]
-    known = ", ".join(direction_label(d) for d in models) or "none"
+    known = DirectionNames(tuple(models))
     source, dash, target = key.partition("-")
     if not (dash and source and target) or "-" in target:
-        raise InvalidInputError(
-            f"'{direction}' is not a translation direction: use 'source-target' language "
-            f"codes such as 'zh-en' (available: {known})."
-        )
-    raise InvalidInputError(
-        f"No translation model for {direction_label(key)} (available: {known}); set "
-        f"{env_var_for(key)} to a Hub id or a local model folder to add one."
-    )
+        raise InvalidInputError(message("translation.bad_direction", direction=direction, known=known))
+    raise InvalidInputError(message(
+        "translation.no_model", direction=DirectionNames((key,)), known=known,
+        variable=env_var_for(key)))
 
 
 def load_translator(
@@ -127,17 +137,13 @@ def load_translator(
     try:
         loaded = cache.get(ref, ModelKind.SEQ2SEQ, on_status)
     except ModelOfflineError as error:
-        raise ModelOfflineError(
-            f"The {direction_label(direction)} model ({ref}) is not on this machine and the "
-            "Hugging Face Hub cannot be reached: download it where there is a network "
-            f"('hf download {ref.partition('@')[0]}') and copy the folder here, then set "
-            f"{env_var_for(direction)}=/path/to/that/folder."
-        ) from error
+        raise ModelOfflineError(message(
+            "translation.offline", direction=DirectionNames((direction,)), model=ref,
+            repo=ref.partition("@")[0], variable=env_var_for(direction))) from error
     except ModelError as error:
-        raise type(error)(
-            f"{error} To translate {direction_label(direction)} with another model, set "
-            f"{env_var_for(direction)} to a Hub id or a local model folder."
-        ) from error
+        raise type(error)(message(
+            "translation.model_failed", problem=error, direction=DirectionNames((direction,)),
+            variable=env_var_for(direction))) from error
     return Translator(loaded, target=direction.partition("-")[2], batch_size=batch_size)
 
 
@@ -155,10 +161,7 @@ def normalize_text(text: str) -> str:
 
 def check_length(text: str, limit: int = MAX_TEXT_CHARS) -> None:
     if len(text) > limit:
-        raise InvalidInputError(
-            f"The text has {len(text):,} characters; the limit is {limit:,}. "
-            "Split it into parts, or use batch mode with one text per line."
-        )
+        raise InvalidInputError(message("translation.too_long", count=len(text), limit=limit))
 
 
 def _needs_model(piece: str) -> bool:
@@ -250,7 +253,7 @@ class Translator:
         inputs = tokenizer([self.prefix + p for p in pieces], return_tensors="pt",
                            padding=True, truncation=False)
         if inputs.input_ids.shape[1] > self.max_positions:  # pieces_of prevents this
-            raise InvalidInputError("A sentence is too long for the translation model.")
+            raise InvalidInputError(message("translation.sentence_too_long"))
         budgets = torch.tensor([self.output_budget(int(n)) for n in inputs.attention_mask.sum(1)])
         with self.loaded.lock, torch.inference_mode():
             output = model.generate(
@@ -356,7 +359,8 @@ def translate_many(
     """One translation per text, in order; all sentences share batches, so many
     short texts go as fast as one long one."""
     if len(texts) > MAX_BATCH_TEXTS:
-        raise InvalidInputError(f"{len(texts):,} texts; the limit is {MAX_BATCH_TEXTS:,} at once.")
+        raise InvalidInputError(
+            message("translation.too_many_texts", count=len(texts), limit=MAX_BATCH_TEXTS))
     cleaned = [normalize_text(t) for t in texts]
     check_length("".join(cleaned))
     plans = [_plan(translator, t) if t.strip() else [] for t in cleaned]
@@ -405,14 +409,13 @@ def read_text_file(path: str) -> str:
     with open(path, "rb") as file:
         data = file.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
-        raise InvalidInputError(f"The file is over {MAX_FILE_BYTES // 1_000_000} MB; split it up.")
+        raise InvalidInputError(
+            message("translation.file_too_big", megabytes=MAX_FILE_BYTES // 1_000_000))
     encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
     try:
         return data.decode(encoding)
     except UnicodeDecodeError:
-        raise InvalidInputError(
-            "The file is not UTF-8 text; save it as UTF-8 and try again."
-        ) from None
+        raise InvalidInputError(message("translation.not_utf8")) from None
 
 
 def results_csv(sources: Sequence[str], translations: Sequence[str]) -> str:
@@ -456,9 +459,19 @@ def translate_all(
     return TranslatedTexts(texts, translate_many(translator, texts, on_progress))
 
 
-def write_results_csv(result: TranslatedTexts, direction: str) -> Path:
-    """The batch result as a CSV file in a fresh temporary folder, for download."""
+def write_results_csv(result: TranslatedTexts, direction: str, source_file: str | None = None) -> Path:
+    """The batch result as a CSV file in a fresh temporary folder, for download.
+
+    Named after the uploaded file when there is one ("评论.txt" -> "评论-zh-en.csv"), so a
+    reader finds it; written with a byte-order mark, without which Excel reads UTF-8 Chinese
+    as mojibake."""
     folder = Path(tempfile.mkdtemp(prefix="translations-"))
-    path = folder / f"translations-{re.sub(r'[^A-Za-z0-9-]', '', direction)}.csv"
-    path.write_text(results_csv(result.sources, result.translations), encoding="utf-8")
+    stem = _file_name_part(Path(source_file).stem) if source_file else ""
+    path = folder / f"{stem or 'translations'}-{_file_name_part(direction)}.csv"
+    path.write_text(results_csv(result.sources, result.translations), encoding="utf-8-sig")
     return path
+
+
+def _file_name_part(text: str, limit: int = 80) -> str:
+    """Letters and digits of any script, '-' for anything else (separators, dots, quotes)."""
+    return re.sub(r"[^\w-]+", "-", text, flags=re.UNICODE).strip("-_")[:limit]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from modules.config import Settings
 from modules.engine.model_cache import LoadProgress, ModelCache, ModelKind
+from modules.messages import Message, message
 
 
 def start_loading_chat_model(settings: Settings, cache: ModelCache, ref: str) -> None:
@@ -23,10 +24,11 @@ def chat_model_progress(settings: Settings, cache: ModelCache, ref: str) -> Load
     return cache.load_progress(ref, ModelKind.CAUSAL_LM)
 
 
-def progress_line(progress: LoadProgress) -> str:
-    """One line for the page's header; empty once ready or when nothing was started."""
+def progress_message(progress: LoadProgress) -> Message | None:
+    """One line for the page's header; None once ready or when nothing was started."""
     if progress.state == "loading":
-        return f"⏳ {progress.message or 'Loading the chat model…'} ({progress.elapsed_s:.0f} s)"
+        status = progress.message or message("app.loading_default")
+        return message("app.loading", status=status, seconds=f"{progress.elapsed_s:.0f}")
     if progress.state == "failed":
-        return f"⚠️ The chat model did not load: {progress.message}"
-    return ""
+        return message("app.load_failed", problem=progress.message)
+    return None

@@ -4,7 +4,8 @@ Decorate a handler with `@shows_user_errors`: a `PlaygroundError` it raises (or 
 generator handler raises while streaming) becomes a red toast with the message,
 and nothing is logged, since nothing broke. Any other exception is a bug and
 reaches Gradio (and the log) unchanged. `user_error` builds the toast for a
-handler's own checks (`raise user_error("Type a message first.")`).
+handler's own checks (`raise user_error(message("chat.empty"))`). A message built from
+a key is shown in the reader's language (modules/ui/i18n.py); a plain string as it is.
 """
 
 from __future__ import annotations
@@ -17,14 +18,19 @@ from typing import TypeVar
 import gradio as gr
 
 from modules.errors import PlaygroundError
+from modules.messages import Message
+from modules.ui.i18n import reader_language
 
 F = TypeVar("F", bound=Callable)
 
 __all__ = ["shows_user_errors", "user_error"]
 
 
-def user_error(problem: Exception | str) -> gr.Error:
-    """A red toast with the message; no traceback in the server log, since nothing broke."""
+def user_error(problem: Exception | Message | str) -> gr.Error:
+    """A red toast with the message in the reader's language; no traceback in the server
+    log, since nothing broke."""
+    if isinstance(problem, (PlaygroundError, Message)):
+        return gr.Error(problem.text(reader_language()), print_exception=False)
     return gr.Error(str(problem), print_exception=False)
 
 

@@ -1,12 +1,16 @@
-"""The one gr.Blocks: a header saying which model is active (and how its load is going), then the four tabs."""
+"""The one gr.Blocks: a header saying which model is active (and how its load is going),
+a language switch, then the four tabs. Text is English or Chinese (modules/ui/i18n.py)."""
 
 from __future__ import annotations
 
 import gradio as gr
 
 from modules.app_context import AppContext
-from modules.tasks.warm_start import chat_model_progress, progress_line
-from modules.ui import chat_tab, explorer_tab, sentiment_tab, translation_tab
+from modules.messages import DEFAULT_LANGUAGE, Message
+from modules.messages import text as message_text
+from modules.tasks.warm_start import chat_model_progress, progress_message
+from modules.ui import chat_tab, explorer_tab, i18n, sentiment_tab, translation_tab
+from modules.ui.i18n import _
 
 TITLE = "Transformers Playground"
 PROGRESS_INTERVAL_S = 1.0
@@ -16,17 +20,23 @@ def build_demo(context: AppContext) -> gr.Blocks:
     """The page for `context`. Nothing is loaded here: start-up (serving/launch.py) starts
     the chat model's load in the background, other models load on first use."""
     with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(_header(context), elem_id="active-model")
+        with gr.Row(equal_height=True):
+            header = gr.Markdown(_header(context, DEFAULT_LANGUAGE), elem_id="active-model")
+            with gr.Column(scale=0, min_width=180):
+                switch = i18n.LanguageSwitch()
+        switch.on_language_change(lambda language: _header(context, language), [header])
         _load_progress_line(context)
         with gr.Tabs():
-            with gr.Tab("Chat", id="chat"):
+            with gr.Tab(_("tabs.chat"), id="chat"):
                 chat_tab.build(context)
-            with gr.Tab("Translation", id="translation"):
-                translation_tab.build(context)
-            with gr.Tab("Sentiment", id="sentiment"):
+            with gr.Tab(_("tabs.translation"), id="translation"):
+                translation_tab.build(context, switch)
+            with gr.Tab(_("tabs.sentiment"), id="sentiment"):
                 sentiment_tab.build(context)
-            with gr.Tab("Next-token explorer", id="explorer"):
+            with gr.Tab(_("tabs.explorer"), id="explorer"):
                 explorer_tab.build(context)
+        switch.wire(demo)
+    i18n.attach(demo)
     demo.queue(
         default_concurrency_limit=context.settings.concurrency_limit,
         max_size=context.settings.max_queue_size,
@@ -34,15 +44,16 @@ def build_demo(context: AppContext) -> gr.Blocks:
     return demo
 
 
-def _header(context: AppContext) -> str:
+def _header(context: AppContext, language: str) -> str:
     settings = context.settings
-    text = (f"# 🤗 {TITLE}\nOpen models, running privately on this machine. "
-            f"Chat model: **{context.chat_model.ref}** — {context.chat_model.reason}.")
+    parts = [f"# 🤗 {message_text('app.title', language)}", message_text("app.tagline", language),
+             message_text("app.chat_model", language, model=context.chat_model.ref,
+                          reason=context.chat_model.reason)]
     if settings.offline:
-        text += " Offline: the Hugging Face Hub is not used."
+        parts.append(message_text("app.offline", language))
     if settings.public_url:
-        text += f" OpenAI-compatible API: `{settings.public_url}/v1`."
-    return text
+        parts.append(message_text("app.api", language, url=f"{settings.public_url}/v1"))
+    return f"{parts[0]}\n" + " ".join(parts[1:])
 
 
 def _load_progress_line(context: AppContext) -> None:
@@ -53,7 +64,9 @@ def _load_progress_line(context: AppContext) -> None:
 
     def refresh() -> tuple[str, gr.Timer]:
         progress = chat_model_progress(context.settings, context.cache, context.chat_model.ref)
-        return progress_line(progress), gr.Timer(active=progress.state == "loading")
+        shown: Message | None = progress_message(progress)
+        return (shown.text(i18n.reader_language()) if shown else ""), gr.Timer(
+            active=progress.state == "loading")
 
     timer.tick(refresh, outputs=[line, timer], queue=False, show_progress="hidden",
                api_visibility="private")

@@ -5,17 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import gradio as gr
+import pandas as pd
 
 from modules.app_context import AppContext
 from modules.engine.compute import on_request_thread
 from modules.engine.gpu import gpu
+from modules.messages import text
 from modules.tasks import translation
 from modules.ui.errors import shows_user_errors
+from modules.ui.i18n import LanguageSwitch, _, t
+from modules.ui.i18n import reader_language as i18n_language
 
-BATCH_HEADERS = ["Source", "Translation"]
+BATCH_HEADER_KEYS = ["translation.header_source", "translation.header_translation"]
 
 
-def build(context: AppContext) -> None:
+def build(context: AppContext, switch: LanguageSwitch) -> None:
     settings = context.settings
     choices = translation.direction_choices(settings)
     first = choices[0][1] if choices else None
@@ -23,29 +27,37 @@ def build(context: AppContext) -> None:
     with gr.Row(equal_height=True):
         # Custom values reach the logic, whose error says how to add a direction.
         direction = gr.Dropdown(
-            choices, value=first, label="Direction", scale=4, allow_custom_value=True
+            choices, value=first, label=_("translation.direction"), scale=4,
+            allow_custom_value=True, elem_id="translation-direction",
         )
-        swap = gr.Button("⇄ Swap", scale=1, min_width=80)
+        swap = gr.Button(_("translation.swap"), scale=1, min_width=80)
     model_note = gr.Markdown(_model_note(settings, first) if first else "")
     with gr.Row():
-        source = gr.Textbox(
-            label="Text", lines=8, max_lines=30, placeholder="Paste text of any length…"
-        )
-        output = gr.Textbox(
-            label="Translation", lines=8, max_lines=30, interactive=False, buttons=["copy"]
-        )
+        source = gr.Textbox(label=_("translation.text"), lines=8, max_lines=30,
+                            placeholder=_("translation.placeholder"))
+        output = gr.Textbox(label=_("translation.output"), lines=8, max_lines=30,
+                            interactive=False, buttons=["copy"])
     with gr.Row():
-        translate_button = gr.Button("Translate", variant="primary")
-        gr.ClearButton([source, output])
+        translate_button = gr.Button(_("translation.translate"), variant="primary")
+        gr.ClearButton([source, output], value=_("common.clear"))
 
-    with gr.Accordion("Many texts at once", open=False):
-        gr.Markdown("One text per line, typed here or in an uploaded `.txt` file (UTF-8).")
+    with gr.Accordion(_("translation.batch"), open=False):
+        gr.Markdown(_("translation.batch_help"))
         with gr.Row():
-            batch_text = gr.Textbox(label="Texts, one per line", lines=6)
-            batch_file = gr.File(label=".txt file", file_types=[".txt"], type="filepath")
-        batch_button = gr.Button("Translate all")
-        batch_table = gr.Dataframe(headers=BATCH_HEADERS, interactive=False, wrap=True)
-        batch_download = gr.File(label="Download (CSV)", interactive=False)
+            batch_text = gr.Textbox(label=_("translation.batch_lines"), lines=6)
+            batch_file = gr.File(label=_("translation.batch_file"), file_types=[".txt"],
+                                 type="filepath")
+        batch_button = gr.Button(_("translation.translate_all"))
+        batch_table = gr.Dataframe(headers=_batch_headers("en"), interactive=False, wrap=True)
+        batch_download = gr.File(label=_("translation.download"), interactive=False)
+
+    def localize(language: str, chosen: str | None) -> tuple[gr.Dropdown, str, gr.Dataframe]:
+        """The texts the server writes, in the reader's language."""
+        return (gr.Dropdown(choices=translation.direction_choices(settings, language)),
+                _model_note(settings, chosen, language),
+                gr.Dataframe(headers=_batch_headers(language)))
+
+    switch.on_language_change(localize, [direction, model_note, batch_table], [direction])
 
     @gpu
     @on_request_thread
@@ -54,9 +66,7 @@ def build(context: AppContext) -> None:
         yield from translation.load_and_stream_translation(
             context.cache, settings, text, direction,
             on_status=lambda status: progress(None, desc=status),
-            on_progress=lambda done, total: progress(
-                (done, total), desc="Translating", unit="sentences"
-            ),
+            on_progress=_progress_reporter(progress),
         )
 
     @gpu
@@ -66,21 +76,19 @@ def build(context: AppContext) -> None:
         result = translation.translate_all(
             context.cache, settings, lines, file_path, direction,
             on_status=lambda status: progress(None, desc=status),
-            on_progress=lambda done, total: progress(
-                (done, total), desc="Translating", unit="sentences"
-            ),
+            on_progress=_progress_reporter(progress),
         )
         if not result.sources:
             return [], None
-        return result.rows(), str(translation.write_results_csv(result, direction))
+        table = pd.DataFrame(result.rows(), columns=_batch_headers())  # headers in the reader's language
+        return table, str(translation.write_results_csv(result, direction, file_path))
 
     def swap_direction(direction: str, text: str, translated: str):
         reverse = translation.reversed_direction(direction or "")
         if reverse not in settings.translation_models:
-            gr.Warning(
-                f"No model for {translation.direction_label(reverse)}: set "
-                f"{translation.env_var_for(reverse)} to a Hub id or a local model folder."
-            )
+            gr.Warning(t("translation.no_model_for_swap",
+                         direction=translation.DirectionNames((reverse,)),
+                         variable=translation.env_var_for(reverse)))
             return gr.skip(), gr.skip(), gr.skip()
         if not (translated or "").strip():
             return reverse, gr.skip(), gr.skip()
@@ -98,16 +106,24 @@ def build(context: AppContext) -> None:
         api_visibility="private", queue=False,
     )
     direction.change(
-        lambda d: _model_note(settings, d), direction, model_note,
+        lambda d: _model_note(settings, d, i18n_language()), direction, model_note,
         api_visibility="private", queue=False,
     )
 
 
-def _model_note(settings, direction: str | None) -> str:
+def _batch_headers(language: str | None = None) -> list[str]:
+    return [text(key, language or i18n_language()) for key in BATCH_HEADER_KEYS]
+
+
+def _progress_reporter(progress: gr.Progress):
+    """Progress in sentences, worded for the reader (read once, on the request's thread)."""
+    desc, unit = t("translation.progress"), t("translation.progress_unit")
+    return lambda done, total: progress((done, total), desc=desc, unit=unit)
+
+
+def _model_note(settings, direction: str | None, language: str = "en") -> str:
     """Which model a direction uses, and how to change it."""
     if not direction or direction not in settings.translation_models:
         return ""
-    return (
-        f"Model: `{settings.translation_models[direction]}` (loads on first use; "
-        f"change it with `{translation.env_var_for(direction)}`)."
-    )
+    return text("translation.model_note", language, model=settings.translation_models[direction],
+                variable=translation.env_var_for(direction))

@@ -1,0 +1,142 @@
+"""The page in English or Simplified Chinese, with Gradio's own gr.I18n.
+
+Static text (tab names, labels, buttons, placeholders) is `_("key")`: Gradio's front end
+translates it in the browser, from the tables in modules/locales, picking the locale from
+`navigator.language`. Text the server writes (errors, status lines, anything with a
+parameter) is rendered here with `reader_language()`, the language of the request
+being served: the explicit choice (a cookie the switch sets), else Accept-Language.
+
+The switch: a radio in the header. Its value is remembered in a gr.BrowserState; on
+every page load the saved value (if any) is put back, and choosing a language calls the
+front end's own `changeLocale` (what Gradio's Settings panel calls), sets the cookie,
+and re-renders the server-written texts registered with `on_language_change`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+
+import gradio as gr
+from gradio.context import LocalContext
+
+from modules.messages import DEFAULT_LANGUAGE, LANGUAGES, supported, table
+from modules.messages import text as message_text
+
+COOKIE = "playground-language"
+STORAGE_KEY = "playground-language"
+CHOICES = [("English", "en"), ("中文", "zh-CN")]
+
+# Gradio's front end maps a browser's "zh-TW" to its own Traditional Chinese table and has
+# none of our keys there, so it also gets the Simplified one (like supported() does).
+I18N = gr.I18n(**{language: dict(table(language)) for language in LANGUAGES},
+               **{"zh-TW": dict(table("zh-CN"))})
+
+# Runs in the browser. Gradio's bundle exports `changeLocale` from its core module;
+# importing that module's URL again returns the same instance, so its locale store
+# changes for the whole page, as when a user picks a language in Gradio's Settings.
+_APPLY_JS = f"""
+async (language) => {{
+  if (!language) return language;
+  document.cookie = "{COOKIE}=" + language + "; path=/; max-age=31536000; SameSite=Lax";
+  const core = performance.getEntriesByType("resource").map((entry) => entry.name)
+    .find((name) => /\\/assets\\/core-[^/]+\\.js$/.test(name));
+  if (core) {{ (await import(core)).changeLocale(language); }}
+  return language;
+}}
+"""
+
+@dataclass(frozen=True)
+class _Localizer:
+    render: Callable[..., object]  # (language, *input values) -> output value(s)
+    outputs: list[gr.components.Component]
+    inputs: list[gr.components.Component]
+
+
+def _(key: str) -> gr.i18n.I18nData:
+    """A static label the browser translates."""
+    return I18N(key)
+
+
+def reader_language(request: gr.Request | None = None) -> str:
+    """The language of the request being served: the switch's cookie, else the browser's
+    Accept-Language, else English. Outside a request (tests, the API), English."""
+    request = request or LocalContext.request.get(None)
+    if request is None:
+        return DEFAULT_LANGUAGE
+    headers = dict(getattr(request, "headers", {}) or {})
+    cookies = SimpleCookie(headers.get("cookie", ""))
+    if COOKIE in cookies:
+        return supported(cookies[COOKIE].value)
+    return _accepted_language(headers.get("accept-language", ""))
+
+
+def _accepted_language(header: str) -> str:
+    """The most preferred language of an Accept-Language header we have ('zh-CN,zh;q=0.9')."""
+    ranked = []
+    for position, part in enumerate(header.split(",")):
+        tag, _, quality = part.strip().partition(";q=")
+        try:
+            ranked.append((-float(quality or 1), position, tag.strip()))
+        except ValueError:
+            continue
+    for _weight, _position, tag in sorted(ranked):
+        if tag.lower() == "en" or tag.lower().startswith(("en-", "zh")):
+            return supported(tag)
+    return DEFAULT_LANGUAGE
+
+
+def t(key: str, **params: object) -> str:
+    """`key` in the current reader's language, for text the server writes."""
+    return message_text(key, reader_language(), **params)
+
+
+class LanguageSwitch:
+    """The header's language radio, and the server-written texts it re-renders."""
+
+    def __init__(self) -> None:
+        self.localizers: list[_Localizer] = []
+        self.radio = gr.Radio(CHOICES, value=None, label=_("app.language"), show_label=False,
+                              elem_id="language-switch", container=False)
+        self.saved = gr.BrowserState(None, storage_key=STORAGE_KEY,
+                                     secret="language-is-not-secret")  # kept across restarts
+
+    def on_language_change(self, render: Callable[..., object],
+                           outputs: Sequence[gr.components.Component],
+                           inputs: Sequence[gr.components.Component] = ()) -> None:
+        """Call `render(language, *inputs)` for `outputs` on load and whenever the language
+        changes (one output: one value; several: a tuple)."""
+        self.localizers.append(_Localizer(render, list(outputs), list(inputs)))
+
+    def wire(self, demo: gr.Blocks) -> None:
+        """On load: the saved choice back into the radio (and the browser's locale).
+        Then every localizer for the reader's language (per request: the cookie or the
+        browser's own). A choice: saved, applied in the browser, texts re-rendered."""
+        outputs = [output for each in self.localizers for output in each.outputs]
+        inputs = [input_ for each in self.localizers for input_ in each.inputs]
+
+        def render_all(*given: object) -> list[object]:
+            language, values, start = reader_language(), [], 0
+            for each in self.localizers:
+                value = each.render(language, *given[start:start + len(each.inputs)])
+                start += len(each.inputs)
+                values.extend(value if len(each.outputs) > 1 else [value])
+            return values
+
+        loaded = demo.load(lambda saved: saved or gr.skip(), self.saved, self.radio,
+                           queue=False, api_visibility="private")
+        loaded.then(None, self.radio, self.radio, js=_APPLY_JS, queue=False,
+                    api_visibility="private").then(
+            render_all, inputs, outputs, queue=False, api_visibility="private")
+        self.radio.input(None, self.radio, self.radio, js=_APPLY_JS, queue=False,
+                         api_visibility="private").then(
+            lambda language: language, self.radio, self.saved, queue=False,
+            api_visibility="private").then(
+            render_all, inputs, outputs, queue=False, api_visibility="private")
+
+
+def attach(demo: gr.Blocks) -> None:
+    """Give `demo` the translation tables. gr.Blocks takes none; `launch(i18n=)` and
+    `mount_gradio_app(i18n=)` set this attribute, and a mount without `i18n` keeps it."""
+    demo.i18n_instance = I18N
