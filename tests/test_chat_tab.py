@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -34,17 +35,25 @@ def reply_text(chatbot: list[dict]) -> str:
     return chatbot[-1]["content"][0]["text"]
 
 
+def footer(chatbot: list[dict]) -> str:
+    """The stats line under the last reply, without its <sub> tags."""
+    return re.sub(r"</?sub>", "", chatbot[-1]["content"][1]["text"])
+
+
 
 def test_chat_streams_and_reports_usage(client):
     job = client.submit("Hello, how are you today?", api_name="/chat", **GREEDY)
     updates = list(job)
-    chatbot, _, status = job.outputs()[-1]
+    chatbot, _, status, meter = job.outputs()[-1]
     assert len(updates) > 2, "the reply should stream in several updates"
     assert [m["role"] for m in chatbot] == ["user", "assistant"]
     assert chatbot[0]["content"][0]["text"] == "Hello, how are you today?"
-    usage = chatbot[-1]["content"][1]["text"]
-    assert "prompt" in usage and "completion" in usage and "tokens/s" in usage
-    assert "finish: stop" in status or "finish: length" in status
+    stats = footer(chatbot)
+    assert re.search(r"\d+ tokens · [\d.]+ tok/s · first token [\d.]+ s · finish: (stop|length)", stats)
+    assert stats.endswith("tiny-causal-lm") or "/" in stats  # the model it ran on
+    assert status == ""  # stats go under the reply, not in a second status line
+    used, window = map(int, re.match(r"Context: ([\d,]+) / ([\d,]+) tokens", meter).groups())
+    assert 0 < used <= window
 
 
 def test_multi_turn_retry_undo_clear(client):
@@ -54,9 +63,16 @@ def test_multi_turn_retry_undo_clear(client):
     assert second[:2] == first
     retried = client.predict(api_name="/retry", do_sample=True, seed=3, max_new_tokens=16)[0]
     assert len(retried) == 4 and retried[2] == second[2]
+    assert footer(retried).startswith("‹ 2/2 ›")  # the first reply is kept as a variant
     again = client.predict(api_name="/retry", do_sample=True, seed=3, max_new_tokens=16)[0]
     assert reply_text(again) == reply_text(retried)  # same seed, same reply
-    undone, message_box, _ = client.predict(api_name="/undo")
+    assert footer(again).startswith("‹ 3/3 ›")
+    back = client.predict(api_name="/previous_variant")[0]
+    assert footer(back).startswith("‹ 2/3 ›") and reply_text(back) == reply_text(retried)
+    first_again = client.predict(api_name="/next_variant")[0]
+    first_again = client.predict(api_name="/next_variant")[0]  # wraps round to 1/3
+    assert footer(first_again).startswith("‹ 1/3 ›") and reply_text(first_again) == reply_text(second)
+    undone, message_box, _, _ = client.predict(api_name="/undo")
     assert undone == first and message_box == "Would you like some tea?"
     assert client.predict(api_name="/clear")[0] == []
 
@@ -81,9 +97,8 @@ def test_stop_button_ends_the_reply_and_keeps_it(client):
         time.sleep(0.01)
     client.predict(api_name="/stop")
     job.result()
-    chatbot, _, status = job.outputs()[-1]
-    assert "finish: cancelled" in status
-    assert "finish: cancelled" in chatbot[-1]["content"][1]["text"]
+    chatbot, _, _, _ = job.outputs()[-1]
+    assert "finish: cancelled" in footer(chatbot)
     assert chatbot[-1]["role"] == "assistant"
 
 
@@ -130,3 +145,28 @@ def test_default_seed_is_random_and_a_set_seed_repeats(client):
 
     assert len({fresh_reply(-1) for _ in range(2)}) == 2
     assert len({fresh_reply(7) for _ in range(2)}) == 1
+
+
+def test_continue_extends_the_same_reply_and_prefill_starts_it(client):
+    client.predict(api_name="/clear")
+    cut = client.predict("Count to twenty.", api_name="/chat", do_sample=False, max_new_tokens=4)[0]
+    assert "finish: length" in footer(cut)
+    extended = client.predict(api_name="/continue", do_sample=False, max_new_tokens=4)[0]
+    assert len(extended) == 2 and reply_text(extended).startswith(reply_text(cut))
+    assert len(reply_text(extended)) > len(reply_text(cut))
+    prefilled = client.predict("Name a colour.", api_name="/chat", prefill="My answer:",
+                               do_sample=False, max_new_tokens=4)[0]
+    assert reply_text(prefilled).startswith("My answer:") and len(prefilled) == 4
+
+
+def test_edit_a_reply_keeps_it_edit_a_message_regenerates(client):
+    client.predict(api_name="/clear")
+    client.predict("First question", api_name="/chat", **GREEDY)
+    chatbot = client.predict(1, "My own answer.", api_name="/edit", **GREEDY)[0]
+    assert reply_text(chatbot) == "My own answer." and "edited" in footer(chatbot)
+    chatbot = client.predict(0, "Another question", api_name="/edit", **GREEDY)[0]
+    assert chatbot[0]["content"][0]["text"] == "Another question" and len(chatbot) == 2
+    assert "edited" not in footer(chatbot)
+    with pytest.raises(Exception, match="cannot be empty"):
+        client.predict(0, "   ", api_name="/edit", **GREEDY)
+    assert client.predict("Still here?", api_name="/chat", **GREEDY)[0][0] == chatbot[0]

@@ -190,10 +190,10 @@ def test_chat_tab_streams_from_the_remote_server(remote_url):
             do_sample=False, seed=None, api_name="/chat",
         )
         client.close()
-    chatbot, _, status = result
+    chatbot, _, _, _ = result
     assert chatbot[-1]["role"] == "assistant"
     assert chatbot[-1]["content"][0]["text"] == "The capital of France is Paris."
-    assert "finish: stop" in status
+    assert "finish: stop" in chatbot[-1]["content"][1]["text"]  # the stats line under the reply
     assert local_cache.loaded_names() == []  # the reply came from the remote server
 
 

@@ -19,9 +19,10 @@ from typing import Protocol, runtime_checkable
 
 from modules.config import Settings
 from modules.engine.callbacks import StatusCallback
-from modules.engine.model_cache import ModelCache, ModelKind
+from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind
 from modules.engine.model_choice import ActiveModel, chat_model_choices
 from modules.tasks.chat.generation import stream_chat
+from modules.tasks.chat.logprobs import LogprobRecorder
 from modules.tasks.chat.params import ChatChunk, GenerationParams
 
 Message = dict[str, str]
@@ -54,6 +55,9 @@ class ChatBackend(Protocol):
                cancel: threading.Event | None = None, model: str | None = None,
                ) -> Iterator[ChatChunk]:
         """The growing reply; the last chunk carries finish_reason and usage."""
+
+    def context_window(self, model: str | None = None) -> int | None:
+        """Tokens `model` sees at once, when known without loading it (the context meter)."""
 
 
 class LocalChatBackend:
@@ -89,6 +93,21 @@ class LocalChatBackend:
                ) -> Iterator[ChatChunk]:
         loaded = self.cache.get(self.resolve(model), ModelKind.CAUSAL_LM)
         yield from stream_chat(loaded, messages, params, cancel, self.settings.max_input_tokens)
+
+    def load(self, model: str | None = None) -> LoadedModel:
+        """The model itself, for raw-text completion and prompt scoring (/v1/completions)."""
+        return self.cache.get(self.resolve(model), ModelKind.CAUSAL_LM)
+
+    def logprob_recorder(self, model: str | None, top: int) -> LogprobRecorder:
+        """A recorder for one request's token log-probabilities (put it in the params'
+        logits_processors); special tokens such as end-of-turn are left out."""
+        tokenizer = self.cache.get(self.resolve(model), ModelKind.CAUSAL_LM).tokenizer
+        return LogprobRecorder(tokenizer, top, frozenset(tokenizer.all_special_ids))
+
+    def context_window(self, model: str | None = None) -> int | None:
+        if not self.is_ready(model):
+            return None
+        return self.cache.get(self.resolve(model), ModelKind.CAUSAL_LM).context_window()
 
 
 def chat_backend_for(settings: Settings, cache: ModelCache, chat_model: ActiveModel) -> ChatBackend:

@@ -138,6 +138,15 @@ def add_variant(messages: list[Message], index: int, content: str, stats: dict) 
     return [*messages[:index], _showing(reply, variants, len(variants) - 1)]
 
 
+def replace_reply(messages: list[Message], index: int, content: str, stats: dict) -> list[Message]:
+    """The reply at `index` rewritten in place (Continue extends it), its variant too."""
+    reply = copy.deepcopy(_reply_at(messages, index))
+    reply.update(content=content, stats=stats)
+    if reply.get("variants"):
+        reply["variants"][reply.get("variant", 0)].update(content=content, stats=stats)
+    return [*messages[:index], reply, *messages[index + 1:]]
+
+
 def switch_variant(messages: list[Message], index: int, step: int) -> list[Message]:
     """Show the previous (step -1) or next (+1) variant of the reply at `index`,
     with the conversation that followed it."""

@@ -35,6 +35,10 @@ class GenerationParams:
     do_sample: bool = True
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Chat-template switches: None leaves the template's default (Qwen3, SmolLM3 read it).
+    enable_thinking: bool | None = None
+    # Extend the last (assistant) message instead of starting a new reply.
+    continue_final_message: bool = False
     # Request-scoped transformers LogitsProcessors (constraints, logprob recorders): see
     # processors.py. Local backend only; a remote server ignores them.
     logits_processors: tuple[Any, ...] = field(default=(), compare=False, repr=False)
@@ -57,6 +61,14 @@ class GenerationParams:
             seed=None if self.seed is None else whole_number("seed", self.seed, 0, MAX_SEED),
             stop=stop,
         )
+
+    @property
+    def template_options(self) -> dict:
+        """Keyword arguments for apply_chat_template beyond the messages."""
+        options = {"continue_final_message": self.continue_final_message}
+        if self.enable_thinking is not None:
+            options["enable_thinking"] = self.enable_thinking
+        return options
 
     @property
     def samples(self) -> bool:

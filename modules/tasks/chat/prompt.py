@@ -82,7 +82,7 @@ def validate_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 
 def prepare_prompt(
     loaded: LoadedModel, messages: list[dict[str, str]], max_new_tokens: int,
-    max_input_tokens: int | None = None,
+    max_input_tokens: int | None = None, template_options: dict | None = None,
 ) -> PreparedPrompt:
     """Token ids for `messages`, dropping the oldest turns until they fit.
 
@@ -98,7 +98,7 @@ def prepare_prompt(
 
     def ids_without(dropped: int) -> list[int]:
         kept = [m for turn in turns[dropped:] for m in turn]
-        return render_prompt_ids(loaded.tokenizer, system + kept)
+        return render_prompt_ids(loaded.tokenizer, system + kept, template_options)
 
     ids = ids_without(0)
     dropped = 0
@@ -142,7 +142,8 @@ def _fewest_drops(ids_without, turn_count: int, budget: int):
     return best
 
 
-def render_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+def render_prompt_ids(tokenizer, messages: list[dict[str, str]],
+                      template_options: dict | None = None) -> list[int]:
     """The chat template's token ids, with every message's text tokenized as plain text.
 
     The template is rendered around unique markers; the template's own text is
@@ -152,7 +153,7 @@ def render_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     tag = uuid.uuid4().hex
     markers = [f"@@{tag}:{n}@@" for n in range(len(messages))]
     placeholders = [{"role": m["role"], "content": k} for m, k in zip(messages, markers)]
-    text = _render_template(tokenizer, placeholders)
+    text = render_template(tokenizer, placeholders, template_options)
     ids: list[int] = []
     position = 0
     for marker, message in zip(markers, messages):
@@ -165,16 +166,24 @@ def render_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return ids + _encode(tokenizer, text[position:], plain=False)
 
 
-def _render_template(tokenizer, messages: list[dict[str, str]]) -> str:
+def render_template(tokenizer, messages: list[dict[str, str]],
+                    template_options: dict | None = None) -> str:
+    """The chat template's text for `messages` (a plain transcript for a base model).
+    With continue_final_message the last message is left open for the model to extend."""
     template = None if getattr(tokenizer, "chat_template", None) else PLAIN_TRANSCRIPT_TEMPLATE
+    options = dict(template_options or {})
+    options.setdefault("continue_final_message", False)
+    if options["continue_final_message"] and messages[-1]["role"] != "assistant":
+        raise InvalidInputError("There is no reply to continue: the last message is not the model's.")
     try:
         return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, chat_template=template
+            messages, tokenize=False, add_generation_prompt=not options["continue_final_message"],
+            chat_template=template, **options,
         )
     except Exception as error:  # e.g. "System role not supported": fold it into the first user turn
         if not any(m["role"] == "system" for m in messages):
             raise ModelError(f"This model's chat template failed: {error}") from error
-        return _render_template(tokenizer, _fold_system(messages))
+        return render_template(tokenizer, _fold_system(messages), template_options)
 
 
 def _fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:

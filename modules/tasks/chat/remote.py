@@ -57,6 +57,9 @@ class RemoteChatBackend:
     def prepare(self, model: str | None = None, on_status: StatusCallback | None = None) -> str:
         return self.description
 
+    def context_window(self, model: str | None = None) -> int | None:
+        return None  # an OpenAI-compatible server does not say
+
     def stream(self, messages: Sequence[dict[str, str]], params: GenerationParams,
                cancel: threading.Event | None = None, model: str | None = None,
                ) -> Iterator[ChatChunk]:
