@@ -210,6 +210,16 @@ def llama_bench_run(binary: str, threads: int, prompt_tokens: int) -> tuple[floa
     return prompt_tokens / prefill["avg_ts"], decode["avg_ts"]
 
 
+def llama_bench_works(binary: str) -> bool:
+    """A two-token run; says why not (a build for another CPU dies of SIGILL, for one)."""
+    try:
+        llama_bench_run(binary, 1, 2)
+        return True
+    except (subprocess.SubprocessError, OSError, ValueError, StopIteration) as error:
+        print(f"(llama.cpp at {binary} does not run here: {error})")
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
@@ -241,6 +251,8 @@ def main() -> None:
           f"{args.repeats} interleaved rounds, medians")
     threads = [int(t) for t in args.threads.split(",")]
     llama_bench = llama_bench_binary()
+    if llama_bench and not llama_bench_works(llama_bench):
+        llama_bench = None
     runs: dict[str, Callable[[], tuple[float, float]]] = {}
     for n in threads:
         if llama_bench:

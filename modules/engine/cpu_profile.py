@@ -16,8 +16,9 @@ and `SpeedPlan` records the winners. The starting point is what the CPU flags sa
 for a clear win (SWITCH_MARGIN), which keeps a noisy, shared machine from flipping
 decisions. The probe runs on one core (min of samples, a hard time cap): on an
 oversubscribed machine, 2-thread OpenMP timings measure the scheduler, not the
-kernels. A probe that hit its cap is not cached. Decisions are cached on disk per
-(model, CPU signature, torch version), so later loads skip the probe.
+kernels. A probe that hit its cap, or ran while the load average exceeded the core
+count, is used but not cached. Decisions are cached on disk per (model architecture
+and shapes, CPU signature, torch version), so later loads skip the probe.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ log = logging.getLogger(__name__)
 PROBE_SECONDS = 1.5  # hard cap, warm-up included (a round takes ~20-100 ms on one core)
 PROBE_ROUNDS = 7
 PREFILL_PROBE_ROWS = 64
-# Another candidate replaces the prior's only when this much faster (noise guard).
-SWITCH_MARGIN = 1.3
+# Another candidate replaces the prior's only when this much faster. Real mismatches are
+# 4-60x (bf16 prompts on AVX2, fp32 into the int4 kernel); contention noise reached ~1.6x.
+SWITCH_MARGIN = 2.0
+MAX_CACHED_PLANS = 64
 CACHE_FILE = "cpu_profile.json"
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 DTYPES_BY_NAME = {name: dtype for dtype, name in DTYPE_NAMES.items()}
@@ -134,9 +137,13 @@ class LayerShapes:
 
 
 def plan_for(config, model_key: str, cache_dir: str | os.PathLike, four_bit: bool) -> SpeedPlan:
-    """The cached plan for this model on this machine, or a fresh probe's (then cached)."""
+    """The cached plan for this model on this machine, or a fresh probe's (then cached).
+
+    Keyed by architecture and shapes, not by name or path: the kernels see only those.
+    """
     shapes = LayerShapes.of(config)
-    key = f"{model_key}|{shapes.all()}|4bit={four_bit}|{cpu_signature()}"
+    model_type = getattr(config, "model_type", "?")
+    key = f"{model_type}|{shapes.all()}|4bit={four_bit}|{cpu_signature()}"
     path = Path(cache_dir) / CACHE_FILE
     cached = _read(path).get(key)
     if cached:
@@ -144,13 +151,17 @@ def plan_for(config, model_key: str, cache_dir: str | os.PathLike, four_bit: boo
         log.info("CPU plan for %s (cached): %s", model_key, plan)
         return plan
     start = time.perf_counter()
+    busy = os.getloadavg()[0] > (os.cpu_count() or 1) if hasattr(os, "getloadavg") else False
     timings, complete = probe(shapes)
     plan = decide(timings, four_bit)
+    keep = complete and not busy
     log.info("CPU plan for %s: %s (probe %.2f s%s; µs per layer on one core: %s)", model_key,
-             plan, time.perf_counter() - start, "" if complete else ", cut short: not cached",
+             plan, time.perf_counter() - start,
+             "" if keep else ", machine busy or probe cut short: not cached",
              {k: round(v) for k, v in timings.items()})
-    if complete:
-        _write(path, key, {"plan": asdict(plan), "timings_us": timings})
+    if keep:
+        _write(path, key, {"plan": asdict(plan), "model": model_key, "timings_us": timings,
+                           "written": time.time()})
     return plan
 
 
@@ -264,6 +275,8 @@ def _write(path: Path, key: str, entry: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         entries = _read(path)
         entries[key] = entry
+        for stale in sorted(entries, key=lambda k: entries[k].get("written", 0))[:-MAX_CACHED_PLANS]:
+            del entries[stale]
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
         temporary.write_text(json.dumps(entries, indent=1, sort_keys=True))
         temporary.replace(path)
