@@ -4,7 +4,7 @@ Decorate a handler with `@shows_user_errors`: a `PlaygroundError` it raises (or 
 generator handler raises while streaming) becomes a red toast with the message,
 and nothing is logged, since nothing broke. Any other exception is a bug and
 reaches Gradio (and the log) unchanged. `user_error` builds the toast for a
-handler's own checks (`raise user_error(message("chat.empty"))`). A message built from
+handler's own checks (`raise user_error(message(key, **params))`). A message built from
 a key is shown in the reader's language (modules/ui/i18n.py); a plain string as it is.
 """
 

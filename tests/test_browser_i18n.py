@@ -1,0 +1,88 @@
+"""The page in Chinese and in English, chosen by the browser's locale, and the switch.
+
+Same set-up as tests/test_browser.py (Debian's Chromium, the app served in this process,
+nothing outside 127.0.0.1). Screenshots: artifacts/screenshots/i18n-*.png.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from modules.app_context import AppContext
+from modules.config import DEFAULT_TRANSLATION_MODELS, EMBEDDED_MODEL
+from modules.messages import text
+from modules.serving.launch import create_app, serve_in_thread
+from modules.ui.layout import build_demo
+from tests.conftest import make_settings
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, STEP_WAIT_MS, screenshot
+
+expect.set_options(timeout=STEP_WAIT_MS)
+
+TAB_KEYS = ["tabs.chat", "tabs.translation", "tabs.sentiment", "tabs.explorer"]
+TRANSLATION_BUTTON_KEYS = ["translation.translate", "translation.swap"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium`")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_marian_dir, shared_cache):
+    translation_models = {**DEFAULT_TRANSLATION_MODELS, "zh-en": str(tiny_marian_dir)}
+    context = AppContext.create(make_settings(translation_models=translation_models), shared_cache)
+    with serve_in_thread(create_app(build_demo(context), context)) as url:
+        yield url
+
+
+def open_page(browser, url: str, locale: str) -> tuple[Page, list[str]]:
+    """A fresh browser session in `locale`; the JavaScript errors it raises are collected."""
+    context = browser.new_context(locale=locale, viewport={"width": 1280, "height": 900})
+    context.route(re.compile(r"^(?!https?://127\.0\.0\.1[:/])"), lambda route: route.abort())
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+    expect(page.locator("#active-model")).to_contain_text(EMBEDDED_MODEL)
+    return page, errors
+
+
+def expect_language(page: Page, language: str) -> None:
+    """Tabs, the translation tab's main buttons and the server-written header in `language`."""
+    for key in TAB_KEYS:
+        expect(page.get_by_role("tab", name=text(key, language), exact=True)).to_be_visible()
+    page.get_by_role("tab", name=text("tabs.translation", language), exact=True).click()
+    for key in TRANSLATION_BUTTON_KEYS:
+        expect(page.get_by_role("button", name=text(key, language), exact=True)).to_be_visible()
+    expect(page.locator("#active-model")).to_contain_text(text("app.tagline", language))
+
+
+@pytest.mark.parametrize("locale, language", [("zh-CN", "zh-CN"), ("en-US", "en")])
+def test_the_browser_locale_chooses_the_language(browser, app_url, locale, language):
+    page, errors = open_page(browser, app_url, locale)
+    expect_language(page, language)
+    screenshot(page, f"i18n-{locale}")
+    page.context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_the_switch_overrides_the_browser_and_is_remembered(browser, app_url):
+    page, errors = open_page(browser, app_url, "en-US")
+    expect_language(page, "en")
+    page.locator("#language-switch").get_by_text("中文", exact=True).click()
+    expect_language(page, "zh-CN")
+    page.reload()
+    expect_language(page, "zh-CN")  # remembered, though the browser still says en-US
+    page.locator("#language-switch").get_by_text("English", exact=True).click()
+    expect_language(page, "en")
+    page.context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
