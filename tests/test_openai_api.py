@@ -8,6 +8,7 @@ model and the embedded SmolLM2 is the other choice.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 
@@ -411,3 +412,93 @@ def test_errors_map_to_statuses_by_type_not_by_wording():
     assert (long.status, long.param, long.code) == (400, "messages", "context_length_exceeded")
     offline = api_error_for(ModelOfflineError("Not here."))
     assert (offline.status, offline.code) == (503, "model_unavailable")
+
+
+# --- logprobs ---------------------------------------------------------------------------
+def recorded_reply(loaded, messages, top=3, **params):
+    """The chat logic in-process with a LogprobRecorder: (final chunk, recorder entries)."""
+    from modules.tasks.chat.logprobs import LogprobRecorder
+
+    recorder = LogprobRecorder(loaded.tokenizer, top, frozenset(loaded.tokenizer.all_special_ids))
+    final = local_reply(loaded, messages, logits_processors=(recorder,), **params)
+    return final, recorder.entries
+
+
+def test_greedy_logprobs_are_the_explorers_log_probabilities(tiny_model):
+    from modules.tasks.chat import prepare_prompt
+    from modules.tasks.next_token import prefill
+
+    messages = [{"role": "user", "content": "Tell me a story"}]
+    with slowed_and_counted(tiny_model.model, delay_s=0) as calls:
+        final, entries = recorded_reply(tiny_model, messages, max_new_tokens=6, temperature=0)
+    assert calls[0] == final.usage.completion_tokens  # one forward pass per token, none extra
+    assert entries and len(entries) <= final.usage.completion_tokens
+    ids = prepare_prompt(tiny_model, messages, 6).input_ids
+    for entry in entries:  # here one explorer pass per step, to compare
+        explorer = float(prefill(tiny_model, ids).logits.log_softmax(-1)[entry.token_id])
+        # bf16 weights, and decode kernels differ from the explorer's prefill: compare probabilities
+        assert math.exp(entry.logprob) == pytest.approx(math.exp(explorer), abs=0.01)
+        assert entry.top[0].token_id == entry.token_id  # greedy took the most likely
+        assert [t.logprob for t in entry.top] == sorted((t.logprob for t in entry.top), reverse=True)
+        ids = ids + [entry.token_id]
+
+
+def test_chat_logprobs_in_openai_shape_streamed_and_not(client, tiny_ref, tiny_model):
+    messages = [{"role": "user", "content": "Tell me a story"}]
+    options = dict(model=tiny_ref, messages=messages, max_tokens=6, temperature=0,
+                   logprobs=True, top_logprobs=3)
+    reply = client.chat.completions.create(**options)
+    content = reply.choices[0].logprobs.content
+    _, entries = recorded_reply(tiny_model, messages, max_new_tokens=6, temperature=0)
+    assert [c.token for c in content] == [e.token for e in entries]
+    assert [c.logprob for c in content] == pytest.approx([e.logprob for e in entries], abs=1e-4)
+    assert "".join(c.token for c in content) == reply.choices[0].message.content
+    for item in content:
+        assert bytes(item.bytes).decode("utf-8", "replace") == item.token
+        assert len(item.top_logprobs) == 3 and item.logprob <= 0
+    streamed = [c for c in client.chat.completions.create(**options, stream=True)]
+    streamed_content = [t for c in streamed for t in (c.choices[0].logprobs.content or [])]
+    assert [t.model_dump() for t in streamed_content] == [t.model_dump() for t in content]
+
+
+def test_logprobs_are_taken_after_the_sampling_knobs(client, tiny_ref):
+    reply = client.chat.completions.create(
+        model=tiny_ref, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+        temperature=1.0, seed=3, logprobs=True, top_logprobs=2, extra_body={"top_k": 1},
+    )
+    for item in reply.choices[0].logprobs.content:  # top-k 1 leaves one token, certain
+        assert item.logprob == 0.0
+        assert [t.logprob for t in item.top_logprobs] == [0.0, -9999.0]
+
+
+def test_no_logprobs_unless_asked(client, tiny_ref):
+    reply = client.chat.completions.create(
+        model=tiny_ref, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    assert reply.choices[0].logprobs is None
+
+
+# --- sampling fields -----------------------------------------------------------------------
+@pytest.mark.parametrize("options, param", [
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"presence_penalty": 0.5}, "presence_penalty"),
+    ({"frequency_penalty": -1}, "frequency_penalty"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"max_completion_tokens": 0}, "max_tokens"),
+])
+def test_unsupported_or_out_of_range_fields_are_400_naming_them(client, tiny_ref, options, param):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=tiny_ref, messages=[{"role": "user", "content": "Hi"}], **options)
+    assert caught.value.param == param and caught.value.message
+
+
+def test_user_zero_penalties_and_unknown_fields_are_accepted(client, tiny_ref, caplog):
+    options = dict(model=tiny_ref, messages=[{"role": "user", "content": "Hi"}],
+                   max_completion_tokens=2, user="someone", presence_penalty=0,
+                   frequency_penalty=0.0, extra_body={"made_up_field": 1})
+    with caplog.at_level("INFO", logger="modules.serving.openai_api"):
+        first = client.chat.completions.create(**options)
+        client.chat.completions.create(**options)
+    assert first.usage.completion_tokens <= 2  # max_completion_tokens is max_tokens
+    assert sum("made_up_field" in r.getMessage() for r in caplog.records) == 1  # logged once

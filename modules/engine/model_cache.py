@@ -209,6 +209,11 @@ class ModelCache:
         with self._lock:
             return [ref for ref, _ in self._models]
 
+    def loaded_models(self) -> list[LoadedModel]:
+        """A snapshot of the models held now (GET /metrics reads their sizes)."""
+        with self._lock:
+            return list(self._models.values())
+
     def is_loaded(self, ref: str, kind: ModelKind) -> bool:
         with self._lock:
             return (ref.strip(), kind) in self._models

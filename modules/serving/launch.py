@@ -1,4 +1,4 @@
-"""Serve the app: the Gradio page at /, the OpenAI-compatible API at /v1, GET /health.
+"""Serve the app: the Gradio page at /, the OpenAI-compatible API at /v1, GET /health, GET /metrics.
 
 `create_app(demo, context)` builds the one FastAPI app; `launch` runs it with uvicorn
 on a background thread, starts loading the default chat model, and lends the main
@@ -28,6 +28,7 @@ from modules.app_context import AppContext
 from modules.config import Settings
 from modules.engine.compute import lend_main_thread_while
 from modules.serving.health import health_router
+from modules.serving.metrics import metrics_router
 from modules.serving.openai_api import create_api
 from modules.tasks.warm_start import start_loading_chat_model
 
@@ -43,6 +44,7 @@ def create_app(demo: gr.Blocks, context: AppContext,
     app = FastAPI(title="Transformers Playground", docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.include_router(health_router(context, demo))
+    app.include_router(metrics_router(context))
     app.mount(API_PREFIX, create_api(context))  # before "/", which matches everything
     return gr.mount_gradio_app(app, demo, path="/", auth=auth, show_error=True)
 

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import anyio
@@ -39,7 +39,9 @@ from modules.errors import (
     PlaygroundError,
     PromptTooLongError,
 )
+from modules.serving.metrics import RequestMetricsMiddleware, metrics_for
 from modules.tasks.chat import ChatBackend, ChatChunk, GenerationParams, Usage
+from modules.tasks.chat.logprobs import MAX_TOP_LOGPROBS, LogprobRecorder, TokenLogprob
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,6 +52,12 @@ ROLE_ALIASES = {"developer": "system"}  # newer OpenAI clients send "developer"
 KIND_WORDS = {int: "an integer", bool: "true or false", dict: "an object"}
 # GenerationParams field -> the request field a client knows it by.
 PARAM_NAMES = {"max_new_tokens": "max_tokens"}
+SAMPLING_FIELDS = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
+                   "repetition_penalty", "seed", "stop", "n", "presence_penalty",
+                   "frequency_penalty", "user", "stream", "stream_options", "model"}
+CHAT_FIELDS = SAMPLING_FIELDS | {"messages", "logprobs", "top_logprobs", "tools", "functions",
+                                 "tool_choice", "response_format"}
+_unknown_fields_logged: set[str] = set()
 
 
 class ApiError(Exception):
@@ -75,6 +83,7 @@ class ChatRequest:
     params: GenerationParams
     stream: bool
     include_usage: bool
+    top_logprobs: int | None = None  # None: no logprobs asked for
 
 
 # --- the app ---------------------------------------------------------------
@@ -85,6 +94,8 @@ def create_api(context: AppContext) -> FastAPI:
     api.add_exception_handler(ApiError, _api_error_response)
     api.add_exception_handler(StarletteHTTPException, _http_error_response)
     api.add_exception_handler(Exception, _unexpected_error_response)
+    api.add_middleware(RequestMetricsMiddleware, context=context)
+    metrics = api.state.metrics = metrics_for(context)  # /v1/completions reports there too
     require_key = Depends(_key_checker(context.settings.api_key))
     backend = context.chat_backend
 
@@ -100,6 +111,9 @@ def create_api(context: AppContext) -> FastAPI:
     async def chat_completions(request: Request):
         chat = await run_in_threadpool(parse_chat_request, await _json_body(request), context)
         await run_in_threadpool(_prepare, backend, chat.model)
+        recorder = _recorder(backend, chat)
+        if recorder is not None:
+            chat = replace(chat, params=replace(chat.params, logits_processors=(recorder,)))
         cancel = threading.Event()
         chunks = backend.stream(chat.messages, chat.params, cancel, model=chat.model)
         streaming = False
@@ -110,15 +124,20 @@ def create_api(context: AppContext) -> FastAPI:
             if chat.stream:
                 streaming = True  # from here the event stream closes `chunks`
                 return StreamingResponse(
-                    _sse_stream(chat, first, chunks, cancel), media_type="text/event-stream",
+                    _sse_stream(chat, first, chunks, cancel, recorder, metrics.observe_usage),
+                    media_type="text/event-stream",
                     headers={**headers, "Cache-Control": "no-cache"},
                 )
             last = await _while_connected(request, cancel, lambda: _read_to_end(first, chunks))
-            return JSONResponse(_completion_body(chat.model, last), headers=headers)
+            metrics.observe_usage(last.usage)
+            return JSONResponse(_completion_body(chat.model, last, recorder), headers=headers)
         finally:
             if not streaming:
                 await _close(chunks, cancel)
 
+    from modules.serving.openai_completions import add_completions  # it builds on this module
+
+    add_completions(api, context, require_key)
     return api
 
 
@@ -151,13 +170,13 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 def parse_chat_request(body: dict[str, Any], context: AppContext) -> ChatRequest:
     """Check a chat-completions body; raise ApiError (400/404) naming the bad field."""
-    unsupported = [f for f in ("tools", "functions", "tool_choice", "logprobs")
+    log_unknown_fields(body, CHAT_FIELDS)
+    unsupported = [f for f in ("tools", "functions", "tool_choice")
                    if body.get(f) not in (None, False, [])]
     if unsupported:
         raise ApiError(400, f"'{unsupported[0]}' is not supported by this server.",
                        param=unsupported[0])
-    if _typed(body, "n", int, 1) != 1:
-        raise ApiError(400, "Only n=1 is supported.", param="n")
+    check_response_format(body.get("response_format"))
     backend = context.chat_backend
     model = body.get("model") or backend.default_model or _models(backend)[0]
     if not isinstance(model, str):
@@ -170,7 +189,36 @@ def parse_chat_request(body: dict[str, Any], context: AppContext) -> ChatRequest
         params=_generation_params(body, context.settings.max_new_tokens),
         stream=stream,
         include_usage=stream and bool(stream_options.get("include_usage")),
+        top_logprobs=_chat_logprobs(body),
     )
+
+
+def _chat_logprobs(body: dict[str, Any]) -> int | None:
+    """`logprobs: true` and `top_logprobs` (0-20) -> how many alternatives; None when off."""
+    wanted = _typed(body, "logprobs", bool, False)
+    top = _typed(body, "top_logprobs", int, None)
+    if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise ApiError(400, f"'top_logprobs' must be 0 to {MAX_TOP_LOGPROBS}.", param="top_logprobs")
+    if top and not wanted:
+        raise ApiError(400, "'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
+    return (top or 0) if wanted else None
+
+
+def check_response_format(response_format: Any) -> None:
+    """Only plain text replies for now: a JSON mode would need constrained decoding."""
+    if response_format is None:
+        return
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind != "text":
+        raise ApiError(400, f"response_format type {str(kind)[:40]!r} is not supported by this "
+                       "server (only 'text').", param="response_format")
+
+
+def log_unknown_fields(body: dict[str, Any], known: set[str]) -> None:
+    """Unknown request fields are ignored, as OpenAI-compatible servers do; each is logged once."""
+    for name in body.keys() - known - _unknown_fields_logged:
+        _unknown_fields_logged.add(name)
+        log.info("Ignoring the request field %r (not used by this server).", name[:80])
 
 
 def parse_messages(messages: Any) -> list[dict[str, str]]:
@@ -222,6 +270,17 @@ def _generation_params(body: dict[str, Any], max_new_tokens_limit: int) -> Gener
     stop = given("stop", [])
     if not isinstance(stop, (str, list)):
         raise ApiError(400, "'stop' must be a string or a list of strings.", param="stop")
+    if _typed(body, "n", int, 1) != 1:
+        raise ApiError(400, "Only n=1 is supported: several choices per request need batched "
+                       "generation of one prompt, which this server does not do yet.", param="n")
+    for penalty in ("presence_penalty", "frequency_penalty"):
+        value = body.get(penalty)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ApiError(400, f"'{penalty}' must be a number.", param=penalty)
+        if value:  # transformers has no such processor; repetition_penalty is the near relative
+            raise ApiError(400, f"'{penalty}' is not supported (only 0): transformers has no "
+                           "additive penalty; use 'repetition_penalty' (e.g. 1.1) instead.",
+                           param=penalty)
     params = GenerationParams(
         max_new_tokens=given("max_completion_tokens", given("max_tokens", max_new_tokens_limit)),
         temperature=given("temperature", defaults.temperature),
@@ -268,6 +327,24 @@ def _known_model(backend: ChatBackend, model: str) -> str:
 
 def _model_card(model: str) -> dict[str, Any]:
     return {"id": model, "object": "model", "created": 0, "owned_by": OWNER}
+
+
+def _recorder(backend: ChatBackend, chat: ChatRequest) -> LogprobRecorder | None:
+    if chat.top_logprobs is None:
+        return None
+    make = getattr(backend, "logprob_recorder", None)
+    if make is None:  # a remote server's own logprobs are not forwarded
+        raise ApiError(400, "'logprobs' needs a local model (not --remote-base-url).",
+                       param="logprobs")
+    return make(chat.model, chat.top_logprobs)
+
+
+def logprobs_content(entries: list[TokenLogprob]) -> list[dict[str, Any]]:
+    """OpenAI's chat `logprobs.content`: token, logprob, bytes, top_logprobs."""
+    return [{"token": e.token, "logprob": e.logprob, "bytes": e.bytes,
+             "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes}
+                              for t in e.top]}
+            for e in entries]
 
 
 @on_request_thread
@@ -344,7 +421,10 @@ async def _close(chunks: Iterator[ChatChunk], cancel: threading.Event) -> None:
 
 
 async def _sse_stream(chat: ChatRequest, first: ChatChunk, chunks: Iterator[ChatChunk],
-                      cancel: threading.Event) -> AsyncIterator[str]:
+                      cancel: threading.Event,
+                      recorder: LogprobRecorder | None = None,
+                      on_usage: Callable[[Usage | None], None] = lambda usage: None,
+                      ) -> AsyncIterator[str]:
     """Server-sent events: role, content deltas, finish_reason, [usage], [DONE].
 
     Starlette cancels this generator when the client disconnects; `finally` then
@@ -352,7 +432,12 @@ async def _sse_stream(chat: ChatRequest, first: ChatChunk, chunks: Iterator[Chat
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def event(delta: dict[str, str], finish_reason: str | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        # Each event carries the tokens recorded since the last one (text and tokens are
+        # cut differently: a token can arrive an event before its text).
+        logprobs = None
+        if recorder is not None:
+            logprobs = {"content": logprobs_content(recorder.drain()), "refusal": None}
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         payload = _chunk_body(completion_id, created, chat.model, [choice])
         if chat.include_usage:
             payload["usage"] = None
@@ -367,6 +452,7 @@ async def _sse_stream(chat: ChatRequest, first: ChatChunk, chunks: Iterator[Chat
             if chunk.finish_reason is not None:
                 break
             chunk = await _next_chunk(chunks)
+        on_usage(chunk.usage)
         yield event({}, _openai_finish_reason(chunk.finish_reason))
         if chat.include_usage:
             yield _sse({**_chunk_body(completion_id, created, chat.model, []),
@@ -391,7 +477,11 @@ def _chunk_body(completion_id: str, created: int, model: str,
             "model": model, "system_fingerprint": None, "choices": choices}
 
 
-def _completion_body(model: str, last: ChatChunk) -> dict[str, Any]:
+def _completion_body(model: str, last: ChatChunk,
+                     recorder: LogprobRecorder | None = None) -> dict[str, Any]:
+    logprobs = None
+    if recorder is not None:
+        logprobs = {"content": logprobs_content(recorder.entries), "refusal": None}
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -401,7 +491,7 @@ def _completion_body(model: str, last: ChatChunk) -> dict[str, Any]:
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": last.text, "refusal": None},
-            "logprobs": None,
+            "logprobs": logprobs,
             "finish_reason": _openai_finish_reason(last.finish_reason),
         }],
         "usage": _usage_body(last.usage),
