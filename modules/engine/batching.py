@@ -236,7 +236,7 @@ class BatchScheduler:
             if len(self._waiting) >= self.max_waiting:
                 raise SchedulerBusyError(
                     f"The model is busy: {len(self._waiting)} requests are already waiting. "
-                    "Try again in a minute.")
+                    "Try again in a moment.")
             sequence.ahead = len(self._waiting)
             self._waiting.append(sequence)
             _live.add(sequence)

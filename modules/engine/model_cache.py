@@ -275,7 +275,8 @@ class ModelCache:
         )
         if kind is ModelKind.CAUSAL_LM:
             loaded.scheduler = BatchScheduler(model, loaded.lock, self.settings.batch_size,
-                                              self.settings.kv_cache_tokens)
+                                              self.settings.kv_cache_tokens,
+                                              max_waiting=self.settings.max_queue_size)
         return loaded
 
     def _after_load(self, model: PreTrainedModel, kind: ModelKind, dtype: torch.dtype,

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modules.app_context import AppContext
+from modules.engine.batching import SchedulerBusyError
 from modules.engine.compute import on_request_thread
 from modules.errors import (
     InvalidInputError,
@@ -58,16 +59,19 @@ SAMPLING_FIELDS = {"max_tokens", "max_completion_tokens", "temperature", "top_p"
 CHAT_FIELDS = SAMPLING_FIELDS | {"messages", "logprobs", "top_logprobs", "tools", "functions",
                                  "tool_choice", "response_format"}
 _unknown_fields_logged: set[str] = set()
+RETRY_AFTER_S = 2  # a queue full of short replies drains in seconds on a small model
 
 
 class ApiError(Exception):
     """An error answered in OpenAI's JSON shape with an HTTP status."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = (
             status, message, type_, param, code)
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type,
@@ -359,6 +363,9 @@ def _prepare(backend: ChatBackend, model: str) -> None:
 def api_error_for(error: PlaygroundError) -> ApiError:
     """The HTTP status and OpenAI error fields for a PlaygroundError, by its type."""
     message = str(error)
+    if isinstance(error, SchedulerBusyError):  # the one admission gate, shared with the page
+        return ApiError(429, message, type_="server_error", code="server_busy",
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
     if isinstance(error, (ModelNotFoundError, InvalidModelError)):
         return ApiError(404, message, param="model", code="model_not_found")
     if isinstance(error, (ModelOfflineError, ModelOutOfMemoryError)):
@@ -515,7 +522,7 @@ def _header_safe(text: str) -> str:
 
 # --- error responses ----------------------------------------------------------
 async def _api_error_response(request: Request, error: ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 async def _http_error_response(request: Request, error: StarletteHTTPException) -> JSONResponse:
