@@ -186,7 +186,7 @@ def last_usage(page: Page):
 
 
 def completion_tokens(usage: str) -> int:
-    found = re.search(r"completion (\d+)", usage)
+    found = re.search(r"(\d+) tokens ·", usage)
     assert found, f"no completion count in the usage line {usage!r}"
     return int(found.group(1))
 
@@ -215,9 +215,9 @@ def test_chat_reply_streams_then_shows_usage(page):
     assert not stale_status, f"the status still said {stale_status} while the reply streamed"
 
     usage = last_usage(page)
-    expect(usage).to_contain_text("tokens/s")
+    expect(usage).to_contain_text("tok/s")
     expect(usage).to_contain_text(re.compile(r"finish: (stop|length)"))
-    expect(page.locator("#chat-status")).to_contain_text("finish:")
+    expect(page.locator("#chat-context-meter")).to_contain_text(re.compile(r"Context: \d+ / [\d,]+ tokens"))
     expect(last_reply(page)).not_to_have_text("")
     expect(page.get_by_role("button", name="Send", exact=True)).to_be_visible()
     expect(page.get_by_role("button", name="Stop", exact=True)).to_be_hidden()
@@ -233,8 +233,6 @@ def test_stop_ends_a_long_reply(page):
     expect(last_reply(page)).to_have_text(re.compile(r"\w+\W+\w+\W+\w+"), timeout=MODEL_WAIT_MS)
     stop.click()
 
-    status = page.locator("#chat-status")
-    expect(status).to_contain_text("finish: cancelled")
     expect(last_usage(page)).to_contain_text("finish: cancelled")
     expect(page.get_by_role("button", name="Send", exact=True)).to_be_visible()
     expect(stop).to_be_hidden()
@@ -250,7 +248,7 @@ def test_stop_ends_a_long_reply(page):
 def test_retry_replaces_the_last_reply(page):
     chat_settings(page, max_new_tokens=32)
     send(page, "Name three colours.")
-    expect(last_usage(page)).to_contain_text("tokens/s", timeout=MODEL_WAIT_MS)
+    expect(last_usage(page)).to_contain_text("tok/s", timeout=MODEL_WAIT_MS)
     first_text = last_reply(page).inner_text()
     first_tokens = completion_tokens(last_usage(page).inner_text())
     assert first_tokens > 6, f"the first reply is too short to tell a retry from it: {first_text!r}"
@@ -258,9 +256,9 @@ def test_retry_replaces_the_last_reply(page):
     chat_settings(page, max_new_tokens=6)  # so the new reply is recognisably another one
     page.get_by_role("button", name="Retry").click()
     usage = last_usage(page)
-    expect(usage).to_contain_text("completion 6 ", timeout=MODEL_WAIT_MS)
+    expect(usage).to_contain_text("6 tokens ", timeout=MODEL_WAIT_MS)
     expect(usage).to_contain_text("finish: length")
-    expect(usage).to_contain_text("tokens/s")
+    expect(usage).to_contain_text("tok/s")
     expect(last_reply(page)).not_to_have_text(first_text)
     expect(page.locator(".message-row.bot-row")).to_have_count(1)  # replaced, not added
     expect(page.get_by_test_id("user")).to_have_count(1)

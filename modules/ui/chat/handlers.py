@@ -197,7 +197,8 @@ def wire(context: AppContext, c, cancels: CancelRegistry) -> None:  # noqa: C901
     edit_button = gr.Button(visible=False)
     edit_event = started([edit_button.click]).then(
         edit, [edit_index, edit_text, c.history, *settings], reply_outputs, api_name="edit", **streaming)
-    edit_in_place_event = started([c.chatbot.edit]).then(
+    # Not chained after `arm`: only the first handler of an .edit event gets its EditData.
+    edit_in_place_event = c.chatbot.edit(
         edit_in_place, [c.history, *settings], reply_outputs, api_visibility="private", **streaming)
     generating = [chat_event, retry_event, continue_event, edit_event, edit_in_place_event]
     variant_events = [
