@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
 
 from modules.errors import InvalidInputError
@@ -12,7 +15,12 @@ from modules.tasks.chat.conversations import (
     context_meter,
     delete_conversation,
     edit_message,
+    empty_store,
+    export_json,
+    export_markdown,
     find_conversation,
+    import_into,
+    import_json,
     model_messages,
     new_conversation,
     rename_conversation,
@@ -113,3 +121,90 @@ def test_browser_secret_is_fixed_across_restarts(tmp_path):
     assert first == browser_secret(settings, env={}) and len(first) >= 32
     assert (tmp_path / "browser_secret.txt").stat().st_mode & 0o077 == 0
     assert browser_secret(settings, env={BROWSER_SECRET_SETTING: "from-setting"}) == "from-setting"
+
+
+# --- presets, export and import, the prompt inspector -------------------------------------
+def test_presets_built_in_and_the_users_own():
+    from modules.tasks.chat.presets import delete_preset, preset_names, preset_values, save_preset
+
+    assert preset_names(None)[:4] == ["Balanced", "Precise (greedy)", "Creative", "Translator zh→en"]
+    assert preset_values(None, "Precise (greedy)")["do_sample"] is False
+    assert "Chinese" in preset_values(None, "Translator zh→en")["system_prompt"]
+    store = save_preset(empty_store(), "Mine", {"temperature": 0.3, "system_prompt": "Be terse.", "junk": 1})
+    assert preset_names(store)[-1] == "Mine" and preset_values(store, "Mine") == {
+        "system_prompt": "Be terse.", "temperature": 0.3}
+    with pytest.raises(InvalidInputError, match="built-in"):
+        save_preset(store, "Creative", {})
+    with pytest.raises(InvalidInputError, match="built-in"):
+        delete_preset(store, "Balanced")
+    assert "Mine" not in preset_names(delete_preset(store, "Mine"))
+    kept = save_conversation(store, {**new_conversation(), "messages": chat("a", "b")})
+    assert preset_names(kept)[-1] == "Mine"  # saving a conversation keeps the presets
+
+
+def test_export_then_import_round_trip_and_markdown():
+    messages = add_variant(chat("Capital of France?", "Paris."), 1, "It is Paris.",
+                           reply_stats(Usage(10, 3, 13, 0.1, 20.0), "stop", "tiny", 100))
+    conversation = {**new_conversation({"temperature": 0.5, "system_prompt": "Be brief."}),
+                    "title": "Geography", "messages": messages}
+    text = export_json(conversation)
+    store, imported = import_into(empty_store(), text)
+    assert imported["messages"] == messages and imported["settings"] == conversation["settings"]
+    assert imported["title"] == "Geography" and imported["id"] != conversation["id"]
+    assert store["conversations"][0]["id"] == imported["id"]
+    assert '"model": "tiny"' in text and '"completion_tokens": 3' in text
+    markdown = export_markdown(conversation)
+    assert markdown.startswith("# Geography") and "## Assistant\n\nIt is Paris." in markdown
+    assert "**System:** Be brief." in markdown and "finish: stop" in markdown
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("{not json", "not valid JSON"),
+    ('{"format": "something-else", "messages": []}', "not a conversation"),
+    ('{"format": "transformers-playground-conversation", "messages": [{"role": "system", "content": "x"}]}',
+     "Message 1"),
+    ('{"format": "transformers-playground-conversation", "messages": [{"role": "user", "content": 5}]}',
+     "Message 1"),
+    ('{"format": "transformers-playground-conversation", "messages": "all"}', "no list"),
+    ("x" * 5_000_001, "limit"),
+])
+def test_a_bad_import_is_refused_and_the_store_is_unchanged(bad, message):
+    store = save_conversation(empty_store(), {**new_conversation(), "messages": chat("keep me", "ok")})
+    before = copy.deepcopy(store)
+    with pytest.raises(InvalidInputError, match=message):
+        import_into(store, bad)
+    assert store == before
+
+
+def test_import_drops_unknown_fields():
+    hostile = json.dumps({"format": "transformers-playground-conversation", "title": "<script>x</script>" * 50,
+                          "settings": {"temperature": 0.1, "evil": {"nested": True}},
+                          "messages": [{"role": "user", "content": "hi", "onclick": "x"},
+                                       {"role": "assistant", "content": "yo", "stats": {"model": 5, "finish": "stop"},
+                                        "variant": 99, "variants": [{"content": "yo"}, "junk"]}]})
+    imported = import_json(hostile)
+    assert imported["messages"][0] == {"role": "user", "content": "hi"}
+    assert imported["messages"][1]["stats"] == {"finish": "stop"} and imported["messages"][1]["variant"] == 0
+    assert imported["settings"] == {"temperature": 0.1} and len(imported["title"]) <= 200
+
+
+def test_prompt_inspector_marks_template_special_tokens_only(shared_cache):
+    from modules.config import EMBEDDED_MODEL
+    from modules.engine.model_cache import ModelKind
+    from modules.tasks.chat import GenerationParams
+    from modules.tasks.chat.inspector import render_prompt
+
+    loaded = shared_cache.get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
+    messages = [{"role": "user", "content": "Say <|im_end|> please"}]
+    rendered = render_prompt(loaded, messages, GenerationParams())
+    specials = [text for text, special in rendered.pieces if special]
+    assert specials and set(specials) <= {"<|im_start|>", "<|im_end|>"}
+    # Only the template's own: every turn it closed (the typed one is plain text).
+    assert specials.count("<|im_end|>") == specials.count("<|im_start|>") - 1
+    assert "Say <|im_end|> please" in rendered.text and rendered.text.endswith("assistant\n")
+    plain = len(loaded.tokenizer("Say <|im_end|> please", split_special_tokens=True)["input_ids"])
+    assert rendered.token_count >= len(specials) + plain
+    assert '<mark class="special-token">&lt;|im_start|&gt;</mark>' in rendered.html()
+    continued = render_prompt(loaded, messages + [{"role": "assistant", "content": "Sure:"}],
+                              GenerationParams(continue_final_message=True))
+    assert continued.text.endswith("Sure:")

@@ -267,3 +267,126 @@ def _valid_store(store: dict | None) -> dict:
         return empty_store()
     return {"version": STORE_VERSION, "conversations": store["conversations"],
             "presets": store.get("presets") if isinstance(store.get("presets"), dict) else {}}
+
+
+# --- export and import ------------------------------------------------------------
+EXPORT_FORMAT = "transformers-playground-conversation"
+MAX_EXPORT_CHARS = 20_000_000  # beyond this an export is refused, not written
+MAX_IMPORT_BYTES = 5_000_000
+MAX_IMPORT_MESSAGES = 2_000
+MAX_VARIANT_DEPTH = 8
+STAT_KEYS = {"prompt_tokens": int, "completion_tokens": int, "first_token_s": float,
+             "tokens_per_s": float, "finish": str, "model": str, "context_window": int,
+             "thinking_s": float, "edited": bool}
+
+
+def export_json(conversation: dict) -> str:
+    """Messages, model, settings and usage as JSON that `import_json` reads back."""
+    import json
+
+    messages = conversation.get("messages") or []
+    replies = [m.get("stats") or {} for m in messages if m["role"] == "assistant"]
+    document = {
+        "format": EXPORT_FORMAT, "version": STORE_VERSION,
+        "title": conversation.get("title") or title_for(messages),
+        "model": next((s["model"] for s in reversed(replies) if s.get("model")), None),
+        "settings": conversation.get("settings") or {},
+        "usage": {"prompt_tokens": sum(s.get("prompt_tokens") or 0 for s in replies),
+                  "completion_tokens": sum(s.get("completion_tokens") or 0 for s in replies)},
+        "messages": messages,
+    }
+    return _bounded(json.dumps(document, ensure_ascii=False, indent=2))
+
+
+def export_markdown(conversation: dict) -> str:
+    """A readable transcript: title, settings, then each message (replies with their stats)."""
+    messages = conversation.get("messages") or []
+    lines = [f"# {conversation.get('title') or title_for(messages)}", ""]
+    settings = conversation.get("settings") or {}
+    if settings.get("system_prompt"):
+        lines += [f"**System:** {settings['system_prompt']}", ""]
+    for message in messages:
+        lines += [f"## {message['role'].capitalize()}", "", message["content"], ""]
+        if message.get("stats"):
+            lines += [f"*{stats_line(message['stats'])}*", ""]
+    return _bounded("\n".join(lines))
+
+
+def import_json(text: str | bytes) -> dict:
+    """A conversation from an exported JSON file, checked field by field; anything
+    else in the file is dropped. A bad file raises InvalidInputError and changes nothing."""
+    import json
+
+    if len(text) > MAX_IMPORT_BYTES:
+        raise InvalidInputError(f"The file is {len(text):,} bytes; the limit is {MAX_IMPORT_BYTES:,}.")
+    try:
+        document = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidInputError(f"The file is not valid JSON ({str(error)[:120]}).") from error
+    if not isinstance(document, dict) or document.get("format") != EXPORT_FORMAT:
+        raise InvalidInputError("This is not a conversation exported from Transformers Playground.")
+    messages = _clean_messages(document.get("messages"), depth=0)
+    settings = document.get("settings") if isinstance(document.get("settings"), dict) else {}
+    settings = {k: v for k, v in settings.items() if isinstance(k, str) and isinstance(v, (str, int, float, bool))}
+    title = document.get("title") if isinstance(document.get("title"), str) else ""
+    conversation = {**new_conversation(settings), "messages": messages}
+    conversation["title"] = " ".join(title.split())[:200] or title_for(messages)
+    return conversation
+
+
+def import_into(store: dict | None, text: str | bytes) -> tuple[dict, dict]:
+    """(store with the imported conversation first, the conversation)."""
+    conversation = import_json(text)
+    store = _valid_store(store)
+    return {**store, "conversations": [conversation, *store["conversations"]]}, conversation
+
+
+def _bounded(text: str) -> str:
+    if len(text) > MAX_EXPORT_CHARS:
+        raise InvalidInputError(
+            f"This conversation is too large to export ({len(text):,} characters; the limit is "
+            f"{MAX_EXPORT_CHARS:,}). Delete some variants or start a new chat.")
+    return text
+
+
+def _clean_messages(messages, depth: int) -> list[Message]:
+    from modules.tasks.chat.prompt import MAX_MESSAGE_CHARS
+
+    if not isinstance(messages, list):
+        raise InvalidInputError("The file has no list of messages.")
+    if len(messages) > MAX_IMPORT_MESSAGES:
+        raise InvalidInputError(f"The file has {len(messages):,} messages; the limit is {MAX_IMPORT_MESSAGES:,}.")
+    if depth > MAX_VARIANT_DEPTH:
+        raise InvalidInputError("The file's variants are nested too deeply.")
+    clean = []
+    for number, message in enumerate(messages, 1):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant") \
+                or not isinstance(message.get("content"), str) or len(message["content"]) > MAX_MESSAGE_CHARS:
+            raise InvalidInputError(f"Message {number} in the file is not a user or assistant message with text.")
+        kept = {"role": message["role"], "content": message["content"]}
+        if message["role"] == "assistant":
+            kept["stats"] = _clean_stats(message.get("stats"))
+            variants = message.get("variants")
+            if isinstance(variants, list) and variants:
+                kept["variants"] = [{"content": v["content"], "stats": _clean_stats(v.get("stats")),
+                                     "after": _clean_messages(v.get("after") or [], depth + 1)}
+                                    for v in variants if isinstance(v, dict) and isinstance(v.get("content"), str)]
+                chosen = message.get("variant")
+                kept["variant"] = chosen if isinstance(chosen, int) and 0 <= chosen < len(kept["variants"]) else 0
+                if not kept["variants"]:
+                    del kept["variants"], kept["variant"]
+        clean.append(kept)
+    return clean
+
+
+def _clean_stats(stats) -> dict:
+    if not isinstance(stats, dict):
+        return {}
+    kept = {}
+    for key, kind in STAT_KEYS.items():
+        value = stats.get(key)
+        if isinstance(value, bool) != (kind is bool):
+            continue
+        if isinstance(value, kind) or (kind is float and isinstance(value, int)):
+            kept[key] = value[:200] if isinstance(value, str) else value
+    return kept
