@@ -33,16 +33,31 @@ CHOICES = [("English", "en"), ("中文", "zh-CN")]
 I18N = gr.I18n(**{language: dict(table(language)) for language in LANGUAGES},
                **{"zh-TW": dict(table("zh-CN"))})
 
-# Runs in the browser. Gradio's bundle exports `changeLocale` from its core module;
+# Run in the browser. Gradio's bundle exports `changeLocale` from its core module;
 # importing that module's URL again returns the same instance, so its locale store
 # changes for the whole page, as when a user picks a language in Gradio's Settings.
-_APPLY_JS = f"""
-async (language) => {{
-  if (!language) return language;
-  document.cookie = "{COOKIE}=" + language + "; path=/; max-age=31536000; SameSite=Lax";
+_SET_LOCALE = """
   const core = performance.getEntriesByType("resource").map((entry) => entry.name)
     .find((name) => /\\/assets\\/core-[^/]+\\.js$/.test(name));
-  if (core) {{ (await import(core)).changeLocale(language); }}
+  if (core) { (await import(core)).changeLocale(language); }
+"""
+# A choice: remembered in a cookie too, so that the server writes in that language.
+_CHOOSE_JS = f"""
+async (language) => {{
+  document.cookie = "{COOKIE}=" + language + "; path=/; max-age=31536000; SameSite=Lax";
+  {_SET_LOCALE}
+  return language;
+}}
+"""
+# On load: the saved choice, else the browser's language. A Chinese the front end has
+# no table for (zh-HK, zh-SG) gets Simplified, as the server gives it (supported()).
+_RESTORE_JS = f"""
+async (saved) => {{
+  if (saved) return await ({_CHOOSE_JS})(saved);
+  document.cookie = "{COOKIE}=; path=/; max-age=0";  // no choice: the browser's language
+  const chinese = (tag) => (tag || "").toLowerCase().startsWith("zh");
+  const language = chinese(navigator.language) ? "zh-CN" : "en";
+  if (chinese(document.documentElement.lang) !== chinese(language)) {{ {_SET_LOCALE} }}
   return language;
 }}
 """
@@ -126,10 +141,10 @@ class LanguageSwitch:
 
         loaded = demo.load(lambda saved: saved or gr.skip(), self.saved, self.radio,
                            queue=False, api_visibility="private")
-        loaded.then(None, self.radio, self.radio, js=_APPLY_JS, queue=False,
+        loaded.then(None, self.radio, self.radio, js=_RESTORE_JS, queue=False,
                     api_visibility="private").then(
             render_all, inputs, outputs, queue=False, api_visibility="private")
-        self.radio.input(None, self.radio, self.radio, js=_APPLY_JS, queue=False,
+        self.radio.input(None, self.radio, self.radio, js=_CHOOSE_JS, queue=False,
                          api_visibility="private").then(
             lambda language: language, self.radio, self.saved, queue=False,
             api_visibility="private").then(

@@ -14,6 +14,7 @@ from modules.ui.i18n import _
 
 TITLE = "Transformers Playground"
 PROGRESS_INTERVAL_S = 1.0
+TAB_KEYS = ("tabs.chat", "tabs.translation", "tabs.sentiment", "tabs.explorer")
 
 
 def build_demo(context: AppContext) -> gr.Blocks:
@@ -27,14 +28,18 @@ def build_demo(context: AppContext) -> gr.Blocks:
         switch.on_language_change(lambda language: _header(context, language), [header])
         _load_progress_line(context)
         with gr.Tabs():
-            with gr.Tab(_("tabs.chat"), id="chat"):
+            with gr.Tab(_(TAB_KEYS[0]), id="chat") as chat:
                 chat_tab.build(context)
-            with gr.Tab(_("tabs.translation"), id="translation"):
+            with gr.Tab(_(TAB_KEYS[1]), id="translation") as translation:
                 translation_tab.build(context, switch)
-            with gr.Tab(_("tabs.sentiment"), id="sentiment"):
+            with gr.Tab(_(TAB_KEYS[2]), id="sentiment") as sentiment:
                 sentiment_tab.build(context)
-            with gr.Tab(_("tabs.explorer"), id="explorer"):
+            with gr.Tab(_(TAB_KEYS[3]), id="explorer") as explorer:
                 explorer_tab.build(context)
+        # The front end re-translates only the tabs it has shown when the locale changes.
+        switch.on_language_change(lambda language: [gr.Tab(label=message_text(key, language))
+                                                    for key in TAB_KEYS],
+                                  [chat, translation, sentiment, explorer])
         switch.wire(demo)
     i18n.attach(demo)
     demo.queue(
