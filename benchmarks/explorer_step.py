@@ -61,6 +61,12 @@ def median_seconds(action: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def row(name: str, seconds: float) -> tuple[str, float]:
+    """A table row, printed as soon as it is measured (a slow machine still shows progress)."""
+    print(f"{name:<66} {seconds:>9.4f}", flush=True)
+    return name, seconds
+
+
 def render_seconds(demo: gr.Blocks, prompt: str) -> float:
     """The tab's Score handler, then each output's postprocess: what the browser waits for."""
     [score] = [f for f in demo.fns.values() if f.api_name == "explorer_score"]
@@ -80,40 +86,42 @@ def cpu_class() -> str:
 
 
 def view_rows(loaded, plain, prompt: str, repeats: int) -> list[tuple[str, float]]:
-    """Each view once warmed, then timed on the ~200-token text."""
+    """Each view once warmed, then timed on the ~200-token text; rows print as they come."""
     walk = session.new_session(loaded, prompt)
     ids, tokenizer = walk.explorer.ids, loaded.tokenizer
     settings = nt.SamplingSettings(0.7, 50, 0.9, 0.05)
     few = max(3, repeats // 3)
     nt.take_steps(loaded, walk.explorer, 1, "greedy", settings)  # warm-up
-    rows = [
+
+    def redraw():
+        logits = walk.explorer.logits
+        nt.distribution_from_logits(logits, tokenizer, settings)
+        sampling_stages.sampling_stages(logits, tokenizer, settings)
+        sampling_stages.temperature_sweep(logits)
+
+    views = [
         (f"one step, KV cache (text of ~{len(ids)} tokens)",
-         median_seconds(lambda: nt.take_steps(loaded, walk.explorer, 1, "greedy", settings), repeats)),
+         lambda: nt.take_steps(loaded, walk.explorer, 1, "greedy", settings), repeats),
         (f"one step, fresh forward pass over ~{len(ids)} tokens",
-         median_seconds(lambda: nt.next_token_logits(loaded, walk.explorer.ids), repeats)),
-        ("moving a slider: distribution + stages + sweep (no model call)", median_seconds(lambda: (
-            nt.distribution_from_logits(walk.explorer.logits, tokenizer, settings),
-            sampling_stages.sampling_stages(walk.explorer.logits, tokenizer, settings),
-            sampling_stages.temperature_sweep(walk.explorer.logits)), repeats)),
-        ("logit lens (one pass, every layer decoded)", median_seconds(lambda: logit_lens.logit_lens(loaded, ids), few)),
-        ("attention (one eager pass, transformers' layers)",
-         median_seconds(lambda: attention.attention(plain, ids), few)),
+         lambda: nt.next_token_logits(loaded, walk.explorer.ids), repeats),
+        ("moving a slider: distribution + stages + sweep (no model call)", redraw, repeats),
+        ("logit lens (one pass, every layer decoded)", lambda: logit_lens.logit_lens(loaded, ids), few),
+        ("attention (one eager pass, transformers' layers)", lambda: attention.attention(plain, ids), few),
         ("beam search, 4 beams x 8 tokens, + greedy + sampled",
-         median_seconds(lambda: beam_search.beam_search(loaded, ids, 4, 8), few)),
-        ("score a 3-token continuation", median_seconds(lambda: scoring.score_continuation(
-            loaded, ids, " the next step"), few)),
-        (f"surprise of a pasted ~{len(ids)}-token text", median_seconds(lambda: scoring.text_surprise(
-            loaded, prompt), few)),
-        ("compare two prompts (two passes + KL)", median_seconds(lambda: compare.compare(
-            loaded, ids, loaded, ids[:-1]), few)),
+         lambda: beam_search.beam_search(loaded, ids, 4, 8), few),
+        ("score a 3-token continuation", lambda: scoring.score_continuation(loaded, ids, " the next step"), few),
+        (f"surprise of a pasted ~{len(ids)}-token text", lambda: scoring.text_surprise(loaded, prompt), few),
+        ("compare two prompts (two passes + KL)", lambda: compare.compare(loaded, ids, loaded, ids[:-1]), few),
     ]
+    rows = [row(name, median_seconds(action, times)) for name, action, times in views]
     nt.take_steps(loaded, walk.explorer, 10, "sample", settings, seed=1)
     session.fork(loaded, walk, int(walk.explorer.logits.argmax()), settings)
-    rows.append(("switch branch (one prefill of its text)",
-                 median_seconds(lambda: session.switch(loaded, walk, "main" if walk.active != "main" else "b1"), few)))
+    other = lambda: "main" if walk.active != "main" else "b1"  # noqa: E731
+    rows.append(row("switch branch (one prefill of its text)",
+                    median_seconds(lambda: session.switch(loaded, walk, other()), few)))
     exported = session.export_session(walk)
-    rows.append(("replay an exported session (2 branches, ~25 steps)",
-                 median_seconds(lambda: session.replay_session(loaded, exported), few)))
+    rows.append(row("replay an exported session (2 branches, ~25 steps)",
+                    median_seconds(lambda: session.replay_session(loaded, exported), few)))
     return rows
 
 
@@ -134,21 +142,19 @@ def main() -> None:
     loaded = cache.get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
     plain = ModelCache(dataclasses.replace(settings, fast_decode=False)).get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
     prompt = prompt_of(loaded, args.tokens)
-
-    rows = view_rows(loaded, plain, prompt, args.repeats)
-    rows += [
-        ("first render, short prompt, cold (model load included)", cold),
-        ("first render, short prompt, model loaded", median_seconds(lambda: render_seconds(demo, SHORT_PROMPT),
-                                                                     args.repeats)),
-        (f"first render, {args.tokens}-token prompt, model loaded",
-         median_seconds(lambda: render_seconds(demo, prompt), max(3, args.repeats // 3))),
-    ]
     print(f"\nNext-token explorer on {loaded.description}, torch threads={torch.get_num_threads()}")
     print(f"CPU: {cpu_class()}")
     print(f"{'what':<66} {'seconds':>9}")
     print("-" * 76)
-    for name, seconds in rows:
-        print(f"{name:<66} {seconds:>9.4f}")
+
+    rows = view_rows(loaded, plain, prompt, args.repeats)
+    rows += [
+        row("first render, short prompt, cold (model load included)", cold),
+        row("first render, short prompt, model loaded",
+            median_seconds(lambda: render_seconds(demo, SHORT_PROMPT), args.repeats)),
+        row(f"first render, {args.tokens}-token prompt, model loaded",
+            median_seconds(lambda: render_seconds(demo, prompt), max(3, args.repeats // 3))),
+    ]
     print("-" * 76)
     print(f"cache speed-up per step: {rows[1][1] / rows[0][1]:.1f}x")
 

@@ -166,7 +166,9 @@ def test_stepping_with_the_cache_matches_a_fresh_pass(tiny):
 
     cached = nt.distribution_from_logits(state.logits, tiny.tokenizer, settings, shown=5)
     fresh_dist = nt.next_token_distribution(tiny, state.ids, temperature=1.5, shown=5)
-    assert [c.id for c in cached.candidates][:3] == [c.id for c in fresh_dist.candidates][:3]
+    fresh_probabilities = (fresh / 1.5).softmax(-1)
+    for c in cached.candidates[:3]:  # near-ties may swap places between kernels; their probabilities may not move
+        assert float(fresh_probabilities[c.id]) == pytest.approx(c.probability, abs=1e-3, rel=0.15)
     for a, b in zip(cached.candidates, fresh_dist.candidates, strict=True):
         assert a.probability == pytest.approx(b.probability, abs=1e-3, rel=0.15)
 

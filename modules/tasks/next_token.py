@@ -59,16 +59,16 @@ class SamplingSettings:
     def validated(self, vocab_size: int | None = None) -> SamplingSettings:
         """Itself, or an InvalidInputError naming the bad knob and its range."""
         temperature, top_k, top_p, min_p = self.temperature, self.top_k, self.top_p, self.min_p
-        if not _is_number(temperature) or not 0 < temperature <= MAX_TEMPERATURE:
+        if not is_number(temperature) or not 0 < temperature <= MAX_TEMPERATURE:
             raise InvalidInputError(
                 f"Temperature must be above 0 and at most {MAX_TEMPERATURE:g} (got {temperature})."
             )
         upper = vocab_size if vocab_size else "the vocabulary size"
         if not is_whole(top_k) or top_k < 0 or (vocab_size and top_k > vocab_size):
             raise InvalidInputError(f"top-k must be a whole number from 0 (off) to {upper} (got {top_k}).")
-        if not _is_number(top_p) or not 0 < top_p <= 1:
+        if not is_number(top_p) or not 0 < top_p <= 1:
             raise InvalidInputError(f"top-p must be above 0 and at most 1 (got {top_p}).")
-        if not _is_number(min_p) or not 0 <= min_p <= 1:
+        if not is_number(min_p) or not 0 <= min_p <= 1:
             raise InvalidInputError(f"min-p must be from 0 (off) to 1 (got {min_p}).")
         return SamplingSettings(float(temperature), int(top_k), float(top_p), float(min_p))
 
@@ -84,12 +84,12 @@ class SamplingSettings:
         return warpers
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_whole(value: object) -> bool:
-    return _is_number(value) and float(value).is_integer()
+    return is_number(value) and float(value).is_integer()
 
 
 def validate_shown(shown: int) -> int:

@@ -83,7 +83,8 @@ def _wire_views(ui: ExplorerLayout, handlers: ExplorerHandlers) -> None:
                         **_private("explorer_text_surprise"))
     ui.compare_run.click(wrap(handlers.compare),
                          inputs=[ui.prompt, ui.chat, ui.model, ui.second_prompt, ui.second_model, ui.knobs[0]],
-                         outputs=[ui.compare_summary, ui.compare_left, ui.compare_right], **_private("explorer_compare"))
+                         outputs=[ui.compare_summary, ui.compare_left, ui.compare_right],
+                         **_private("explorer_compare"))
     ui.export.click(wrap(handlers.export, runs_model=False), inputs=[ui.session], outputs=[ui.session_json],
                     **_private("explorer_export"))
     ui.replay.click(wrap(handlers.replay), inputs=[ui.session_json, *ui.knobs],

@@ -58,7 +58,7 @@ def validate_beam_request(num_beams: object, length: object, length_penalty: obj
         raise InvalidInputError(f"Beams must be a whole number from 1 to {MAX_BEAMS} (got {num_beams}).")
     if not nt.is_whole(length) or not 1 <= length <= MAX_BEAM_TOKENS:
         raise InvalidInputError(f"Length must be from 1 to {MAX_BEAM_TOKENS} new tokens (got {length}).")
-    if not nt._is_number(length_penalty) or not -5 <= length_penalty <= 5:
+    if not nt.is_number(length_penalty) or not -5 <= length_penalty <= 5:
         raise InvalidInputError(f"Length penalty must be from -5 to 5 (got {length_penalty}).")
     return int(num_beams), int(length), float(length_penalty)
 

@@ -40,7 +40,8 @@ def compare(
     """Top candidates of both, and the KL divergence both ways between the raw distributions."""
     if not same_vocabulary(left, right):
         raise InvalidInputError(
-            f"{left.name} and {right.name} use different vocabularies: their distributions cannot be compared token by token."
+            f"{left.name} and {right.name} use different vocabularies: "
+            "their distributions cannot be compared token by token."
         )
     left_logits, right_logits = nt.next_token_logits(left, left_ids), nt.next_token_logits(right, right_ids)
     size = min(left_logits.shape[-1], right_logits.shape[-1])  # heads may be padded past the vocabulary

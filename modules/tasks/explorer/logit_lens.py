@@ -108,16 +108,16 @@ def logit_lens(
     ids = nt.check_fits(loaded, list(ids))
     logits = layer_logits(loaded, ids)
     vocab = logits.shape[-1]
+    columns = torch.topk(logits[-1], int(top)).indices.tolist()
     if chosen_id is None:
-        chosen_id = int(logits[-1].argmax())
+        chosen_id = columns[0]
     if not nt.is_whole(chosen_id) or not 0 <= chosen_id < vocab:
         raise InvalidInputError(f"No token with id {chosen_id} in this vocabulary.")
     chosen_id, tokenizer = int(chosen_id), loaded.tokenizer
     probabilities = logits.softmax(-1)
-    columns = torch.argsort(logits[-1], descending=True, stable=True)[: int(top)].tolist()
     layers = []
     for index, (row, probs) in enumerate(zip(logits, probabilities, strict=True)):
-        best = torch.argsort(row, descending=True, stable=True)[: int(top)].tolist()
+        best = torch.topk(row, int(top)).indices.tolist()
         layers.append(LensLayer(
             layer=index,
             top_ids=best,

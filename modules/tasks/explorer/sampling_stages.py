@@ -10,7 +10,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import (
+    LogitsProcessor,
+    MinPLogitsWarper,
+    PreTrainedTokenizerBase,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from modules.tasks import next_token as nt
 
@@ -54,16 +61,24 @@ class SamplingStages:
         }
 
 
-def stage_warpers(settings: nt.SamplingSettings) -> list[nt.SamplingSettings]:
-    """The settings in force after each stage: each adds one knob to the one before."""
+def stage_warpers(settings: nt.SamplingSettings) -> list[LogitsProcessor | None]:
+    """One warper per stage after 'raw', in generate's order; None where a knob is off."""
     s = settings
     return [
-        nt.SamplingSettings(),
-        nt.SamplingSettings(s.temperature),
-        nt.SamplingSettings(s.temperature, s.top_k),
-        nt.SamplingSettings(s.temperature, s.top_k, s.top_p),
-        s,
+        TemperatureLogitsWarper(s.temperature),
+        TopKLogitsWarper(top_k=s.top_k) if s.top_k else None,
+        TopPLogitsWarper(top_p=s.top_p) if s.top_p < 1.0 else None,
+        MinPLogitsWarper(min_p=s.min_p) if s.min_p > 0 else None,
     ]
+
+
+def _staged_scores(logits: torch.Tensor, settings: nt.SamplingSettings) -> list[torch.Tensor]:
+    """The scores after each stage, each stage applied to the one before (as LogitsProcessorList does)."""
+    no_ids = torch.zeros((1, 0), dtype=torch.long)
+    staged = [logits.reshape(1, -1)]
+    for warper in stage_warpers(settings):
+        staged.append(staged[-1] if warper is None else warper(no_ids, staged[-1]))
+    return [scores[0] for scores in staged]
 
 
 def sampling_stages(
@@ -76,9 +91,9 @@ def sampling_stages(
     settings = settings.validated(logits.shape[-1])
     shown = min(nt.validate_shown(shown), logits.shape[-1])
     logits = logits.float().reshape(-1)
-    staged = [nt.filter_logits(logits, stage) for stage in stage_warpers(settings)]
+    staged = _staged_scores(logits, settings)
     probabilities = [scores.softmax(-1) for scores in staged]
-    order = torch.argsort(logits, descending=True, stable=True)[:shown].tolist()
+    order = torch.argsort(logits, descending=True, stable=True)[:shown].tolist()  # as the candidates table
     rows = []
     for rank, token_id in enumerate(order, start=1):
         alive = [bool(torch.isfinite(scores[token_id])) for scores in staged]

@@ -51,7 +51,9 @@ def continuation_ids(loaded: LoadedModel, continuation: str | Sequence[str]) -> 
 
 
 @torch.inference_mode()
-def score_tokens(loaded: LoadedModel, ids: Sequence[int], first: int, chunk: int = nt.PREFILL_CHUNK) -> list[TokenScore]:
+def score_tokens(
+    loaded: LoadedModel, ids: Sequence[int], first: int, chunk: int = nt.PREFILL_CHUNK
+) -> list[TokenScore]:
     """Probability and rank of ids[first:], each given the tokens before it."""
     ids = [int(i) for i in ids]
     scores: list[TokenScore] = []

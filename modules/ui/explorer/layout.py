@@ -143,7 +143,8 @@ def _stepping() -> dict:
     text = gr.HighlightedText(label="Text so far", color_map={"generated": "#c7d2fe"}, show_legend=False)
     with gr.Row():
         with gr.Column(scale=2):
-            history = gr.Dataframe(headers=views.HISTORY_HEADERS, interactive=False, max_height=300, label="Steps taken")
+            history = gr.Dataframe(headers=views.HISTORY_HEADERS, interactive=False, max_height=300,
+                                   label="Steps taken")
         with gr.Column(scale=1):
             gr.Markdown("**Branches** (a clicked candidate starts one)")
             branch = gr.Radio(["main"], value="main", label="Active branch", elem_id="explorer-branch")

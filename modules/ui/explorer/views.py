@@ -147,7 +147,8 @@ def stages_html(stages: sampling_stages.SamplingStages) -> str:
 
 def sweep_frame(points: list[sampling_stages.SweepPoint]) -> pd.DataFrame:
     return pd.DataFrame(
-        [{"temperature": p.temperature, "entropy (bits)": p.entropy_bits, "effective choices (2^H)": p.effective_choices}
+        [{"temperature": p.temperature, "entropy (bits)": p.entropy_bits,
+          "effective choices (2^H)": p.effective_choices}
          for p in points])
 
 
@@ -161,14 +162,16 @@ def _heat(p: float) -> str:
 
 def lens_html(lens: logit_lens.LogitLens) -> str:
     """Layers down, the final layer's top tokens across, cells shaded by probability."""
-    head = "".join(f'<th style="{CELL}">{html.escape(t)}</th>' for t in ["layer", *lens.candidate_tokens, "chosen rank"])
+    names = ["layer", *lens.candidate_tokens, "chosen rank"]
+    head = "".join(f'<th style="{CELL}">{html.escape(t)}</th>' for t in names)
     rows = []
     for layer, probabilities in zip(lens.layers, lens.probabilities, strict=True):
         cells = "".join(f'<td style="{CELL};background:{_heat(p)};color:{"#fff" if p > 0.5 else "#111"}" '
                         f'title="{percent(p)}">{percent(p)}</td>' for p in probabilities)
         name = "embeddings" if layer.layer == 0 else str(layer.layer)
         rows.append(f'<tr><td style="{CELL}">{name}</td>{cells}<td style="{CELL}">{layer.chosen_rank:,}</td></tr>')
-    return f'<table class="logit-lens" style="border-collapse:collapse"><tr>{head}</tr>{"".join(reversed(rows))}</table>'
+    body = "".join(reversed(rows))  # the last layer on top, next to the header
+    return f'<table class="logit-lens" style="border-collapse:collapse"><tr>{head}</tr>{body}</table>'
 
 
 def lens_frame(lens: logit_lens.LogitLens) -> pd.DataFrame:
@@ -241,7 +244,9 @@ def score_views(result: scoring.ContinuationScore) -> tuple[str, list[tuple[str,
 
 
 # --- compare ------------------------------------------------------------------------------------
-def compare_views(result: compare.Comparison, left_name: str, right_name: str) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+def compare_views(
+    result: compare.Comparison, left_name: str, right_name: str
+) -> tuple[str, pd.DataFrame, pd.DataFrame]:
     def frame(dist: nt.Distribution) -> pd.DataFrame:
         return pd.DataFrame([[c.rank, c.token, c.id, round(c.probability, 5)] for c in dist.candidates],
                             columns=COMPARE_HEADERS)
