@@ -170,3 +170,31 @@ def test_edit_a_reply_keeps_it_edit_a_message_regenerates(client):
     with pytest.raises(Exception, match="cannot be empty"):
         client.predict(0, "   ", api_name="/edit", **GREEDY)
     assert client.predict("Still here?", api_name="/chat", **GREEDY)[0][0] == chatbot[0]
+
+
+def test_render_prompt_shows_the_exact_next_input(client):
+    client.predict(api_name="/clear")
+    client.predict("Hello there", api_name="/chat", **GREEDY)
+    html, count = client.predict("And now?", api_name="/render_prompt", system_prompt="Be brief.")
+    assert "Be brief." in html and "Hello there" in html and "And now?" in html
+    assert '<mark class="special-token">' in html
+    assert re.match(r"\*\*\d+ tokens\*\* of [\d,]+", count)
+
+
+def test_export_then_import_a_conversation(client, tmp_path):
+    from gradio_client import handle_file
+
+    client.predict(api_name="/clear")
+    chatbot = client.predict("Export me", api_name="/chat", **GREEDY)[0]
+    markdown = client.predict("Markdown", api_name="/export_conversation")
+    assert open(markdown, encoding="utf-8").read().startswith("# ")
+    exported = client.predict("JSON", api_name="/export_conversation")
+    text = open(exported, encoding="utf-8").read()
+    assert '"format": "transformers-playground-conversation"' in text and "Export me" in text
+    client.predict(api_name="/clear")
+    imported = client.predict(handle_file(exported), api_name="/import_conversation")
+    assert imported[0] == chatbot  # opened as it was
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "transformers-playground-conversation", "messages": [{"role": "tool"}]}')
+    with pytest.raises(Exception, match="Message 1"):
+        client.predict(handle_file(str(bad)), api_name="/import_conversation")

@@ -17,6 +17,7 @@ import gradio as gr
 from modules.app_context import AppContext
 from modules.tasks.chat import CHAT_TAB_REPETITION_PENALTY, RANDOM_SEED, CancelRegistry, GenerationParams
 from modules.tasks.chat.conversations import browser_secret, empty_store
+from modules.tasks.chat.presets import DEFAULT_PRESET, preset_names
 from modules.ui.chat import handlers
 from modules.ui.chat.handlers import THINKING_CHOICES, model_line
 
@@ -59,6 +60,17 @@ class ChatControls:
     rename: gr.Button
     delete: gr.Button
     settings_inputs: list  # system prompt, model, the generation knobs, thinking (call order)
+    preset: gr.Dropdown
+    preset_name: gr.Textbox
+    save_preset: gr.Button
+    delete_preset: gr.Button
+    inspect: gr.Button
+    prompt_view: gr.HTML
+    prompt_count: gr.Markdown
+    export_format: gr.Radio
+    export: gr.Button
+    exported: gr.File
+    import_file: gr.UploadButton
 
 
 def build(context: AppContext) -> None:
@@ -115,7 +127,24 @@ def _layout(context: AppContext) -> ChatControls:
     status = gr.Markdown("", elem_id="chat-status")
     gr.Examples(EXAMPLES, inputs=[message], label="Try")
 
+    with gr.Accordion("Inspect the prompt, export, import", open=False):
+        with gr.Row():
+            inspect = gr.Button("🔍 Show the prompt the model gets next", size="sm")
+            export_format = gr.Radio(["Markdown", "JSON"], value="Markdown", label="Export as",
+                                     show_label=False)
+            export = gr.Button("⬇️ Export this conversation", size="sm")
+            import_file = gr.UploadButton("⬆️ Import a JSON conversation", file_types=[".json"],
+                                          size="sm")
+        prompt_count = gr.Markdown("", elem_id="chat-prompt-count")
+        prompt_view = gr.HTML("", elem_id="chat-prompt-view")
+        exported = gr.File(label="Exported", visible=True, interactive=False, elem_id="chat-exported")
     with gr.Accordion("System prompt and generation settings", open=False):
+        with gr.Row(equal_height=True):
+            preset = gr.Dropdown(preset_names(None), value=DEFAULT_PRESET, label="Preset", scale=2,
+                                 info="A system prompt and sampling settings; yours are saved with the chats.")
+            preset_name = gr.Textbox(label="Save the settings as", placeholder="Preset name", scale=2)
+            save_preset = gr.Button("Save preset", size="sm", scale=1)
+            delete_preset = gr.Button("Delete preset", size="sm", scale=1)
         system_prompt = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2)
         with gr.Row():
             max_new_tokens = gr.Slider(
@@ -144,4 +173,6 @@ def _layout(context: AppContext) -> ChatControls:
         store, conversation_id, history, model, model_status, chatbot, message, send, stop,
         retry, continue_, previous_variant, next_variant, undo, clear, prefill, status, meter,
         search, conversations, new_chat, new_title, rename, delete, settings_inputs,
+        preset, preset_name, save_preset, delete_preset, inspect, prompt_view, prompt_count,
+        export_format, export, exported, import_file,
     )

@@ -3,7 +3,19 @@ duration), each reply with its stats line and ‹ n/m › variants under it."""
 
 from __future__ import annotations
 
-from modules.tasks.chat.conversations import split_thinking, stats_line, variant_label
+import gradio as gr
+
+from modules.tasks.chat.conversations import (
+    context_meter,
+    search_conversations,
+    split_thinking,
+    stats_line,
+    variant_label,
+)
+
+SETTING_NAMES = ("system_prompt", "model", "max_new_tokens", "temperature", "top_p", "top_k",
+                 "repetition_penalty", "do_sample", "seed", "thinking")
+SAVED_NAMES = (*SETTING_NAMES, "preset")  # what each conversation remembers
 
 
 def shown_messages(history: list[dict]) -> tuple[list[dict], list[int]]:
@@ -30,3 +42,21 @@ def shown_messages(history: list[dict]) -> tuple[list[dict], list[int]]:
             shown.append({"role": "assistant", "content": content})
             positions.append(index)
     return shown, positions
+
+
+def listing(store, query: str, selected: str | None):
+    """The sidebar's list: conversations matching `query`, `selected` ticked if listed."""
+    choices = search_conversations(store, query)
+    value = selected if any(selected == c for _, c in choices) else None
+    return gr.update(choices=choices, value=value)
+
+
+def opened_conversation(conversation: dict | None) -> tuple:
+    """(id, history, chatbot, meter, status, *saved settings) showing `conversation`."""
+    if conversation is None:
+        return "", [], [], "", "", *[gr.skip()] * len(SAVED_NAMES)
+    saved = conversation.get("settings") or {}
+    # The model is not switched back: that would load it. Its name is in each reply's stats.
+    values = [gr.skip() if name == "model" or name not in saved else saved[name] for name in SAVED_NAMES]
+    history = conversation["messages"]
+    return conversation["id"], history, shown_messages(history)[0], context_meter(history), "", *values

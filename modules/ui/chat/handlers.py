@@ -39,12 +39,11 @@ from modules.tasks.chat.conversations import (
     variant_label,
     with_reply,
 )
-from modules.ui.chat.display import shown_messages
+from modules.ui.chat import extras
+from modules.ui.chat.display import SAVED_NAMES, listing, opened_conversation, shown_messages
 from modules.ui.errors import shows_user_errors, user_error
 
 THINKING_CHOICES = ["template default", "on", "off"]
-SETTING_NAMES = ("system_prompt", "model", "max_new_tokens", "temperature", "top_p", "top_k",
-                 "repetition_penalty", "do_sample", "seed", "thinking")
 # The page gets the growing reply at most this often: every update costs the server
 # (and the browser) work that competes with generation for the CPU, and 20 updates a
 # second look as smooth as one per token (benchmarks/decode_speed.py measures both).
@@ -217,6 +216,7 @@ def wire(context: AppContext, c, cancels: CancelRegistry) -> None:  # noqa: C901
     for event in [*generating, undo_event, clear_event]:
         event.then(_idle, outputs=busy, **private)
     changed = [*generating, undo_event, clear_event, *variant_events]
+    changed += extras.wire(context, c, generating)
     _wire_store(c, changed, generating, cancels)
     if context.chat_backend.name == "local":
         c.model.change(load_model, [c.model], [c.model_status], api_name="load_chat_model",
@@ -230,10 +230,10 @@ def _wire_store(c, changed: list, generating: list, cancels: CancelRegistry) -> 
     """Every change is saved in the browser; the sidebar opens, renames, deletes, searches."""
     listing = [c.store, c.conversation_id, c.conversations]
     private = dict(queue=False, api_visibility="private")
-    save_inputs = [c.store, c.conversation_id, c.history, c.search, *c.settings_inputs]
+    save_inputs = [c.store, c.conversation_id, c.history, c.search, *c.settings_inputs, c.preset]
     for event in changed:
         event.then(_save, save_inputs, listing, **private)
-    opened = [c.conversation_id, c.history, c.chatbot, c.meter, c.status, *c.settings_inputs]
+    opened = [c.conversation_id, c.history, c.chatbot, c.meter, c.status, *c.settings_inputs, c.preset]
     gr.context.Context.root_block.load(_restore, [c.store], [c.conversations, *opened], **private)
     c.conversations.input(_open, [c.store, c.conversations], opened, cancels=generating, **private)
     c.new_chat.click(_new_chat, [c.store, c.search], [c.conversations, *opened[:5]],
@@ -366,7 +366,7 @@ def _undo(past: list[dict]):
 
 # --- the saved store -------------------------------------------------------------
 def _settings_dict(values) -> dict:
-    return dict(zip(SETTING_NAMES, values))
+    return dict(zip(SAVED_NAMES, values))
 
 
 def _save(store, conversation_id, history, query, *settings):
@@ -376,55 +376,39 @@ def _save(store, conversation_id, history, query, *settings):
     conversation = find_conversation(store, conversation_id) or new_conversation()
     conversation = {**conversation, "messages": history, "settings": _settings_dict(settings)}
     store = save_conversation(store, conversation)
-    return store, conversation["id"], _listing(store, query, conversation["id"])
-
-
-def _listing(store, query: str, selected: str | None):
-    choices = search_conversations(store, query)
-    value = selected if any(selected == c for _, c in choices) else None
-    return gr.update(choices=choices, value=value)
+    return store, conversation["id"], listing(store, query, conversation["id"])
 
 
 def _list(store, query, conversation_id):
-    return _listing(store, query, conversation_id)
-
-
-def _opened(conversation: dict | None) -> tuple:
-    if conversation is None:
-        return "", [], [], "", "", *[gr.skip()] * len(SETTING_NAMES)
-    saved = conversation.get("settings") or {}
-    # The model is not switched back: that would load it. Its name is in each reply's stats.
-    values = [gr.skip() if name == "model" or name not in saved else saved[name] for name in SETTING_NAMES]
-    history = conversation["messages"]
-    return conversation["id"], history, shown_messages(history)[0], context_meter(history), "", *values
+    return listing(store, query, conversation_id)
 
 
 def _restore(store):
     """On page load: list the saved conversations and reopen the most recent one."""
     conversations = (store or {}).get("conversations") or []
     latest = conversations[0] if conversations else None
-    return _listing(store, "", latest["id"] if latest else None), *_opened(latest)
+    return listing(store, "", latest["id"] if latest else None), *opened_conversation(latest)
 
 
 def _open(store, conversation_id):
-    return _opened(find_conversation(store, conversation_id))
+    return opened_conversation(find_conversation(store, conversation_id))
 
 
 def _new_chat(store, query):
-    return _listing(store, query, None), "", [], [], "", ""
+    return listing(store, query, None), "", [], [], "", ""
 
 
 @shows_user_errors
 def _rename(store, conversation_id, title, query):
     store = rename_conversation(store, conversation_id, title)
-    return store, _listing(store, query, conversation_id), ""
+    return store, listing(store, query, conversation_id), ""
 
 
 def _delete(store, conversation_id, query):
     if not conversation_id:
         raise user_error("Choose a saved conversation to delete.")
     store = delete_conversation(store, conversation_id)
-    return store, _listing(store, query, None), "", [], [], "", "Conversation deleted."
+    return store, listing(store, query, None), "", [], [], "", "Conversation deleted."
 
 
 # --- the model ------------------------------------------------------------------
