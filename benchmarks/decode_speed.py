@@ -198,11 +198,12 @@ def llama_bench_binary() -> str | None:
     return shutil.which("llama-bench")
 
 
-def llama_bench_run(binary: str, threads: int, prompt_tokens: int) -> tuple[float, float]:
+def llama_bench_run(binary: str, threads: int, prompt_tokens: int,
+                    extra: tuple[str, ...] = ()) -> tuple[float, float]:
     """(prefill seconds for `prompt_tokens`, decode tokens/s): one llama-bench repetition."""
     result = subprocess.run(
         [binary, "-m", str(embedded_gguf_path()), "-t", str(threads), "-p", str(prompt_tokens),
-         "-n", str(LLAMA_CPP_DECODE_TOKENS), "-r", "1", "-o", "json"],
+         "-n", str(LLAMA_CPP_DECODE_TOKENS), "-r", "1", "-o", "json", *extra],
         capture_output=True, text=True, check=True, timeout=600)
     tests = json.loads(result.stdout)
     prefill = next(t for t in tests if t["n_prompt"] and not t["n_gen"])
@@ -210,14 +211,51 @@ def llama_bench_run(binary: str, threads: int, prompt_tokens: int) -> tuple[floa
     return prompt_tokens / prefill["avg_ts"], decode["avg_ts"]
 
 
-def llama_bench_works(binary: str) -> bool:
-    """A two-token run; says why not (a build for another CPU dies of SIGILL, for one)."""
-    try:
-        llama_bench_run(binary, 1, 2)
-        return True
-    except (subprocess.SubprocessError, OSError, ValueError, StopIteration) as error:
-        print(f"(llama.cpp at {binary} does not run here: {error})")
-        return False
+def llama_bench_options(binary: str) -> tuple[str, ...] | None:
+    """Options under which llama-bench runs here: none, else `--repack 0` (a native build's AMX
+    path dies of SIGILL on VMs that do not grant AMX state), else None (says why)."""
+    for extra in ((), ("--repack", "0")):
+        try:
+            subprocess.run([binary, "-m", str(embedded_gguf_path()), "-t", "1", "-p", "2",
+                            "-n", "2", "-r", "1", "-o", "json", *extra],
+                           capture_output=True, check=True, timeout=120)
+            return extra
+        except (subprocess.SubprocessError, OSError) as error:
+            print(f"(llama.cpp {' '.join(extra) or 'as built'} does not run here: {error})")
+    return None
+
+
+def embedded_models() -> dict[str, LoadedModel]:
+    return {
+        "fp32": load("float32", fast_decode=False),
+        "bf16": load("bfloat16", fast_decode=False),
+        "int8 linears": load_int8_only(),
+        "fused int4 bf16": load("bfloat16", fast_decode=True),  # the previous default
+        "app default": load("auto", fast_decode=True),  # the plan probed for this machine
+    }
+
+
+def qwen_shaped(dtype: torch.dtype, fast: bool) -> LoadedModel:
+    """A random-weight model with Qwen2.5-0.5B-Instruct's exact shape (no download), prepared by
+    the app's own hook when `fast`. Random weights run at the speed of real ones."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from modules.engine.kernels.fast_decode import prepare_chat_model
+    from modules.engine.model_refs import parse_model_ref
+
+    config = Qwen2Config(hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, intermediate_size=4864, vocab_size=151936,
+                         tie_word_embeddings=True, max_position_embeddings=32768)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    prepared = (prepare_chat_model(model, torch.device("cpu"), dtype, "qwen2.5-0.5b-shape",
+                                   Settings().cache_dir, probe=True) if fast else None)
+    tokenizer = load("float32", fast_decode=False).tokenizer  # ids only; any tokenizer does
+    return LoadedModel(ref=parse_model_ref(EMBEDDED_MODEL), kind=ModelKind.CAUSAL_LM, model=model,
+                       tokenizer=tokenizer, device=torch.device("cpu"),
+                       dtype=prepared.dtype if prepared else dtype, nbytes=0,
+                       quantization=prepared.quantization if prepared else None,
+                       speed_plan=prepared.plan if prepared else None)
 
 
 def main() -> None:
@@ -227,6 +265,8 @@ def main() -> None:
     parser.add_argument("--threads", default="2", help="comma-separated torch thread counts")
     parser.add_argument("--no-chat", action="store_true", help="skip the streamed chat path rows")
     parser.add_argument("--no-agreement", action="store_true", help="skip the agreement table")
+    parser.add_argument("--qwen-shape", action="store_true",
+                        help="a random model shaped like Qwen2.5-0.5B instead (bare generate only)")
     args = parser.parse_args()
     policy = os.environ.get("OMP_WAIT_POLICY", "(unset)")
     isa = " ".join(f"{name}={os.environ[name]}" for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
@@ -235,13 +275,12 @@ def main() -> None:
           f"bf16 matmul {'native' if _native_bf16() else 'emulated'}, "
           f"{os.cpu_count()} CPUs, OMP_WAIT_POLICY={policy}, load average {os.getloadavg()[0]:.1f}")
 
-    models = {
-        "fp32": load("float32", fast_decode=False),
-        "bf16": load("bfloat16", fast_decode=False),
-        "int8 linears": load_int8_only(),
-        "fused int4 bf16": load("bfloat16", fast_decode=True),  # the previous default
-        "app default": load("auto", fast_decode=True),  # the plan probed for this machine
-    }
+    if args.qwen_shape:
+        models = {"fp32": qwen_shaped(torch.float32, False), "bf16": qwen_shaped(torch.bfloat16, False),
+                  "app default": qwen_shaped(torch.bfloat16, True)}
+        args.no_agreement = args.no_chat = True  # random weights: agreement means nothing
+    else:
+        models = embedded_models()
     print(f"App default here: {models['app default'].speed_plan}")
     if not args.no_agreement:
         print_agreement(models)
@@ -251,13 +290,18 @@ def main() -> None:
           f"{args.repeats} interleaved rounds, medians")
     threads = [int(t) for t in args.threads.split(",")]
     llama_bench = llama_bench_binary()
-    if llama_bench and not llama_bench_works(llama_bench):
+    llama_options = llama_bench_options(llama_bench) if llama_bench else None
+    if llama_bench is None:
+        print("(no llama.cpp binaries found: run ../shared/tools/llama-cpp or set LLAMA_CPP_BIN)")
+    if llama_options is None:
         llama_bench = None
     runs: dict[str, Callable[[], tuple[float, float]]] = {}
+    if args.qwen_shape:
+        llama_bench = None  # llama.cpp's row is for the embedded model's GGUF file
     for n in threads:
         if llama_bench:
-            runs[f"llama.cpp llama-bench, {n} thread(s)"] = (
-                lambda n=n: llama_bench_run(llama_bench, n, ids.shape[1]))
+            label = " ".join(("llama.cpp llama-bench", *llama_options, f"{n} thread(s)"))
+            runs[label] = lambda n=n: llama_bench_run(llama_bench, n, ids.shape[1], llama_options)
         for name, loaded in models.items():
             runs[f"generate {name}, {n} thread(s)"] = _with_threads(
                 n, lambda lm=loaded: bare_run(lm, ids, args.tokens))
@@ -266,8 +310,6 @@ def main() -> None:
                 n, lambda lm=models["app default"]: chat_run_in_app(lm, LONG_PROMPT, args.tokens))
             runs[f"chat path app default, {n} thread(s), no lent main thread"] = _with_threads(
                 n, lambda lm=models["app default"]: chat_run(lm, LONG_PROMPT, args.tokens))
-    if not llama_bench:
-        print("(no llama.cpp binaries found: run ../shared/tools/llama-cpp or set LLAMA_CPP_BIN)")
     print_speed(runs, args.repeats)
 
 
