@@ -129,10 +129,11 @@ def test_views_that_run_a_pass(demo, tiny):
     summary, heatmap, line = handler(demo, "explorer_lens")(session, "", 5)
     assert len(line) == tiny.model.config.num_hidden_layers + 1 and "logit-lens" in heatmap
     assert list(line["rank"])[-1] == 1
-    tree, table = handler(demo, "explorer_beams")(session, 3, 4, 1.0, 1.0, 0, 1.0, 0.0, 0)
+    beams, tree, table = handler(demo, "explorer_beams")(session, 3, 4, 1.0, 1.0, 0, 1.0, 0.0, 0)
+    assert tiny.description in beams
     assert list(table["beam"]) == ["beam 1", "beam 2", "beam 3", "greedy", "sampled"] and "dropped" in tree
     summary, tokens, scores = handler(demo, "explorer_score_continuation")(session, " fox")
-    assert "p = " in summary and len(scores) == len(tiny.tokenizer(" fox", add_special_tokens=False)["input_ids"])
+    assert "p = " in summary and tiny.description in summary and len(scores) == len(tiny.tokenizer(" fox", add_special_tokens=False)["input_ids"])
     summary, left, right = handler(demo, "explorer_compare")("i am good", False, tiny.ref.text, "i am good ", "", 5)
     assert "KL(prompt A ‖ prompt B)" in summary and len(left) == len(right) == 5
     with pytest.raises(gr.Error, match="cannot return attention weights"):  # fused CPU layers

@@ -278,6 +278,17 @@ class Distribution:
         }
 
 
+def top_ids(logits: torch.Tensor, count: int) -> list[int]:
+    """The `count` best-scoring ids, best first, ties in id order: a stable sort's top, without
+    sorting the whole vocabulary (a full stable argsort costs more than a cached step)."""
+    logits = logits.reshape(-1)
+    threshold = torch.topk(logits, count).values[-1]
+    tied_or_better = torch.nonzero(logits >= threshold)[:, 0]
+    scores = logits[tied_or_better].tolist()
+    ranked = sorted(zip(scores, tied_or_better.tolist()), key=lambda pair: (-pair[0], pair[1]))
+    return [token_id for _, token_id in ranked[:count]]
+
+
 def filter_logits(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
     """Logits after temperature, top-k, top-p and min-p; removed tokens are -inf."""
     scores = logits.float().reshape(1, -1)
@@ -303,7 +314,7 @@ def distribution_from_logits(
     after_top_p = filter_logits(logits, SamplingSettings(settings.temperature, settings.top_k, settings.top_p))
     final_logits = filter_logits(logits, settings)
     final = final_logits.softmax(-1)
-    order = torch.argsort(logits, descending=True, stable=True)[:shown]
+    order = torch.tensor(top_ids(logits, shown))
     cumulative = tempered[order].cumsum(0)
     candidates = [
         Candidate(

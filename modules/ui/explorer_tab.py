@@ -75,7 +75,7 @@ def _wire_views(ui: ExplorerLayout, handlers: ExplorerHandlers) -> None:
           **_private("explorer_attention"))
     ui.beams_run.click(wrap(handlers.beams), inputs=[ui.session, ui.num_beams, ui.beam_length, ui.length_penalty,
                                                      *ui.knobs[1:], ui.seed],
-                       outputs=[ui.beam_tree, ui.beam_table], **_private("explorer_beams"))
+                       outputs=[ui.beam_summary, ui.beam_tree, ui.beam_table], **_private("explorer_beams"))
     score_outputs = [ui.score_summary, ui.score_tokens, ui.score_table]
     gr.on([ui.score_run.click, ui.continuation.submit], wrap(handlers.score),
           inputs=[ui.session, ui.continuation], outputs=score_outputs, **_private("explorer_score_continuation"))

@@ -93,7 +93,7 @@ def sampling_stages(
     logits = logits.float().reshape(-1)
     staged = _staged_scores(logits, settings)
     probabilities = [scores.softmax(-1) for scores in staged]
-    order = torch.argsort(logits, descending=True, stable=True)[:shown].tolist()  # as the candidates table
+    order = nt.top_ids(logits, shown)  # the candidates table's order
     rows = []
     for rank, token_id in enumerate(order, start=1):
         alive = [bool(torch.isfinite(scores[token_id])) for scores in staged]
@@ -116,17 +116,10 @@ class SweepPoint:
     effective_choices: float  # 2^H: as unsure as a fair pick among this many tokens
 
 
-def entropy_bits(probabilities: torch.Tensor) -> float:
-    return float(torch.special.entr(probabilities).sum() / nt.LN2)
-
-
 def temperature_sweep(
     logits: torch.Tensor, temperatures: tuple[float, ...] = SWEEP_TEMPERATURES
 ) -> list[SweepPoint]:
     """Entropy of softmax(logits / T) for each T: how temperature flattens or sharpens a step."""
-    logits = logits.float().reshape(-1)
-    points = []
-    for temperature in temperatures:
-        bits = entropy_bits((logits / temperature).softmax(-1))
-        points.append(SweepPoint(float(temperature), bits, 2.0**bits))
-    return points
+    scaled = logits.float().reshape(1, -1) / torch.tensor(temperatures, dtype=torch.float32)[:, None]
+    bits = (torch.special.entr(scaled.softmax(-1)).sum(-1) / nt.LN2).tolist()
+    return [SweepPoint(float(t), b, 2.0**b) for t, b in zip(temperatures, bits, strict=True)]

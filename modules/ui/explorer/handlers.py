@@ -169,15 +169,16 @@ class ExplorerHandlers:
         walk, loaded = self.active_walk(walk)
         result = beam_search.beam_search(loaded, walk.explorer.ids, num_beams, length, length_penalty,
                                          settings_of(temperature, top_k, top_p, min_p), whole(seed))
-        return views.beam_tree_html(result), views.beams_frame(result)
+        return views.beams_markdown(result, loaded), views.beam_tree_html(result), views.beams_frame(result)
 
     def score(self, walk, continuation):
         walk, loaded = self.active_walk(walk)
-        return views.score_views(scoring.score_continuation(loaded, walk.explorer.ids, continuation,
-                                                            self.max_input_tokens))
+        result = scoring.score_continuation(loaded, walk.explorer.ids, continuation, self.max_input_tokens)
+        return views.score_views(result, loaded)
 
     def paste_surprise(self, ref, text):
-        return views.score_views(scoring.text_surprise(self.load(ref), text, self.max_input_tokens))
+        loaded = self.load(ref)
+        return views.score_views(scoring.text_surprise(loaded, text, self.max_input_tokens), loaded)
 
     def compare(self, prompt, chat, ref, second_prompt, second_ref, shown):
         left = self.load(ref)
@@ -185,10 +186,7 @@ class ExplorerHandlers:
         left_ids = nt.encode_prompt(left, prompt, bool(chat), self.max_input_tokens)
         right_ids = nt.encode_prompt(right, second_prompt, bool(chat), self.max_input_tokens)
         result = compare.compare(left, left_ids, right, right_ids, shown=whole(shown))
-        same_model = right is left
-        left_name = "prompt A" if same_model else left.name
-        right_name = "prompt B" if same_model else right.name
-        return views.compare_views(result, left_name, right_name)
+        return views.compare_views(result, left, right)
 
     # --- export and replay -----------------------------------------------------------------------
     def export(self, walk):

@@ -69,6 +69,7 @@ class ExplorerLayout:
     beam_length: gr.Slider
     length_penalty: gr.Number
     beams_run: gr.Button
+    beam_summary: gr.Markdown
     beam_tree: gr.HTML
     beam_table: gr.Dataframe
     continuation: gr.Textbox
@@ -185,6 +186,7 @@ def _beams_scoring_compare(context: AppContext) -> dict:
             beam_length = gr.Slider(1, beam_search.MAX_BEAM_TOKENS, value=8, step=1, label="New tokens")
             length_penalty = gr.Number(value=1.0, label="Length penalty")
             beams_run = gr.Button("Search")
+        beam_summary = gr.Markdown()
         with gr.Row():
             beam_tree = gr.HTML(label="Tree: kept tokens bold, dropped ones grey (log-probabilities)")
             beam_table = gr.Dataframe(headers=views.BEAM_HEADERS, interactive=False, label="Continuations")
@@ -214,7 +216,8 @@ def _beams_scoring_compare(context: AppContext) -> dict:
             replay = gr.Button("Replay the JSON below")
         session_json = gr.Code(language="json", interactive=True, label="Session")
     return {"beams_open": beams_open, "num_beams": num_beams, "beam_length": beam_length,
-            "length_penalty": length_penalty, "beams_run": beams_run, "beam_tree": beam_tree, "beam_table": beam_table,
+            "length_penalty": length_penalty, "beams_run": beams_run, "beam_summary": beam_summary,
+            "beam_tree": beam_tree, "beam_table": beam_table,
             "continuation": continuation, "score_run": score_run, "pasted": pasted, "pasted_run": pasted_run,
             "score_summary": score_summary, "score_tokens": score_tokens, "score_table": score_table,
             "second_prompt": second_prompt, "second_model": second_model, "compare_run": compare_run,

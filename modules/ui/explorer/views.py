@@ -225,6 +225,13 @@ def beam_tree_html(result: beam_search.BeamSearch) -> str:
     return f'<div class="beam-tree">{branch(None)}</div>'
 
 
+def beams_markdown(result: beam_search.BeamSearch, loaded: LoadedModel) -> str:
+    settings = result.settings
+    return (f"{settings['num_beams']} beam(s), {settings['length']} new tokens, length penalty "
+            f"{settings['length_penalty']:g}; the sample uses the knobs above and seed {settings['seed']}."
+            + model_note(loaded))
+
+
 def beams_frame(result: beam_search.BeamSearch) -> pd.DataFrame:
     rows = [[f"beam {i}", nt.visible_text(b.text), round(b.score, 4) if b.score is not None else None]
             for i, b in enumerate(result.beams, start=1)]
@@ -234,9 +241,11 @@ def beams_frame(result: beam_search.BeamSearch) -> pd.DataFrame:
 
 
 # --- scoring ------------------------------------------------------------------------------------
-def score_views(result: scoring.ContinuationScore) -> tuple[str, list[tuple[str, float]], pd.DataFrame]:
+def score_views(
+    result: scoring.ContinuationScore, loaded: LoadedModel
+) -> tuple[str, list[tuple[str, float]], pd.DataFrame]:
     summary = (f"p = **{result.probability:.3g}** ({result.surprise_bits:.2f} bits of surprise over "
-               f"{len(result.tokens)} token(s); perplexity {result.perplexity:.2f}).")
+               f"{len(result.tokens)} token(s); perplexity {result.perplexity:.2f})." + model_note(loaded))
     surprise = [(t.token, min(1.0, t.surprise_bits / SURPRISE_FULL_BITS)) for t in result.tokens]
     table = pd.DataFrame([[t.token, t.id, round(t.probability, 6), t.rank, round(t.surprise_bits, 2)]
                           for t in result.tokens], columns=SCORE_HEADERS)
@@ -245,15 +254,17 @@ def score_views(result: scoring.ContinuationScore) -> tuple[str, list[tuple[str,
 
 # --- compare ------------------------------------------------------------------------------------
 def compare_views(
-    result: compare.Comparison, left_name: str, right_name: str
+    result: compare.Comparison, left: LoadedModel, right: LoadedModel
 ) -> tuple[str, pd.DataFrame, pd.DataFrame]:
     def frame(dist: nt.Distribution) -> pd.DataFrame:
         return pd.DataFrame([[c.rank, c.token, c.id, round(c.probability, 5)] for c in dist.candidates],
                             columns=COMPARE_HEADERS)
 
+    left_name, right_name = ("prompt A", "prompt B") if left is right else (left.name, right.name)
     summary = (f"KL({left_name} ‖ {right_name}) = **{result.kl_left_right_bits:.3f} bits**, "
                f"KL({right_name} ‖ {left_name}) = **{result.kl_right_left_bits:.3f} bits** "
-               "(0 = the same distribution; KL is not symmetric).")
+               "(0 = the same distribution; KL is not symmetric)." + model_note(left)
+               + ("" if left is right else model_note(right)))
     return summary, frame(result.left), frame(result.right)
 
 
