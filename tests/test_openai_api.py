@@ -483,7 +483,7 @@ def test_no_logprobs_unless_asked(client, tiny_ref):
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"presence_penalty": 0.5}, "presence_penalty"),
     ({"frequency_penalty": -1}, "frequency_penalty"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
     ({"max_completion_tokens": 0}, "max_tokens"),
 ])
 def test_unsupported_or_out_of_range_fields_are_400_naming_them(client, tiny_ref, options, param):

@@ -42,6 +42,7 @@ from modules.errors import (
 )
 from modules.serving.metrics import RequestMetricsMiddleware, metrics_for
 from modules.tasks.chat import ChatBackend, ChatChunk, GenerationParams, Usage
+from modules.tasks.structured import json_constraint, schema_for
 from modules.tasks.chat.logprobs import MAX_TOP_LOGPROBS, LogprobRecorder, TokenLogprob
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     top_logprobs: int | None = None  # None: no logprobs asked for
+    response_format: dict[str, Any] | None = None  # checked; JSON ones need a local model
 
 
 # --- the app ---------------------------------------------------------------
@@ -116,8 +118,10 @@ def create_api(context: AppContext) -> FastAPI:
         chat = await run_in_threadpool(parse_chat_request, await _json_body(request), context)
         await run_in_threadpool(_prepare, backend, chat.model)
         recorder = _recorder(backend, chat)
-        if recorder is not None:
-            chat = replace(chat, params=replace(chat.params, logits_processors=(recorder,)))
+        constraint = await run_in_threadpool(_constraint, backend, chat)
+        processors = tuple(p for p in (constraint, recorder) if p is not None)
+        if processors:
+            chat = replace(chat, params=replace(chat.params, logits_processors=processors))
         cancel = threading.Event()
         chunks = backend.stream(chat.messages, chat.params, cancel, model=chat.model)
         streaming = False
@@ -180,7 +184,11 @@ def parse_chat_request(body: dict[str, Any], context: AppContext) -> ChatRequest
     if unsupported:
         raise ApiError(400, f"'{unsupported[0]}' is not supported by this server.",
                        param=unsupported[0])
-    check_response_format(body.get("response_format"))
+    response_format = body.get("response_format")
+    try:
+        schema_for(response_format)
+    except InvalidParameterError as error:
+        raise ApiError(400, str(error), param="response_format") from None
     backend = context.chat_backend
     model = body.get("model") or backend.default_model or _models(backend)[0]
     if not isinstance(model, str):
@@ -194,6 +202,7 @@ def parse_chat_request(body: dict[str, Any], context: AppContext) -> ChatRequest
         stream=stream,
         include_usage=stream and bool(stream_options.get("include_usage")),
         top_logprobs=_chat_logprobs(body),
+        response_format=response_format if isinstance(response_format, dict) else None,
     )
 
 
@@ -206,16 +215,6 @@ def _chat_logprobs(body: dict[str, Any]) -> int | None:
     if top and not wanted:
         raise ApiError(400, "'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
     return (top or 0) if wanted else None
-
-
-def check_response_format(response_format: Any) -> None:
-    """Only plain text replies for now: a JSON mode would need constrained decoding."""
-    if response_format is None:
-        return
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
-    if kind != "text":
-        raise ApiError(400, f"response_format type {str(kind)[:40]!r} is not supported by this "
-                       "server (only 'text').", param="response_format")
 
 
 def log_unknown_fields(body: dict[str, Any], known: set[str]) -> None:
@@ -341,6 +340,21 @@ def _recorder(backend: ChatBackend, chat: ChatRequest) -> LogprobRecorder | None
         raise ApiError(400, "'logprobs' needs a local model (not --remote-base-url).",
                        param="logprobs")
     return make(chat.model, chat.top_logprobs)
+
+
+@on_request_thread
+def _constraint(backend: ChatBackend, chat: ChatRequest):
+    """The response_format's constrained-decoding processor (compiling a schema takes time)."""
+    if schema_for(chat.response_format) is None:
+        return None
+    load = getattr(backend, "load", None)
+    if load is None:
+        raise ApiError(400, "A JSON response_format needs a local model (not --remote-base-url).",
+                       param="response_format")
+    try:
+        return json_constraint(load(chat.model), chat.response_format)
+    except InvalidParameterError as error:
+        raise ApiError(400, str(error), param="response_format") from None
 
 
 def logprobs_content(entries: list[TokenLogprob]) -> list[dict[str, Any]]:
