@@ -86,3 +86,21 @@ def test_the_switch_overrides_the_browser_and_is_remembered(browser, app_url):
     expect_language(page, "en")
     page.context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_an_error_toast_reads_in_chinese(browser, app_url):
+    """A missing model (en-fr is not on this machine) is explained in the reader's language."""
+    page, errors = open_page(browser, app_url, "zh-CN")
+    page.get_by_role("tab", name="翻译", exact=True).click()
+    direction = page.get_by_role("combobox", name="方向")
+    direction.click()
+    page.get_by_role("option", name="英语 → 法语").click()
+    page.get_by_role("textbox", name="原文", exact=True).fill("Good morning. I am good.")
+    page.get_by_role("button", name="翻译", exact=True).click()
+    toast = page.locator('[data-testid="toast-body"].error')
+    expect(toast.get_by_test_id("toast-text")).to_contain_text("不在本机")
+    expect(toast.get_by_test_id("toast-text")).to_contain_text("PLAYGROUND_TRANSLATION_EN_FR")
+    expect(toast).to_have_css("opacity", "1")  # faded in, so the screenshot shows it
+    screenshot(page, "i18n-zh-CN-error")
+    page.context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"

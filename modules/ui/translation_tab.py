@@ -17,6 +17,11 @@ from modules.ui.i18n import LanguageSwitch, _, t
 from modules.ui.i18n import reader_language as i18n_language
 
 BATCH_HEADER_KEYS = ["translation.header_source", "translation.header_translation"]
+# The course notes' first lesson, both ways; the Chinese one splits into three sentences.
+EXAMPLES = [
+    ("早上好！我很好，谢谢。今天我们学习大语言模型怎样生成文字。", "zh-en"),
+    ("Good morning! I am good, thank you. Today we learn how a language model writes.", "en-zh"),
+]
 
 
 def build(context: AppContext, switch: LanguageSwitch) -> None:
@@ -40,6 +45,11 @@ def build(context: AppContext, switch: LanguageSwitch) -> None:
     with gr.Row():
         translate_button = gr.Button(_("translation.translate"), variant="primary")
         gr.ClearButton([source, output], value=_("common.clear"))
+
+    examples = [[text, d] for text, d in EXAMPLES if d in settings.translation_models]
+    if examples:  # examples run nothing: a click fills the text and direction
+        gr.Examples(examples, [source, direction], label=_("translation.examples"),
+                    example_labels=[f"{d} · {text}" for text, d in examples])  # no column headers
 
     with gr.Accordion(_("translation.batch"), open=False):
         gr.Markdown(_("translation.batch_help"))
