@@ -198,3 +198,20 @@ def test_export_then_import_a_conversation(client, tmp_path):
     bad.write_text('{"format": "transformers-playground-conversation", "messages": [{"role": "tool"}]}')
     with pytest.raises(Exception, match="Message 1"):
         client.predict(handle_file(str(bad)), api_name="/import_conversation")
+
+
+def test_alternatives_recorded_while_generating_and_branch_from_one(client):
+    client.predict(api_name="/clear")
+    chatbot = client.predict("What is the capital of France?", api_name="/chat", **GREEDY)[0]
+    first = reply_text(chatbot)
+    radio, found = client.predict(1, api_name="/alternatives")
+    assert len(found) == 5 and all(0 <= p <= 1 for _, p in found)
+    assert [p for _, p in found] == sorted((p for _, p in found), reverse=True)
+    assert found[0][0] in first  # greedy decoding wrote the top alternative
+    choice = found[1][0]
+    branched = client.predict(1, choice, api_name="/branch", **GREEDY)[0]
+    text = reply_text(branched)
+    assert footer(branched).startswith("‹ 2/2 ›") and text != first
+    assert choice in text[:len(first.split()[0]) + len(choice) + 2]
+    with pytest.raises(Exception, match="not (one of the alternatives|in the list of choices)"):
+        client.predict(1, "surely-not-a-token", api_name="/branch", **GREEDY)

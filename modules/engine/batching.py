@@ -121,6 +121,10 @@ class Sequence:
     finish_reason: str | None = None
     error: BaseException | None = None
     ahead: int = 0  # sequences waiting before this one (0 once running)
+    # When > 0, the model's top alternatives (token id, probability) at each step, from
+    # the logits this step computed anyway (no extra forward pass): the chat's branching.
+    top_alternatives: int = 0
+    alternatives: list[list[tuple[int, float]]] = field(default_factory=list)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _processors: LogitsProcessorList | None = field(default=None, repr=False)
     _generator: torch.Generator | None = field(default=None, repr=False)
@@ -346,6 +350,9 @@ class BatchScheduler:
             self._leave(finished, None)
 
     def _pick(self, sequence: Sequence, scores: torch.Tensor) -> int:
+        if sequence.top_alternatives:
+            top = torch.softmax(scores, dim=-1)[0].topk(sequence.top_alternatives)
+            sequence.alternatives.append(list(zip(top.indices.tolist(), top.values.tolist())))
         if sequence._processors:
             history = torch.tensor([sequence.prompt_ids + sequence.tokens], device=scores.device)
             scores = sequence._processors(history, scores)

@@ -71,6 +71,11 @@ class ChatControls:
     export: gr.Button
     exported: gr.File
     import_file: gr.UploadButton
+    tokens_view: gr.HighlightedText
+    colour: gr.Checkbox
+    position: gr.Number
+    alternatives: gr.Radio
+    branch: gr.Button
 
 
 def build(context: AppContext) -> None:
@@ -127,6 +132,18 @@ def _layout(context: AppContext) -> ChatControls:
     status = gr.Markdown("", elem_id="chat-status")
     gr.Examples(EXAMPLES, inputs=[message], label="Try")
 
+    with gr.Accordion("Branch from a token", open=False, elem_id="chat-branching"):
+        colour = gr.Checkbox(False, label="Colour tokens by probability")
+        tokens_view = gr.HighlightedText(
+            label="The last reply, token by token: click one to see the model's alternatives",
+            combine_adjacent=False, show_legend=True, elem_id="chat-tokens",
+            color_map={"≥ 90 %": "#c8e6c9", "50–90 %": "#fff59d", "10–50 %": "#ffcc80", "< 10 %": "#ef9a9a"},
+        )
+        with gr.Row(equal_height=True):
+            position = gr.Number(-1, label="Token", precision=0, minimum=-1, scale=1)
+            alternatives = gr.Radio([], label="The model's top alternatives there", scale=4,
+                                    elem_id="chat-alternatives")
+            branch = gr.Button("🌿 Branch from here", size="sm", scale=1)
     with gr.Accordion("Inspect the prompt, export, import", open=False):
         with gr.Row():
             inspect = gr.Button("🔍 Show the prompt the model gets next", size="sm")
@@ -174,5 +191,6 @@ def _layout(context: AppContext) -> ChatControls:
         retry, continue_, previous_variant, next_variant, undo, clear, prefill, status, meter,
         search, conversations, new_chat, new_title, rename, delete, settings_inputs,
         preset, preset_name, save_preset, delete_preset, inspect, prompt_view, prompt_count,
-        export_format, export, exported, import_file,
+        export_format, export, exported, import_file, tokens_view, colour, position, alternatives,
+        branch,
     )

@@ -177,7 +177,8 @@ def edit_message(messages: list[Message], index: int, text: str) -> tuple[list[M
     edited["content"] = text
     if edited["role"] == "user":
         return [*messages[:index], edited], True
-    edited["stats"] = {**(edited.get("stats") or {}), "edited": True}
+    stats = {k: v for k, v in (edited.get("stats") or {}).items() if k not in ("tokens", "tokens_offset")}
+    edited["stats"] = {**stats, "edited": True}  # its recorded tokens no longer match
     if edited.get("variants"):
         edited["variants"][edited.get("variant", 0)].update(content=text, stats=edited["stats"])
     return [*messages[:index], edited, *messages[index + 1:]], False

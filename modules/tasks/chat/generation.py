@@ -41,6 +41,7 @@ from modules.tasks.chat.params import (
     Usage,
 )
 from modules.tasks.chat.processors import tell_token_chosen, with_request_processors
+from modules.tasks.chat.branching import reply_tokens
 from modules.tasks.chat.prompt import PreparedPrompt, prepare_prompt
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def stream_prompt(
             with_request_processors(_sampling(params), params.logits_processors),
             on_token=lambda token: _hand_out(token, streamer, params), on_end=streamer.end,
             cancelled=lambda: cancel.is_set() or closed.is_set(),
+            top_alternatives=params.alternatives,
         ))
         for piece in _pieces(streamer, sequence):
             text += piece
@@ -128,7 +130,8 @@ def stream_prompt(
             yield ChatChunk(text, text[emitted:], notice=prompt.notice)
             emitted = len(text)
         reason = _finish_reason(sequence, stopped_by_string)
-        yield ChatChunk(text, "", reason, _usage(prompt, sequence, requested_at), prompt.notice)
+        tokens = reply_tokens(loaded.tokenizer, sequence.tokens, sequence.alternatives, len(text))
+        yield ChatChunk(text, "", reason, _usage(prompt, sequence, requested_at), prompt.notice, tokens)
     finally:
         closed.set()  # a consumer that closed us early: generate stops at the next token
 

@@ -39,6 +39,8 @@ class GenerationParams:
     enable_thinking: bool | None = None
     # Extend the last (assistant) message instead of starting a new reply.
     continue_final_message: bool = False
+    # Record this many top alternatives per reply token (0: none), for branching.
+    alternatives: int = 0
     # Request-scoped transformers LogitsProcessors (constraints, logprob recorders): see
     # processors.py. Local backend only; a remote server ignores them.
     logits_processors: tuple[Any, ...] = field(default=(), compare=False, repr=False)
@@ -60,6 +62,7 @@ class GenerationParams:
             do_sample=bool(self.do_sample),
             seed=None if self.seed is None else whole_number("seed", self.seed, 0, MAX_SEED),
             stop=stop,
+            alternatives=whole_number("alternatives", self.alternatives, 0, 20),
         )
 
     @property
@@ -106,6 +109,7 @@ class ChatChunk:
     finish_reason: str | None = None  # None while streaming; then "stop" | "length" | "cancelled"
     usage: Usage | None = None  # set on the final chunk
     notice: str | None = None  # set on every chunk when turns were dropped to fit
+    tokens: tuple = ()  # on the final chunk when params.alternatives > 0: see branching.py
 
 
 def format_usage(usage: Usage, finish_reason: str | None) -> str:

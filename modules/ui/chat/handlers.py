@@ -39,6 +39,7 @@ from modules.tasks.chat.conversations import (
     variant_label,
     with_reply,
 )
+from modules.tasks.chat.branching import DEFAULT_ALTERNATIVES, alternatives_at, branch_prefix
 from modules.ui.chat import extras
 from modules.ui.chat.display import SAVED_NAMES, listing, opened_conversation, shown_messages
 from modules.ui.errors import shows_user_errors, user_error
@@ -199,7 +200,51 @@ def wire(context: AppContext, c, cancels: CancelRegistry) -> None:  # noqa: C901
     # Not chained after `arm`: only the first handler of an .edit event gets its EditData.
     edit_in_place_event = c.chatbot.edit(
         edit_in_place, [c.history, *settings], reply_outputs, api_visibility="private", **streaming)
-    generating = [chat_event, retry_event, continue_event, edit_event, edit_in_place_event]
+    def branch(
+        position: float, choice: str, history: list[dict], system_prompt: str, model: str,
+        max_new_tokens: float, temperature: float, top_p: float, top_k: float,
+        repetition_penalty: float, do_sample: bool, seed: float | None = None,
+        thinking: str = THINKING_CHOICES[0], request: gr.Request = None,
+    ) -> Iterator[tuple]:
+        """Cut the last reply before token `position`, put `choice` (one of the model's
+        alternatives there, see /alternatives) in its place, and let the model go on from
+        there. The result is a new variant of the reply."""
+        history = history or []
+        index = last_reply_index(history)
+        if index is None:
+            raise user_error("There is no reply to branch from yet.")
+        reply = history[index]
+        stats = reply.get("stats") or {}
+        try:
+            prefix = reply["content"][:stats.get("tokens_offset", 0)] + branch_prefix(
+                stats.get("tokens") or [], _whole(position), choice)
+        except PlaygroundError as error:
+            raise user_error(error) from error
+        params = replace(_params(context, max_new_tokens, temperature, top_p, top_k,
+                                 repetition_penalty, do_sample, seed, thinking),
+                         continue_final_message=True)
+        read = model_messages(history[:index], system_prompt) + [{"role": "assistant", "content": prefix}]
+        yield from _generate(context, cancels, _session(request), history, history[:index], read,
+                             model, params, prefix,
+                             lambda content, stats: add_variant(history, index, content, stats))
+
+    @shows_user_errors
+    def alternatives(position: float, history: list[dict]) -> tuple:
+        """The model's top alternatives at token `position` of the last reply, as
+        [text, probability] pairs, recorded while it was written (no extra forward pass)."""
+        found = alternatives_at(_last_reply_tokens(history), _whole(position))
+        return _choices(found), [list(pair) for pair in found]
+
+    branch_position = gr.Number(visible=False, precision=0)
+    alternatives_button = gr.Button(visible=False)
+    alternatives_found = gr.JSON(visible=False)
+    alternatives_button.click(alternatives, [branch_position, c.history], [c.alternatives, alternatives_found],
+                              api_name="alternatives", queue=False)
+    branch_event = started([c.branch.click]).then(
+        branch, [c.position, c.alternatives, c.history, *settings], reply_outputs,
+        api_name="branch", **streaming)
+    c.tokens_view.select(_select_token, [c.history], [c.position, c.alternatives], **private)
+    generating = [chat_event, retry_event, continue_event, edit_event, edit_in_place_event, branch_event]
     variant_events = [
         c.previous_variant.click(previous_variant, [c.history], reply_outputs[:2] + reply_outputs[3:],
                                  api_name="previous_variant", queue=False, cancels=generating),
@@ -217,6 +262,8 @@ def wire(context: AppContext, c, cancels: CancelRegistry) -> None:  # noqa: C901
         event.then(_idle, outputs=busy, **private)
     changed = [*generating, undo_event, clear_event, *variant_events]
     changed += extras.wire(context, c, generating)
+    for event in [*changed, c.colour.change(lambda: None, **private)]:
+        event.then(_token_view, [c.history, c.colour], [c.tokens_view], **private)
     _wire_store(c, changed, generating, cancels)
     if context.chat_backend.name == "local":
         c.model.change(load_model, [c.model], [c.model_status], api_name="load_chat_model",
@@ -288,6 +335,8 @@ def _generate(context: AppContext, cancels: CancelRegistry, session: str, origin
                             model_name, backend.context_window(model_ref if backend.name == "local" else None))
         if timer.seconds is not None:
             stats["thinking_s"] = timer.seconds
+        if reply and reply.tokens:  # for branching: the tokens after `prefix`, with alternatives
+            stats.update(tokens=list(reply.tokens), tokens_offset=len(prefix))
         finished = finish(prefix + (reply.text if reply else ""), stats)
         notice = f"⚠️ {reply.notice}" if reply and reply.notice else ""
         yield *_view(finished), gr.skip(), notice, context_meter(finished)
@@ -319,7 +368,8 @@ def _params(context: AppContext, max_new_tokens, temperature, top_p, top_k, repe
             do_sample, seed, thinking) -> GenerationParams:
     params = params_from_settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty,
                                   do_sample, seed, max_new_tokens_limit=context.settings.max_new_tokens)
-    return replace(params, enable_thinking={"on": True, "off": False}.get(thinking))
+    return replace(params, enable_thinking={"on": True, "off": False}.get(thinking),
+                   alternatives=DEFAULT_ALTERNATIVES)
 
 
 # --- small handlers ----------------------------------------------------------------
@@ -343,6 +393,37 @@ def _switch(history: list[dict], step: int) -> tuple:
         raise user_error("This conversation has no reply with variants: use Retry to write one.")
     switched = switch_variant(history, index, step)
     return *_view(switched), "", context_meter(switched)
+
+
+def _whole(number) -> int:
+    return int(number) if isinstance(number, (int, float)) and number == number else -1
+
+
+def _last_reply_tokens(history: list[dict]) -> list:
+    index = last_reply_index(history or [])
+    return ((history[index].get("stats") or {}).get("tokens") or []) if index is not None else []
+
+
+def _choices(found: list[tuple[str, float]]):
+    return gr.update(choices=[(f"{text!r} {100 * p:.1f} %", text) for text, p in found], value=None)
+
+
+@shows_user_errors
+def _select_token(history: list[dict], event: gr.SelectData):
+    position = event.index if isinstance(event.index, int) else -1
+    return position, _choices(alternatives_at(_last_reply_tokens(history), position))
+
+
+PROBABILITY_BANDS = ((0.9, "≥ 90 %"), (0.5, "50–90 %"), (0.1, "10–50 %"), (0.0, "< 10 %"))
+
+
+def _token_view(history: list[dict], colour: bool):
+    """The last reply token by token, each labelled with its probability band when colouring."""
+    pieces = []
+    for text, probability, _ in _last_reply_tokens(history):
+        band = next(label for floor, label in PROBABILITY_BANDS if (probability or 0.0) >= floor)
+        pieces.append((text, band if colour else None))
+    return pieces
 
 
 def _session(request: gr.Request | None) -> str:
