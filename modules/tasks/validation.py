@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from modules.errors import InvalidParameterError
+from modules.messages import message
 
 
 def number_in_range(name: str, value: object, low: float, high: float,
@@ -19,10 +20,10 @@ def number_in_range(name: str, value: object, low: float, high: float,
     except (TypeError, ValueError):
         number = math.nan
     if isinstance(value, bool) or not math.isfinite(number):
-        raise InvalidParameterError(name, f"{name} must be a number from {low} to {high}.")
+        raise InvalidParameterError(name, message("errors.not_a_number", name=name, low=low, high=high))
     if number > high or number < low or (low_open and number <= low):
-        bound = f"above {low}" if low_open else f"from {low}"
-        raise InvalidParameterError(name, f"{name} must be {bound} to {high}, got {value}.")
+        key = "errors.above_to" if low_open else "errors.from_to"
+        raise InvalidParameterError(name, message(key, name=name, low=low, high=high, value=value))
     return number
 
 
@@ -30,5 +31,5 @@ def whole_number(name: str, value: object, low: int, high: int) -> int:
     """`value` as an int within [low, high]; 3.0 passes, 3.5 and True do not."""
     number = number_in_range(name, value, low, high)
     if not number.is_integer():
-        raise InvalidParameterError(name, f"{name} must be a whole number from {low} to {high}.")
+        raise InvalidParameterError(name, message("errors.not_whole", name=name, low=low, high=high))
     return int(number)
