@@ -136,14 +136,14 @@ def test_the_batch_size_bounds_running_sequences_and_the_rest_wait_in_order(tiny
     ids = prompt_ids(tiny_model, PROMPTS[0])
     seen: list[tuple[int, list[int]]] = []
     batch = [sequence(ids, 6) for _ in range(5)]
-    batch[0].on_token = lambda _: seen.append((scheduler.running, [s.ahead for s in batch[2:]]))
+    batch[0].on_token = lambda _: seen.append((scheduler.running, [s.ahead for s in batch[1:]]))
     with tiny_model.lock:  # hold the model so all five are queued before the first step
         for s in batch:
             scheduler.submit(s)
         assert [s.ahead for s in batch] == [0, 1, 2, 3, 4]
     assert all(s.wait(60) for s in batch)
     assert max(running for running, _ in seen) == 2
-    assert seen[1][1] == [0, 1, 2]  # two running, three waiting in submission order
+    assert seen[1][1] == [0, 0, 1, 2]  # two running, three waiting in submission order
     assert [s.started_at for s in batch] == sorted(s.started_at for s in batch)
 
 

@@ -305,6 +305,7 @@ class BatchScheduler:
                 if not self._waiting or not self._fits(self._waiting[0]):
                     return
                 sequence = self._waiting.popleft()
+                sequence.ahead = 0
                 self._renumber()
             self._prefill(sequence)
 
