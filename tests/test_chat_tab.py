@@ -215,3 +215,17 @@ def test_alternatives_recorded_while_generating_and_branch_from_one(client):
     assert choice in text[:len(first.split()[0]) + len(choice) + 2]
     with pytest.raises(Exception, match="not (one of the alternatives|in the list of choices)"):
         client.predict(1, "surely-not-a-token", api_name="/branch", **GREEDY)
+
+
+def test_copy_as_code_reproduces_the_last_turn(client, tiny_causal_lm_dir):
+    import ast
+
+    client.predict(api_name="/clear")
+    with pytest.raises(Exception, match="no reply"):
+        client.predict(api_name="/copy_as_code")
+    client.predict("Hello code", api_name="/chat", system_prompt="Be brief.", **GREEDY)
+    code = client.predict(api_name="/copy_as_code", system_prompt="Be brief.", **GREEDY)
+    ast.parse(code)
+    assert repr(str(tiny_causal_lm_dir)) in code and '"Hello code"' in code and '"Be brief."' in code
+    assert '"max_new_tokens": 16' in code and '"do_sample": False' in code
+    exec(compile(code, "snippet.py", "exec"), {})  # it runs: pipeline, then generate with a streamer

@@ -208,3 +208,25 @@ def test_prompt_inspector_marks_template_special_tokens_only(shared_cache):
     continued = render_prompt(loaded, messages + [{"role": "assistant", "content": "Sure:"}],
                               GenerationParams(continue_final_message=True))
     assert continued.text.endswith("Sure:")
+
+
+def test_code_snippet_is_valid_python_with_the_turns_settings():
+    import ast
+
+    from modules.config import EMBEDDED_MODEL
+    from modules.tasks.chat import GenerationParams
+    from modules.tasks.chat.code_snippet import EMBEDDED_HUB_MODEL, code_snippet
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "写一首诗"}]
+    sampled = code_snippet(EMBEDDED_MODEL, messages, GenerationParams(temperature=0.8, seed=42))
+    tree = ast.parse(sampled)  # runnable Python, not a sketch
+    assigned = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and isinstance(node.value, (ast.Constant, ast.List, ast.Dict))}
+    assert assigned["model_id"] == EMBEDDED_HUB_MODEL and assigned["messages"] == messages
+    assert assigned["settings"]["temperature"] == 0.8 and assigned["settings"]["do_sample"] is True
+    assert "set_seed(42)" in sampled and "apply_chat_template" in sampled and "TextStreamer" in sampled
+    greedy = code_snippet("some/model", messages, GenerationParams(do_sample=False, enable_thinking=False))
+    settings = ast.literal_eval(greedy.split("settings = ", 1)[1].split("\n\n", 1)[0])
+    assert settings["do_sample"] is False and "temperature" not in settings
+    assert "enable_thinking=False" in greedy and "random seed" in greedy
+    ast.parse(greedy)

@@ -71,6 +71,8 @@ class ChatControls:
     export: gr.Button
     exported: gr.File
     import_file: gr.UploadButton
+    copy_code: gr.Button
+    code: gr.Code
     tokens_view: gr.HighlightedText
     colour: gr.Checkbox
     position: gr.Number
@@ -152,6 +154,9 @@ def _layout(context: AppContext) -> ChatControls:
             export = gr.Button("⬇️ Export this conversation", size="sm")
             import_file = gr.UploadButton("⬆️ Import a JSON conversation", file_types=[".json"],
                                           size="sm")
+            copy_code = gr.Button("📋 Copy the last turn as code", size="sm")
+        code = gr.Code(language="python", label="Python that reproduces the last turn",
+                       elem_id="chat-code", visible=True)
         prompt_count = gr.Markdown("", elem_id="chat-prompt-count")
         prompt_view = gr.HTML("", elem_id="chat-prompt-view")
         exported = gr.File(label="Exported", visible=True, interactive=False, elem_id="chat-exported")
@@ -191,6 +196,6 @@ def _layout(context: AppContext) -> ChatControls:
         retry, continue_, previous_variant, next_variant, undo, clear, prefill, status, meter,
         search, conversations, new_chat, new_title, rename, delete, settings_inputs,
         preset, preset_name, save_preset, delete_preset, inspect, prompt_view, prompt_count,
-        export_format, export, exported, import_file, tokens_view, colour, position, alternatives,
+        export_format, export, exported, import_file, copy_code, code, tokens_view, colour, position, alternatives,
         branch,
     )

@@ -20,10 +20,12 @@ from modules.tasks.chat.conversations import (
     export_markdown,
     find_conversation,
     import_into,
+    last_reply_index,
     model_messages,
     new_conversation,
     title_for,
 )
+from modules.tasks.chat.code_snippet import code_snippet
 from modules.tasks.chat.inspector import render_prompt
 from modules.tasks.chat.presets import delete_preset, preset_names, preset_values, save_preset
 from modules.ui.chat.display import SAVED_NAMES, listing, opened_conversation
@@ -72,6 +74,25 @@ def wire(context: AppContext, c, generating: list) -> list:
 
     c.inspect.click(inspect_prompt, [c.message, c.history, *c.settings_inputs],
                     [c.prompt_view, c.prompt_count], api_name="render_prompt", concurrency_id="chat")
+
+    @shows_user_errors
+    def copy_as_code(history: list[dict], system_prompt: str, model: str,
+                     max_new_tokens: float, temperature: float, top_p: float, top_k: float,
+                     repetition_penalty: float, do_sample: bool, seed: float | None = None,
+                     thinking: str = "template default") -> str:
+        """A runnable Python script (transformers, the chat template, these settings and
+        seed) that writes the last reply again outside the app."""
+        index = last_reply_index(history or [])
+        if index is None:
+            raise user_error("There is no reply to reproduce yet: send a message first.")
+        params = params_from_settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty,
+                                      do_sample, seed, max_new_tokens_limit=context.settings.max_new_tokens)
+        params = replace(params, enable_thinking={"on": True, "off": False}.get(thinking))
+        model_ref = (model or "").strip() or context.chat_backend.default_model
+        return code_snippet(model_ref, model_messages(history[:index], system_prompt), params)
+
+    c.copy_code.click(copy_as_code, [c.history, *c.settings_inputs], [c.code], api_name="copy_as_code",
+                      queue=False)
 
     @shows_user_errors
     def export_conversation(export_format: str, store: dict | None = None, conversation_id: str = "",
