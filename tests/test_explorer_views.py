@@ -292,3 +292,9 @@ def test_embedded_attention_gathers_on_the_first_token(shared_cache):
     firsts = [row.index(max(row)) == 0 for row in result.weights]
     assert sum(firsts) > result.layers // 2
     assert all(sum(row) == pytest.approx(1.0, abs=1e-2) for row in result.weights)
+
+
+def test_a_model_without_a_chat_template_is_told_to_use_raw_text(tiny, monkeypatch):
+    monkeypatch.setattr(tiny.tokenizer, "chat_template", None)
+    with pytest.raises(InvalidInputError, match="no chat template: use raw text"):
+        nt.encode_prompt(tiny, "hi", use_chat_template=True)
