@@ -20,6 +20,7 @@ from modules.engine.model_choice import available_locally
 from modules.tasks import sentiment, zero_shot
 from modules.tasks.classification import ClassificationRequest, Method, classify_texts
 from modules.ui.errors import shows_user_errors
+from modules.ui.i18n import _
 
 CLASSIFIER = "Classifier model"
 ZERO_SHOT = "Zero-shot (chat model, your labels)"
@@ -73,53 +74,53 @@ def build(context: AppContext) -> None:
 # --- layout ------------------------------------------------------------------------
 def _layout(context: AppContext, start_mode: str, classifier_missing: bool) -> Components:
     zero = start_mode == ZERO_SHOT
-    mode = gr.Radio([CLASSIFIER, ZERO_SHOT], value=start_mode, label="Mode")
+    mode = gr.Radio([CLASSIFIER, ZERO_SHOT], value=start_mode, label=_("sentiment.mode"))
     gr.Markdown(_mode_note(context, classifier_missing), elem_id="sentiment-mode-note")
     with gr.Row():
         model_ref = gr.Textbox(
-            context.settings.sentiment_model, label="Classifier (Hub id or local folder)",
+            context.settings.sentiment_model, label=_("sentiment.classifier_hub_id_or_local"),
             visible=not zero, scale=3,
         )
         labels = gr.Textbox(
-            ", ".join(zero_shot.DEFAULT_LABELS), label="Labels, comma-separated",
-            info="e.g. positive, negative, neutral — or bug report, feature request, praise",
+            ", ".join(zero_shot.DEFAULT_LABELS), label=_("sentiment.labels_comma_separated"),
+            info=_("sentiment.e_g_positive_negative_neutral"),
             visible=zero, scale=3,
         )
         calibrate = gr.Checkbox(
-            True, label="Calibrate (divide out the model's prior toward some labels)",
+            True, label=_("sentiment.calibrate_divide_out_the_model"),
             visible=zero, scale=1,
         )
     zero_shot_note = gr.Markdown(ZERO_SHOT_NOTE, visible=zero, elem_id="zero-shot-note")
-    with gr.Tab("One text"):
-        text = gr.Textbox(label="Text", lines=4, max_lines=20, placeholder="Type or paste text…")
+    with gr.Tab(_("sentiment.one_text")):
+        text = gr.Textbox(label=_("sentiment.text"), lines=4, max_lines=20, placeholder=_("sentiment.type_or_paste_text"))
         with gr.Row():
             # As switch_mode leaves it: word colouring is a classifier-mode feature.
             explain = gr.Checkbox(True, label=_explain_label(zero), interactive=not zero)
-            analyse_button = gr.Button("Analyse", variant="primary")
-        gr.Examples(EXAMPLES, inputs=[text], label="Try")
-        scores = gr.Label(label="Scores (all labels)")
+            analyse_button = gr.Button(_("sentiment.analyse"), variant="primary")
+        gr.Examples(EXAMPLES, inputs=[text], label=_("sentiment.try"))
+        scores = gr.Label(label=_("sentiment.scores_all_labels"))
         why = gr.HighlightedText(
-            label="Why (red: the word supports the top label, purple: it argues against it)",
+            label=_("sentiment.why_red_the_word_supports"),
             show_legend=False, show_inline_category=False, visible=not zero,
         )
         notice = gr.Markdown("", elem_id="sentiment-notice")
-    with gr.Tab("Many texts"):
-        gr.Markdown("One text per line, or a UTF-8 CSV file (pick the column holding the texts).")
+    with gr.Tab(_("sentiment.many_texts")):
+        gr.Markdown(_("sentiment.one_text_per_line_or"))
         with gr.Row():
-            lines = gr.Textbox(label="Texts, one per line", lines=6)
+            lines = gr.Textbox(label=_("sentiment.texts_one_per_line"), lines=6)
             with gr.Column():
-                csv_file = gr.File(label="CSV file", file_types=[".csv"], type="filepath")
+                csv_file = gr.File(label=_("sentiment.csv_file"), file_types=[".csv"], type="filepath")
                 column = gr.Dropdown(
-                    [], label="Text column", interactive=True, allow_custom_value=True,
-                    info="Guessed when a file is chosen; change it if needed.",
+                    [], label=_("sentiment.text_column"), interactive=True, allow_custom_value=True,
+                    info=_("sentiment.guessed_when_a_file_is"),
                 )
-        batch_button = gr.Button("Analyse all", variant="primary")
+        batch_button = gr.Button(_("sentiment.analyse_all"), variant="primary")
         table = gr.Dataframe(
             headers=list(sentiment.RESULT_COLUMNS), interactive=False, wrap=True,
-            label="Results",
+            label=_("sentiment.results"),
         )
         chart = gr.BarPlot(x="label", y="count", title="Label distribution", sort="-y")
-        download = gr.File(label="Download results (CSV)", interactive=False)
+        download = gr.File(label=_("sentiment.download_results_csv"), interactive=False)
     return Components(mode, model_ref, labels, calibrate, zero_shot_note, text, explain,
                       analyse_button, scores, why, notice, lines, csv_file, column,
                       batch_button, table, chart, download)
