@@ -265,6 +265,7 @@ def main() -> None:
     parser.add_argument("--threads", default="2", help="comma-separated torch thread counts")
     parser.add_argument("--no-chat", action="store_true", help="skip the streamed chat path rows")
     parser.add_argument("--no-agreement", action="store_true", help="skip the agreement table")
+    parser.add_argument("--no-llama", action="store_true", help="skip the llama.cpp row")
     parser.add_argument("--qwen-shape", action="store_true",
                         help="a random model shaped like Qwen2.5-0.5B instead (bare generate only)")
     args = parser.parse_args()
@@ -289,9 +290,9 @@ def main() -> None:
     print(f"\nSpeed: prompt {ids.shape[1]} tokens, {args.tokens} new tokens, "
           f"{args.repeats} interleaved rounds, medians")
     threads = [int(t) for t in args.threads.split(",")]
-    llama_bench = llama_bench_binary()
+    llama_bench = None if args.no_llama else llama_bench_binary()
     llama_options = llama_bench_options(llama_bench) if llama_bench else None
-    if llama_bench is None:
+    if llama_bench is None and not args.no_llama:
         print("(no llama.cpp binaries found: run ../shared/tools/llama-cpp or set LLAMA_CPP_BIN)")
     if llama_options is None:
         llama_bench = None
