@@ -28,6 +28,7 @@ from modules.app_context import AppContext
 from modules.config import Settings
 from modules.engine.compute import lend_main_thread_while
 from modules.serving.health import health_router
+from modules.serving.mcp import add_mcp_tools, keep_only_tools
 from modules.serving.metrics import metrics_router
 from modules.serving.openai_api import create_api
 from modules.tasks.warm_start import start_loading_chat_model
@@ -38,7 +39,8 @@ API_PREFIX = "/v1"
 
 def create_app(demo: gr.Blocks, context: AppContext,
                auth: tuple[str, str] | None = None) -> FastAPI:
-    """One FastAPI app on one context (one model cache): /health, /v1, the page at /.
+    """One FastAPI app on one context (one model cache): /health, /metrics, /v1, the page at /,
+    and the MCP server at /gradio_api/mcp/ (modules/serving/mcp.py).
 
     `auth` guards the page only: /v1 has its own key, and probes must reach /health."""
     app = FastAPI(title="Transformers Playground", docs_url=None, redoc_url=None,
@@ -46,7 +48,10 @@ def create_app(demo: gr.Blocks, context: AppContext,
     app.include_router(health_router(context, demo))
     app.include_router(metrics_router(context))
     app.mount(API_PREFIX, create_api(context))  # before "/", which matches everything
-    return gr.mount_gradio_app(app, demo, path="/", auth=auth, show_error=True)
+    add_mcp_tools(demo, context)
+    app = gr.mount_gradio_app(app, demo, path="/", auth=auth, show_error=True, mcp_server=True)
+    keep_only_tools(demo)
+    return app
 
 
 def launch(demo: gr.Blocks, context: AppContext) -> None:
