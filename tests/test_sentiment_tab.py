@@ -107,7 +107,7 @@ def test_batch_endpoint_with_a_csv_file(served, tmp_path):
 
 def test_offline_without_the_classifier_preselects_zero_shot():
     demo = build_demo(AppContext.create(make_settings(chat_model=EMBEDDED_MODEL)))  # default classifier not cached
-    radios = [b for b in demo.blocks.values() if getattr(b, "label", None) == "Mode"]
+    radios = [b for b in demo.blocks.values() if getattr(getattr(b, "label", None), "key", None) == "sentiment.mode"]
     assert [r.value for r in radios] == [ZERO_SHOT]
     notes = [b.value for b in demo.blocks.values() if getattr(b, "elem_id", None) == "sentiment-mode-note"]
     assert "zero-shot" in notes[0] and "not on this machine" in notes[0]
