@@ -129,3 +129,53 @@ def test_edit_a_user_message_regenerates_from_there(tab):
     expect(last_reply(tab)).to_contain_text("Paris", timeout=MODEL_WAIT_MS)
     expect(tab.get_by_test_id("user")).to_have_count(1)
     screenshot(tab, "chat-edited")
+
+
+def test_branch_from_a_token(tab):
+    chat_settings(tab, max_new_tokens=8)
+    send(tab, "What is the capital of France?")
+    wait_for_reply(tab)
+    first = last_reply(tab).inner_text()
+    tab.get_by_text("Branch from a token").click()
+    tokens = tab.locator("#chat-tokens .token")
+    expect(tokens.first).to_be_visible()
+    tokens.nth(1).click()
+    options = tab.locator("#chat-alternatives label")
+    expect(options).to_have_count(5)
+    options.nth(1).click()
+    tab.get_by_role("button", name="Branch from here").click()
+    expect(last_usage(tab)).to_contain_text("‹ 2/2 ›", timeout=MODEL_WAIT_MS)
+    expect(last_usage(tab)).to_contain_text("finish:")
+    assert last_reply(tab).inner_text() != first
+    tab.get_by_role("checkbox", name="Colour tokens by probability").check()
+    expect(tab.locator("#chat-tokens .text:not(.unlabeled)").first).to_be_visible()  # coloured
+    tab.get_by_role("checkbox", name="Colour tokens by probability").uncheck()
+    expect(tab.locator("#chat-tokens .text:not(.unlabeled)")).to_have_count(0)
+    screenshot(tab, "chat-branched")
+
+
+def test_export_then_import(tab, tmp_path):
+    chat_settings(tab, max_new_tokens=6)
+    send(tab, "Please export this conversation.")
+    wait_for_reply(tab)
+    reply = last_reply(tab).inner_text()
+    tab.get_by_text("Inspect the prompt, export, import").click()
+    tab.get_by_label("JSON").check()
+    tab.get_by_role("button", name="Export this conversation").click()
+    link = tab.locator("#chat-exported a").first
+    expect(link).to_be_visible()
+    with tab.expect_download() as download:
+        link.click()
+    exported = tmp_path / "conversation.json"
+    download.value.save_as(exported)
+    assert '"Please export this conversation."' in exported.read_text(encoding="utf-8")
+
+    tab.get_by_role("button", name="New chat").click()
+    expect(tab.get_by_test_id("user")).to_have_count(0)
+    with tab.expect_file_chooser() as chooser:
+        tab.get_by_role("button", name="Import a JSON conversation").click()
+    chooser.value.set_files(str(exported))
+    expect(tab.get_by_test_id("user").last).to_have_text("Please export this conversation.")
+    expect(last_reply(tab)).to_have_text(reply)
+    expect(saved(tab).locator("label")).to_have_count(2)  # the original and the imported copy
+    screenshot(tab, "chat-imported")
