@@ -117,7 +117,8 @@ def test_abandoned_and_cancelled_jobs_leave_no_generate_threads(app):
 
 
 def test_embedded_model_offline_through_the_page(app, client):
-    [dropdown] = [b for b in app.blocks.values() if getattr(b, "label", None) == "Chat model"]
+    [dropdown] = [b for b in app.blocks.values()
+                  if getattr(getattr(b, "label", None), "key", None) == "chat.chat_model"]
     assert dropdown.value != EMBEDDED_MODEL  # the tiny model is the default
     assert EMBEDDED_MODEL in [value for _, value in dropdown.choices]
     status = client.predict(EMBEDDED_MODEL, api_name="/load_chat_model")

@@ -20,6 +20,7 @@ from modules.tasks.chat.conversations import browser_secret, empty_store
 from modules.tasks.chat.presets import DEFAULT_PRESET, preset_names
 from modules.ui.chat import handlers
 from modules.ui.chat.handlers import THINKING_CHOICES, model_line
+from modules.ui.i18n import _
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 DEFAULTS = GenerationParams()  # the one source of defaults, shared with /v1
@@ -91,103 +92,102 @@ def _layout(context: AppContext) -> ChatControls:
     local = backend.name == "local"
     store = gr.BrowserState(empty_store(), storage_key=STORE_KEY, secret=browser_secret(settings))
     conversation_id, history = gr.State(""), gr.State([])
-    with gr.Sidebar(label="Conversations", open=True, elem_id="chat-sidebar"):
-        new_chat = gr.Button("➕ New chat", size="sm", elem_id="chat-new")
-        search = gr.Textbox(placeholder="Search conversations", show_label=False, elem_id="chat-search")
-        conversations = gr.Radio([], label="Saved in this browser", elem_id="chat-conversations")
+    with gr.Sidebar(label=_("chat.conversations"), open=True, elem_id="chat-sidebar"):
+        new_chat = gr.Button(_("chat.new_chat"), size="sm", elem_id="chat-new")
+        search = gr.Textbox(placeholder=_("chat.search_conversations"), show_label=False, elem_id="chat-search")
+        conversations = gr.Radio([], label=_("chat.saved_in_this_browser"), elem_id="chat-conversations")
         with gr.Row():
-            new_title = gr.Textbox(placeholder="New name", show_label=False, scale=3, elem_id="chat-title")
-            rename = gr.Button("Rename", size="sm", scale=1, min_width=60)
-        delete = gr.Button("🗑️ Delete this conversation", size="sm", variant="stop")
+            new_title = gr.Textbox(placeholder=_("chat.new_name"), show_label=False, scale=3, elem_id="chat-title")
+            rename = gr.Button(_("chat.rename"), size="sm", scale=1, min_width=60)
+        delete = gr.Button(_("chat.delete_this_conversation"), size="sm", variant="stop")
     with gr.Row(equal_height=True):
         model = gr.Dropdown(
             choices=context.chat_model_choices() if local else [backend.default_model or "remote"],
             value=context.chat_model.ref if local else (backend.default_model or "remote"),
-            label="Chat model", allow_custom_value=local, interactive=local,
-            info="A configured model, the embedded one, or a local folder / .gguf path.",
+            label=_("chat.chat_model"), allow_custom_value=local, interactive=local,
+            info=_("chat.a_configured_model_the_embedded"),
             scale=2,
         )
         model_status = gr.Markdown(model_line(context, None), elem_id="chat-model-status")
     chatbot = gr.Chatbot(
-        label="Conversation", height=520, buttons=["copy", "copy_all"], editable="all",
-        placeholder="Ask anything. Replies stream as they are written; **Stop** ends them. "
-                    "Click ✏️ on any message to edit it.",
+        label=_("chat.conversation"), height=520, buttons=["copy", "copy_all"], editable="all",
+        placeholder=_("chat.ask_anything_replies_stream_as"),
         feedback_options=None, elem_id="chat-conversation",
     )
     meter = gr.Markdown("", elem_id="chat-context-meter")
     with gr.Row(equal_height=True):
         message = gr.Textbox(
-            placeholder="Type a message (Enter sends, Shift+Enter starts a new line)",
-            label="Message", show_label=False, lines=1, max_lines=8, scale=8, autofocus=True,
+            placeholder=_("chat.type_a_message_enter_sends"),
+            label=_("chat.message"), show_label=False, lines=1, max_lines=8, scale=8, autofocus=True,
         )
-        send = gr.Button("Send", variant="primary", scale=1, min_width=80)
-        stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, visible=False)
+        send = gr.Button(_("chat.send"), variant="primary", scale=1, min_width=80)
+        stop = gr.Button(_("chat.stop"), variant="stop", scale=1, min_width=80, visible=False)
     with gr.Row():
-        retry = gr.Button("🔄 Retry", size="sm")
-        continue_ = gr.Button("⏩ Continue", size="sm")
-        previous_variant = gr.Button("‹ Previous reply", size="sm", elem_id="chat-variant-previous")
-        next_variant = gr.Button("Next reply ›", size="sm", elem_id="chat-variant-next")
-        undo = gr.Button("↩️ Undo", size="sm")
-        clear = gr.Button("🗑️ Clear", size="sm")
-    prefill = gr.Textbox("", label="Start the reply with", lines=1, max_lines=3,
-                         placeholder="Optional: the model's reply begins with this text")
+        retry = gr.Button(_("chat.retry"), size="sm")
+        continue_ = gr.Button(_("chat.continue"), size="sm")
+        previous_variant = gr.Button(_("chat.previous_reply"), size="sm", elem_id="chat-variant-previous")
+        next_variant = gr.Button(_("chat.next_reply"), size="sm", elem_id="chat-variant-next")
+        undo = gr.Button(_("chat.undo"), size="sm")
+        clear = gr.Button(_("chat.clear"), size="sm")
+    prefill = gr.Textbox("", label=_("chat.start_the_reply_with"), lines=1, max_lines=3,
+                         placeholder=_("chat.optional_the_model_s_reply"))
     status = gr.Markdown("", elem_id="chat-status")
-    gr.Examples(EXAMPLES, inputs=[message], label="Try")
+    gr.Examples(EXAMPLES, inputs=[message], label=_("chat.try"))
 
-    with gr.Accordion("Branch from a token", open=False, elem_id="chat-branching"):
-        colour = gr.Checkbox(False, label="Colour tokens by probability")
+    with gr.Accordion(_("chat.branch_from_a_token"), open=False, elem_id="chat-branching"):
+        colour = gr.Checkbox(False, label=_("chat.colour_tokens_by_probability"))
         tokens_view = gr.HighlightedText(
-            label="The last reply, token by token: click one to see the model's alternatives",
+            label=_("chat.the_last_reply_token_by"),
             combine_adjacent=False, show_legend=True, elem_id="chat-tokens",
             color_map={"≥ 90 %": "#c8e6c9", "50–90 %": "#fff59d", "10–50 %": "#ffcc80", "< 10 %": "#ef9a9a"},
         )
         with gr.Row(equal_height=True):
-            position = gr.Number(-1, label="Token", precision=0, minimum=-1, scale=1)
-            alternatives = gr.Radio([], label="The model's top alternatives there", scale=4,
+            position = gr.Number(-1, label=_("chat.token"), precision=0, minimum=-1, scale=1)
+            alternatives = gr.Radio([], label=_("chat.the_model_s_top_alternatives"), scale=4,
                                     elem_id="chat-alternatives")
-            branch = gr.Button("🌿 Branch from here", size="sm", scale=1)
-    with gr.Accordion("Inspect the prompt, export, import", open=False):
+            branch = gr.Button(_("chat.branch_from_here"), size="sm", scale=1)
+    with gr.Accordion(_("chat.inspect_the_prompt_export_import"), open=False):
         with gr.Row():
-            inspect = gr.Button("🔍 Show the prompt the model gets next", size="sm")
-            export_format = gr.Radio(["Markdown", "JSON"], value="Markdown", label="Export as",
+            inspect = gr.Button(_("chat.show_the_prompt_the_model"), size="sm")
+            export_format = gr.Radio(["Markdown", "JSON"], value="Markdown", label=_("chat.export_as"),
                                      show_label=False)
-            export = gr.Button("⬇️ Export this conversation", size="sm")
-            import_file = gr.UploadButton("⬆️ Import a JSON conversation", file_types=[".json"],
+            export = gr.Button(_("chat.export_this_conversation"), size="sm")
+            import_file = gr.UploadButton(_("chat.import_a_json_conversation"), file_types=[".json"],
                                           size="sm")
-            copy_code = gr.Button("📋 Copy the last turn as code", size="sm")
-        code = gr.Code(language="python", label="Python that reproduces the last turn",
+            copy_code = gr.Button(_("chat.copy_the_last_turn_as"), size="sm")
+        code = gr.Code(language="python", label=_("chat.python_that_reproduces_the_last"),
                        elem_id="chat-code", visible=True)
         prompt_count = gr.Markdown("", elem_id="chat-prompt-count")
         prompt_view = gr.HTML("", elem_id="chat-prompt-view")
-        exported = gr.File(label="Exported", visible=True, interactive=False, elem_id="chat-exported")
-    with gr.Accordion("System prompt and generation settings", open=False):
+        exported = gr.File(label=_("chat.exported"), visible=True, interactive=False, elem_id="chat-exported")
+    with gr.Accordion(_("chat.system_prompt_and_generation_settings"), open=False):
         with gr.Row(equal_height=True):
-            preset = gr.Dropdown(preset_names(None), value=DEFAULT_PRESET, label="Preset", scale=2,
-                                 info="A system prompt and sampling settings; yours are saved with the chats.")
-            preset_name = gr.Textbox(label="Save the settings as", placeholder="Preset name", scale=2)
-            save_preset = gr.Button("Save preset", size="sm", scale=1)
-            delete_preset = gr.Button("Delete preset", size="sm", scale=1)
-        system_prompt = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2)
+            preset = gr.Dropdown(preset_names(None), value=DEFAULT_PRESET, label=_("chat.preset"), scale=2,
+                                 info=_("chat.a_system_prompt_and_sampling"))
+            preset_name = gr.Textbox(label=_("chat.save_the_settings_as"), placeholder=_("chat.preset_name"), scale=2)
+            save_preset = gr.Button(_("chat.save_preset"), size="sm", scale=1)
+            delete_preset = gr.Button(_("chat.delete_preset"), size="sm", scale=1)
+        system_prompt = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label=_("chat.system_prompt"), lines=2)
         with gr.Row():
             max_new_tokens = gr.Slider(
-                1, settings.max_new_tokens, step=1, label="Max new tokens",
+                1, settings.max_new_tokens, step=1, label=_("chat.max_new_tokens"),
                 value=min(DEFAULTS.max_new_tokens, settings.max_new_tokens),
             )
-            temperature = gr.Slider(0.0, 2.0, value=DEFAULTS.temperature, step=0.05, label="Temperature")
-            top_p = gr.Slider(0.05, 1.0, value=DEFAULTS.top_p, step=0.05, label="Top-p")
+            temperature = gr.Slider(0.0, 2.0, value=DEFAULTS.temperature, step=0.05, label=_("chat.temperature"))
+            top_p = gr.Slider(0.05, 1.0, value=DEFAULTS.top_p, step=0.05, label=_("chat.top_p"))
         with gr.Row():
-            top_k = gr.Slider(0, 200, value=DEFAULTS.top_k, step=1, label="Top-k (0 = off)")
+            top_k = gr.Slider(0, 200, value=DEFAULTS.top_k, step=1, label=_("chat.top_k_0_off"))
             repetition_penalty = gr.Slider(
-                0.5, 2.0, value=CHAT_TAB_REPETITION_PENALTY, step=0.05, label="Repetition penalty"
+                0.5, 2.0, value=CHAT_TAB_REPETITION_PENALTY, step=0.05, label=_("chat.repetition_penalty")
             )
-            do_sample = gr.Checkbox(DEFAULTS.do_sample, label="Sample (off = greedy)")
+            do_sample = gr.Checkbox(DEFAULTS.do_sample, label=_("chat.sample_off_greedy"))
             seed = gr.Number(  # Gradio turns a blank number box into 0, so -1 means random
-                RANDOM_SEED, label="Seed (-1 = random)", precision=0, minimum=RANDOM_SEED,
-                info="Same seed and settings give the same reply.",
+                RANDOM_SEED, label=_("chat.seed_1_random"), precision=0, minimum=RANDOM_SEED,
+                info=_("chat.same_seed_and_settings_give"),
             )
             thinking = gr.Radio(
-                THINKING_CHOICES, value=THINKING_CHOICES[0], label="Thinking",
-                info="For templates that read enable_thinking (Qwen3, SmolLM3); others ignore it.",
+                THINKING_CHOICES, value=THINKING_CHOICES[0], label=_("chat.thinking"),
+                info=_("chat.for_templates_that_read_enable"),
             )
     settings_inputs = [system_prompt, model, max_new_tokens, temperature, top_p, top_k,
                        repetition_penalty, do_sample, seed, thinking]
