@@ -40,6 +40,7 @@ from modules.errors import (
     PlaygroundError,
     PromptTooLongError,
 )
+from modules.serving import openai_schemas as schemas
 from modules.serving.metrics import RequestMetricsMiddleware, metrics_for
 from modules.tasks.chat import ChatBackend, ChatChunk, GenerationParams, Usage
 from modules.tasks.structured import json_constraint, schema_for
@@ -96,7 +97,7 @@ class ChatRequest:
 def create_api(context: AppContext) -> FastAPI:
     """The /v1 app: models and chat completions on `context`'s cache and settings."""
     api = FastAPI(title="Transformers Playground OpenAI-compatible API",
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     api.add_exception_handler(ApiError, _api_error_response)
     api.add_exception_handler(StarletteHTTPException, _http_error_response)
     api.add_exception_handler(Exception, _unexpected_error_response)
@@ -105,15 +106,18 @@ def create_api(context: AppContext) -> FastAPI:
     require_key = Depends(_key_checker(context.settings.api_key))
     backend = context.chat_backend
 
-    @api.get("/models", dependencies=[require_key])
+    @api.get("/models", dependencies=[require_key], responses=schemas.responses(schemas.MODEL_LIST))
     def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [_model_card(m) for m in _models(backend)]}
 
-    @api.get("/models/{model_id:path}", dependencies=[require_key])
+    @api.get("/models/{model_id:path}", dependencies=[require_key],
+             responses=schemas.responses(schemas.MODEL))
     def get_model(model_id: str) -> dict[str, Any]:
         return _model_card(_known_model(backend, model_id))
 
-    @api.post("/chat/completions", dependencies=[require_key])
+    @api.post("/chat/completions", dependencies=[require_key],
+              openapi_extra=schemas.request_body(schemas.CHAT_REQUEST),
+              responses=schemas.responses(schemas.CHAT_COMPLETION, streams=True))
     async def chat_completions(request: Request):
         chat = await run_in_threadpool(parse_chat_request, await _json_body(request), context)
         await run_in_threadpool(_prepare, backend, chat.model)

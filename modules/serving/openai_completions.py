@@ -49,7 +49,9 @@ class CompletionRequest:
 def add_completions(api: FastAPI, context: AppContext, require_key: Any) -> None:
     backend = context.chat_backend
 
-    @api.post("/completions", dependencies=[require_key])
+    @api.post("/completions", dependencies=[require_key],
+              openapi_extra=v1.schemas.request_body(v1.schemas.COMPLETION_REQUEST),
+              responses=v1.schemas.responses(v1.schemas.TEXT_COMPLETION, streams=True))
     async def completions(request: Request):
         body = await v1._json_body(request)
         parsed = await run_in_threadpool(parse_completion_request, body, context)
