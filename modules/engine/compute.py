@@ -6,8 +6,8 @@ initial one (torch's bundled libgomp), so a reply generated on a fresh thread de
 at half speed. `python app.py` therefore serves HTTP from a background thread and
 lends its main thread to `run_jobs`; `start_job` hands generation to it. Where
 nothing runs that loop (code that imports `demo` and launches it itself, the tests) each job gets a thread
-of its own, as before. Jobs run one after another, as generation on one model is
-serialized anyway; a job whose request was cancelled while it waited returns at once.
+of its own, as before. Jobs run one after another (a model's batch scheduler is one
+job while it has sequences); a job whose request was cancelled while it waited returns at once.
 
 The main thread is a resource of the whole process, so the job queue is too: it is
 the one piece of module-level state here, and it only ever holds pending jobs.
