@@ -71,6 +71,10 @@ def test_the_browser_locale_chooses_the_language(browser, app_url, locale, langu
     page, errors = open_page(browser, app_url, locale)
     expect_language(page, language)
     screenshot(page, f"i18n-{locale}")
+    for key in ("tabs.chat", "tabs.sentiment", "tabs.explorer"):
+        page.get_by_role("tab", name=text(key, language), exact=True).click()
+        expect(page.locator("body")).not_to_contain_text("__i18n__")  # no untranslated marker
+        screenshot(page, f"i18n-{locale}-{key.split('.')[1]}")
     page.context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
 
