@@ -230,3 +230,16 @@ def test_copy_as_code_reproduces_the_last_turn(client, tiny_causal_lm_dir):
     assert repr(str(tiny_causal_lm_dir)) in code and '"Hello code"' in code and '"Be brief."' in code
     assert '"max_new_tokens": 16' in code and '"do_sample": False' in code
     exec(compile(code, "snippet.py", "exec"), {})  # it runs: pipeline, then generate with a streamer
+
+
+def test_thinking_is_shown_apart_and_edits_map_to_the_right_message():
+    from modules.tasks.chat.conversations import with_reply
+    from modules.ui.chat.display import shown_messages
+
+    history = with_reply([{"role": "user", "content": "2+2?"}], "<think>add them</think>It is 4.",
+                         {"finish": "stop", "model": "m", "thinking_s": 1.5})
+    shown, positions = shown_messages(history)
+    assert [m.get("metadata", {}).get("title") for m in shown] == [None, "Thinking", None]
+    assert shown[1]["content"] == "add them" and shown[1]["metadata"]["duration"] == 1.5
+    assert shown[2]["content"][0] == "It is 4." and "finish: stop" in shown[2]["content"][1]
+    assert positions == [0, 1, 1]  # both parts of the reply are message 1

@@ -32,9 +32,6 @@ from modules.tasks.chat.conversations import (
     replace_reply,
     reply_stats,
     save_conversation,
-    search_conversations,
-    split_thinking,
-    stats_line,
     switch_variant,
     variant_label,
     with_reply,
@@ -262,9 +259,9 @@ def wire(context: AppContext, c, cancels: CancelRegistry) -> None:  # noqa: C901
         event.then(_idle, outputs=busy, **private)
     changed = [*generating, undo_event, clear_event, *variant_events]
     changed += extras.wire(context, c, generating)
-    for event in [*changed, c.colour.change(lambda: None, **private)]:
+    opening = _wire_store(c, changed, generating)
+    for event in [*changed, *opening, c.colour.change(lambda: None, **private)]:
         event.then(_token_view, [c.history, c.colour], [c.tokens_view], **private)
-    _wire_store(c, changed, generating, cancels)
     if context.chat_backend.name == "local":
         c.model.change(load_model, [c.model], [c.model_status], api_name="load_chat_model",
                        concurrency_id="load")
@@ -273,23 +270,25 @@ def wire(context: AppContext, c, cancels: CancelRegistry) -> None:  # noqa: C901
                        **private)
 
 
-def _wire_store(c, changed: list, generating: list, cancels: CancelRegistry) -> None:
-    """Every change is saved in the browser; the sidebar opens, renames, deletes, searches."""
+def _wire_store(c, changed: list, generating: list) -> list:
+    """Every change is saved in the browser; the sidebar opens, renames, deletes, searches.
+    Returns the events that show another conversation."""
     listing = [c.store, c.conversation_id, c.conversations]
     private = dict(queue=False, api_visibility="private")
     save_inputs = [c.store, c.conversation_id, c.history, c.search, *c.settings_inputs, c.preset]
     for event in changed:
         event.then(_save, save_inputs, listing, **private)
     opened = [c.conversation_id, c.history, c.chatbot, c.meter, c.status, *c.settings_inputs, c.preset]
-    gr.context.Context.root_block.load(_restore, [c.store], [c.conversations, *opened], **private)
-    c.conversations.input(_open, [c.store, c.conversations], opened, cancels=generating, **private)
-    c.new_chat.click(_new_chat, [c.store, c.search], [c.conversations, *opened[:5]],
-                     cancels=generating, **private)
+    restored = gr.context.Context.root_block.load(_restore, [c.store], [c.conversations, *opened], **private)
+    picked = c.conversations.input(_open, [c.store, c.conversations], opened, cancels=generating, **private)
+    started_new = c.new_chat.click(_new_chat, [c.store, c.search], [c.conversations, *opened[:5]],
+                                   cancels=generating, **private)
     c.search.change(_list, [c.store, c.search, c.conversation_id], [c.conversations], **private)
     c.rename.click(_rename, [c.store, c.conversation_id, c.new_title, c.search],
                    [c.store, c.conversations, c.new_title], **private)
-    c.delete.click(_delete, [c.store, c.conversation_id, c.search], [c.store, c.conversations, *opened[:5]],
-                   cancels=generating, **private)
+    deleted = c.delete.click(_delete, [c.store, c.conversation_id, c.search],
+                             [c.store, c.conversations, *opened[:5]], cancels=generating, **private)
+    return [restored, picked, started_new, deleted]
 
 
 # --- generation ------------------------------------------------------------------
@@ -524,5 +523,3 @@ def _load_model(context: AppContext, ref: str, progress: gr.Progress) -> str:
         line += f" — {context.chat_model.reason}"
     return line
 
-
-__all__ = ["THINKING_CHOICES", "model_line", "split_thinking", "stats_line", "wire"]
