@@ -30,14 +30,7 @@ EXAMPLES = [
     "The update made the app slow, and support never answered.",
     "The package arrived on Tuesday.",
 ]
-ZERO_SHOT_NOTE = (
-    "**How zero-shot works:** the chat model reads the text, and each label is scored by "
-    "the probability of its words as the answer (positive: *positive, good, great*; "
-    "negative: *negative, bad, terrible*; other labels: the label itself, plus words you "
-    "add as `praise | a compliment`). Calibration divides out the model's prior, the "
-    "scores it gives with no text. A 135M model is a teaching tool, not a production "
-    "classifier: 85 % right on real movie-review sentences."
-)
+ZERO_SHOT_NOTE = _("sentiment.zero_shot_note")  # the text: modules/locales
 
 
 @dataclass

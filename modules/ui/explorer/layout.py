@@ -18,12 +18,7 @@ SESSION_TTL_S = 1800  # an idle session's cache is dropped after this
 # keeps '大' whole but splits '家' and '好' into byte pieces.
 EXAMPLES = ["The capital of France is", "good morning", "i am good", "大家好，早上好！", "def fibonacci(n):"]
 
-INTRO = """\
-An LLM turns text into **tokens**, scores **every token of its vocabulary** as the next one,
-reshapes those scores with **temperature, top-k, top-p and min-p**, then **picks one** and repeats.
-Move the sliders to see what each knob does, step the text forward, click a candidate to branch,
-and open the views below to look inside the model.
-"""
+INTRO = _("explorer.intro")  # the text: modules/locales
 
 
 @dataclass
