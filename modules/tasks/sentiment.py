@@ -30,6 +30,7 @@ from modules.errors import (
     require_text,
 )
 from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind, StatusCallback
+from modules.messages import message
 
 FALLBACK_MAX_LENGTH = 512  # when neither tokenizer nor config says
 WINDOW_OVERLAP = 1 / 8  # of the window, so a sentence cut at a border is seen whole once
@@ -78,7 +79,7 @@ def validated_text(text: str | None) -> str:
     """The text to classify, or a clear error for empty or absurdly long input."""
     text = require_text(text, "text").replace("\x00", "")
     if not text.strip():
-        raise InvalidInputError("Type or paste some text to analyse.")
+        raise InvalidInputError(message("sentiment.empty_text"))
     if len(text) > MAX_TEXT_CHARS:
         raise InvalidInputError(
             f"The text is {len(text):,} characters long; the limit is {MAX_TEXT_CHARS:,}."
@@ -284,7 +285,7 @@ def split_lines(text: str | None) -> list[str]:
     """One text per non-empty line."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     if not lines:
-        raise InvalidInputError("Type some lines (one text per line) or upload a CSV file.")
+        raise InvalidInputError(message("sentiment.empty_batch"))
     _check_rows(len(lines))
     return lines
 
@@ -306,7 +307,7 @@ def read_csv(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
             "The file is not UTF-8 text. Save it as CSV (UTF-8) and upload it again."
         ) from None
     if not content.strip():
-        raise InvalidInputError("The CSV file is empty.")
+        raise InvalidInputError(message("sentiment.csv_empty"))
     try:
         dialect = csv.Sniffer().sniff(content[:4096], delimiters=",;\t|")
     except csv.Error:
@@ -315,10 +316,10 @@ def read_csv(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     try:
         rows = list(reader)
     except csv.Error as error:
-        raise InvalidInputError(f"Could not read the CSV file: {error}") from None
+        raise InvalidInputError(message("sentiment.csv_unreadable", problem=error)) from None
     header = [h for h in (reader.fieldnames or []) if h is not None and h.strip()]
     if not header:
-        raise InvalidInputError("The CSV file has no header row naming its columns.")
+        raise InvalidInputError(message("sentiment.csv_no_header"))
     return header, rows
 
 
@@ -354,7 +355,7 @@ def csv_texts(path: str | Path, column: str | None = None) -> tuple[str, list[st
     texts = [str(r.get(column) or "").strip() for r in rows]
     texts = [t for t in texts if t]
     if not texts:
-        raise InvalidInputError(f"The column '{column}' of the CSV file is empty.")
+        raise InvalidInputError(message("sentiment.csv_column_empty", column=column))
     _check_rows(len(texts))
     return column, texts
 
