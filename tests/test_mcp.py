@@ -30,6 +30,7 @@ def test_tools_listed_with_descriptions_and_answering(tiny_causal_lm_dir, tiny_d
             ("chat_reply", {"message": "Hi", "max_tokens": 4}),
             ("score_continuation", {"prompt": "The cat sat on the", "continuation": " mat"}),
         ]))
+        _, (refused,) = asyncio.run(session_run(url, [("translate", {"text": "Hi", "direction": "xx-yy"})]))
     described = {tool.name: tool for tool in tools}
     assert set(described) == set(TOOL_NAMES)  # the tabs' own events are not tools
     assert "sentiment" in described["sentiment"].description.lower()
@@ -41,3 +42,4 @@ def test_tools_listed_with_descriptions_and_answering(tiny_causal_lm_dir, tiny_d
     assert isinstance(reply.content[0].text, str)
     scored = json.loads(score.content[0].text)
     assert scored["log_probability"] < 0 and scored["tokens"]
+    assert refused.isError and "No translation model for xx" in refused.content[0].text  # clear, named

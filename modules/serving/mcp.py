@@ -9,14 +9,17 @@ and `keep_only_tools` then narrows Gradio's tool list to these: the tabs' own ev
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
+from collections.abc import Callable
 
 import gradio as gr
 
 from modules.app_context import AppContext
 from modules.engine.compute import on_request_thread
 from modules.engine.model_cache import ModelKind
+from modules.errors import PlaygroundError
 from modules.tasks import next_token
 from modules.tasks.chat import GenerationParams
 from modules.tasks.explorer.scoring import score_continuation
@@ -126,9 +129,22 @@ def add_mcp_tools(demo: gr.Blocks, context: AppContext) -> None:
 
     score_continuation_tool.__name__ = "score_continuation"
     with demo:
-        for tool in (chat_reply, translate, sentiment, zero_shot_classify,
-                     next_token_distribution, score_continuation_tool):
+        for tool in map(_clear_errors, (chat_reply, translate, sentiment, zero_shot_classify,
+                     next_token_distribution, score_continuation_tool)):
             gr.api(tool, api_name=ENDPOINT_PREFIX + tool.__name__, queue=True)
+
+
+def _clear_errors(tool: Callable) -> Callable:
+    """A PlaygroundError (bad input, a model that cannot load) is the tool's error message,
+    without a traceback in the log; anything else is a bug and propagates."""
+    @functools.wraps(tool)
+    def run(*args, **kwargs):
+        try:
+            return tool(*args, **kwargs)
+        except PlaygroundError as error:
+            raise gr.Error(str(error), print_exception=False) from error
+
+    return run
 
 
 def keep_only_tools(demo: gr.Blocks) -> None:
