@@ -30,7 +30,7 @@ from modules.tasks.chat.inspector import render_prompt
 from modules.tasks.chat.presets import delete_preset, preset_names, preset_values, save_preset
 from modules.ui.chat.display import SAVED_NAMES, listing, opened_conversation
 from modules.ui.errors import shows_user_errors, user_error
-from modules.messages import message
+from modules.messages import Message
 
 PRESET_TARGETS = ("system_prompt", "max_new_tokens", "temperature", "top_p", "top_k",
                   "repetition_penalty", "do_sample")
@@ -85,7 +85,7 @@ def wire(context: AppContext, c, generating: list) -> list:
         seed) that writes the last reply again outside the app."""
         index = last_reply_index(history or [])
         if index is None:
-            raise user_error(message("chat.there_is_no_reply_to_reproduce_yet_send"))
+            raise user_error(Message("chat.there_is_no_reply_to_reproduce_yet_send"))
         params = params_from_settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty,
                                       do_sample, seed, max_new_tokens_limit=context.settings.max_new_tokens)
         params = replace(params, enable_thinking={"on": True, "off": False}.get(thinking))
@@ -102,7 +102,7 @@ def wire(context: AppContext, c, generating: list) -> list:
         saved = find_conversation(store, conversation_id) or new_conversation()
         conversation = {**saved, "messages": history or [], "settings": dict(zip(SAVED_NAMES, settings))}
         if not conversation["messages"]:
-            raise user_error(message("chat.there_is_nothing_to_export_yet_send_a"))
+            raise user_error(Message("chat.there_is_nothing_to_export_yet_send_a"))
         as_json = export_format == "JSON"
         text = export_json(conversation) if as_json else export_markdown(conversation)
         return _write(conversation.get("title") or title_for(history), "json" if as_json else "md", text)
@@ -119,7 +119,7 @@ def wire(context: AppContext, c, generating: list) -> list:
         refused with the reason; nothing saved is changed."""
         path = file if isinstance(file, str) else getattr(file, "name", "")
         if not path or not os.path.isfile(path):
-            raise user_error(message("chat.choose_a_json_file_exported_from_this_app"))
+            raise user_error(Message("chat.choose_a_json_file_exported_from_this_app"))
         if os.path.getsize(path) > MAX_IMPORT_BYTES:
             raise user_error(f"The file is larger than {MAX_IMPORT_BYTES:,} bytes.")
         with open(path, "rb") as handle:
@@ -136,12 +136,12 @@ def wire(context: AppContext, c, generating: list) -> list:
 @shows_user_errors
 def _inspect(context: AppContext, message, history, system_prompt, model, knobs, thinking):
     if context.chat_backend.name != "local":
-        raise user_error(message("chat.the_prompt_inspector_needs_the_model_s_tokenizer"))
+        raise user_error(Message("chat.the_prompt_inspector_needs_the_model_s_tokenizer"))
     messages = model_messages(history or [], system_prompt)
     if isinstance(message, str) and message.strip():
         messages.append({"role": "user", "content": message})
     elif not messages or messages[-1]["role"] != "user":
-        raise user_error(message("chat.type_the_next_message_first_the_prompt_shown"))
+        raise user_error(Message("chat.type_the_next_message_first_the_prompt_shown"))
     params = params_from_settings(*knobs, max_new_tokens_limit=context.settings.max_new_tokens)
     params = replace(params, enable_thinking={"on": True, "off": False}.get(thinking))
     loaded = context.cache.get((model or "").strip() or context.chat_model.ref, ModelKind.CAUSAL_LM)

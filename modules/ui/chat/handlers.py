@@ -40,7 +40,7 @@ from modules.tasks.chat.branching import DEFAULT_ALTERNATIVES, alternatives_at, 
 from modules.ui.chat import extras
 from modules.ui.chat.display import SAVED_NAMES, listing, opened_conversation, shown_messages
 from modules.ui.errors import shows_user_errors, user_error
-from modules.messages import message
+from modules.messages import Message
 
 THINKING_CHOICES = ["template default", "on", "off"]
 # The page gets the growing reply at most this often: every update costs the server
@@ -63,7 +63,7 @@ def wire(context: AppContext, c, cancels: CancelRegistry) -> None:  # noqa: C901
         The conversation so far is kept per session."""
         text = message if isinstance(message, str) else ""
         if not text.strip():
-            raise user_error(message("chat.type_a_message_first"))
+            raise user_error(Message("chat.type_a_message_first"))
         params = _params(context, max_new_tokens, temperature, top_p, top_k,
                          repetition_penalty, do_sample, seed, thinking)
         asked = [*(history or []), {"role": "user", "content": text}]
@@ -86,7 +86,7 @@ def wire(context: AppContext, c, cancels: CancelRegistry) -> None:  # noqa: C901
         history = history or []
         index = last_reply_index(history)
         if index is None:
-            raise user_error(message("chat.there_is_no_reply_to_retry_yet"))
+            raise user_error(Message("chat.there_is_no_reply_to_retry_yet"))
         params = _params(context, max_new_tokens, temperature, top_p, top_k,
                          repetition_penalty, do_sample, seed, thinking)
         asked = history[:index]
@@ -103,7 +103,7 @@ def wire(context: AppContext, c, cancels: CancelRegistry) -> None:  # noqa: C901
         """Extend the last reply in the same message (one cut off by the length limit or Stop)."""
         history = history or []
         if not history or history[-1]["role"] != "assistant":
-            raise user_error(message("chat.there_is_no_reply_to_continue_send_a"))
+            raise user_error(Message("chat.there_is_no_reply_to_continue_send_a"))
         params = replace(_params(context, max_new_tokens, temperature, top_p, top_k,
                                  repetition_penalty, do_sample, seed, thinking),
                          continue_final_message=True)
@@ -210,7 +210,7 @@ def wire(context: AppContext, c, cancels: CancelRegistry) -> None:  # noqa: C901
         history = history or []
         index = last_reply_index(history)
         if index is None:
-            raise user_error(message("chat.there_is_no_reply_to_branch_from_yet"))
+            raise user_error(Message("chat.there_is_no_reply_to_branch_from_yet"))
         reply = history[index]
         stats = reply.get("stats") or {}
         try:
@@ -390,7 +390,7 @@ def _switch(history: list[dict], step: int) -> tuple:
     history = history or []
     index = next((i for i in range(len(history) - 1, -1, -1) if variant_label(history[i])), None)
     if index is None:
-        raise user_error(message("chat.this_conversation_has_no_reply_with_variants_use"))
+        raise user_error(Message("chat.this_conversation_has_no_reply_with_variants_use"))
     switched = switch_variant(history, index, step)
     return *_view(switched), "", context_meter(switched)
 
@@ -487,7 +487,7 @@ def _rename(store, conversation_id, title, query):
 
 def _delete(store, conversation_id, query):
     if not conversation_id:
-        raise user_error(message("chat.choose_a_saved_conversation_to_delete"))
+        raise user_error(Message("chat.choose_a_saved_conversation_to_delete"))
     store = delete_conversation(store, conversation_id)
     return store, listing(store, query, None), "", [], [], "", "Conversation deleted."
 
@@ -516,7 +516,7 @@ def _loaded_model_line(context: AppContext, ref: str | None):
 def _load_model(context: AppContext, ref: str, progress: gr.Progress) -> str:
     ref = (ref or "").strip()
     if not ref:
-        raise user_error(message("chat.choose_a_model_or_type_a_local_folder"))
+        raise user_error(Message("chat.choose_a_model_or_type_a_local_folder"))
     progress(0, desc=f"Loading {ref[:200]}…")
     description = context.chat_backend.prepare(ref, on_status=lambda s: progress(0, desc=s))
     line = f"Active: **{description}**"

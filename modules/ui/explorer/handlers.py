@@ -19,7 +19,7 @@ from modules.tasks import next_token as nt
 from modules.tasks.explorer import attention, beam_search, compare, logit_lens, sampling_stages, scoring, session
 from modules.ui.errors import shows_user_errors, user_error
 from modules.ui.explorer import views
-from modules.messages import message
+from modules.messages import Message
 
 Walk = session.ExplorerSession | None
 ALL_HEADS = "mean of heads"
@@ -59,7 +59,7 @@ class ExplorerHandlers:
 
     def active_walk(self, walk: Walk) -> tuple[session.ExplorerSession, LoadedModel]:
         if walk is None:
-            raise user_error(message("explorer.score_a_prompt_first"))
+            raise user_error(Message("explorer.score_a_prompt_first"))
         return walk, self.load(walk.model_ref)
 
     # --- views ------------------------------------------------------------------------
@@ -133,7 +133,7 @@ class ExplorerHandlers:
         walk, loaded = self.session_for(walk, prompt, chat, ref)
         row = evt.row_value or []
         if len(row) < len(views.TABLE_HEADERS):
-            raise user_error(message("explorer.click_a_row_of_the_candidates_table"))
+            raise user_error(Message("explorer.click_a_row_of_the_candidates_table"))
         token_id = whole(row[views.TABLE_HEADERS.index("id")])
         with walk.explorer.lock:
             session.fork(loaded, walk, token_id, settings_of(temperature, top_k, top_p, min_p))
@@ -153,7 +153,7 @@ class ExplorerHandlers:
         if follow:
             ids = loaded.tokenizer(follow, add_special_tokens=False)["input_ids"]
             if not ids:
-                raise user_error(message("explorer.that_token_text_has_no_tokens"))
+                raise user_error(Message("explorer.that_token_text_has_no_tokens"))
             chosen = ids[0]
         result = logit_lens.logit_lens(loaded, walk.explorer.ids, chosen, whole(top))
         return views.lens_markdown(result, loaded), views.lens_html(result), views.lens_frame(result)
