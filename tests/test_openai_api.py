@@ -251,7 +251,8 @@ def test_malformed_messages_are_400(client, tiny_ref, messages, param):
     ({"stop": 5}, "stop"),
     ({"stop": [""]}, "stop"),
     ({"temperature": "hot"}, "temperature"),
-    ({"n": 2}, "n"),
+    ({"n": 5}, "n"),
+    ({"n": 2, "stream": True}, "n"),
 ])
 def test_out_of_range_parameters_are_400(client, tiny_ref, options, param):
     with pytest.raises(openai.BadRequestError) as caught:
@@ -502,3 +503,16 @@ def test_user_zero_penalties_and_unknown_fields_are_accepted(client, tiny_ref, c
         client.chat.completions.create(**options)
     assert first.usage.completion_tokens <= 2  # max_completion_tokens is max_tokens
     assert sum("made_up_field" in r.getMessage() for r in caplog.records) == 1  # logged once
+
+
+def test_n_choices_are_generated_side_by_side(client, tiny_ref, tiny_model):
+    messages = [{"role": "user", "content": "Hi"}]
+    reply = client.chat.completions.create(model=tiny_ref, messages=messages, max_tokens=6,
+                                           temperature=1.0, seed=11, n=3, logprobs=True)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    alone = [client.chat.completions.create(model=tiny_ref, messages=messages, max_tokens=6,
+                                            temperature=1.0, seed=11 + i) for i in range(3)]
+    assert [c.message.content for c in reply.choices] == [a.choices[0].message.content for a in alone]
+    assert reply.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)
+    assert reply.usage.prompt_tokens == alone[0].usage.prompt_tokens
+    assert all(c.logprobs.content is not None for c in reply.choices)

@@ -61,6 +61,7 @@ SAMPLING_FIELDS = {"max_tokens", "max_completion_tokens", "temperature", "top_p"
 CHAT_FIELDS = SAMPLING_FIELDS | {"messages", "logprobs", "top_logprobs", "tools", "functions",
                                  "tool_choice", "response_format"}
 _unknown_fields_logged: set[str] = set()
+MAX_CHOICES = 4  # n: replies generated side by side in one batch
 RETRY_AFTER_S = 2  # a queue full of short replies drains in seconds on a small model
 
 
@@ -91,6 +92,7 @@ class ChatRequest:
     include_usage: bool
     top_logprobs: int | None = None  # None: no logprobs asked for
     response_format: dict[str, Any] | None = None  # checked; JSON ones need a local model
+    n: int = 1  # choices: generated side by side in the model's batch
 
 
 # --- the app ---------------------------------------------------------------
@@ -121,6 +123,8 @@ def create_api(context: AppContext) -> FastAPI:
     async def chat_completions(request: Request):
         chat = await run_in_threadpool(parse_chat_request, await _json_body(request), context)
         await run_in_threadpool(_prepare, backend, chat.model)
+        if chat.n > 1:
+            return await _several_choices(request, backend, chat, metrics)
         recorder = _recorder(backend, chat)
         constraint = await run_in_threadpool(_constraint, backend, chat)
         processors = tuple(p for p in (constraint, recorder) if p is not None)
@@ -151,6 +155,49 @@ def create_api(context: AppContext) -> FastAPI:
 
     add_completions(api, context, require_key)
     return api
+
+
+async def _several_choices(request: Request, backend: ChatBackend, chat: ChatRequest,
+                          metrics) -> JSONResponse:
+    """n replies to one request, generated at once (they share the model's batch); a seed
+    gives choice i the seed + i, so the choices differ and repeat."""
+    cancel = threading.Event()
+    runs = []
+    for index in range(chat.n):
+        recorder = _recorder(backend, chat)
+        constraint = await run_in_threadpool(_constraint, backend, chat)
+        seed = None if chat.params.seed is None else (chat.params.seed + index) % (2**32)
+        params = replace(chat.params, seed=seed,
+                         logits_processors=tuple(p for p in (constraint, recorder) if p is not None))
+        runs.append((backend.stream(chat.messages, params, cancel, model=chat.model), recorder))
+    lasts: list[ChatChunk | None] = [None] * chat.n
+
+    async def read_all() -> None:
+        async def read(index: int) -> None:
+            chunks = runs[index][0]
+            lasts[index] = await _read_to_end(await _next_chunk(chunks), chunks)
+
+        async with anyio.create_task_group() as group:
+            for index in range(chat.n):
+                group.start_soon(read, index)
+
+    try:
+        await _while_connected(request, cancel, read_all)
+    except BaseExceptionGroup as group:  # a refusal from one choice is the answer
+        raise next((e for e in group.exceptions if isinstance(e, ApiError)), group) from None
+    finally:
+        for chunks, _ in runs:
+            await _close(chunks, cancel)
+    bodies = [_completion_body(chat.model, last, recorder) for last, (_, recorder) in zip(lasts, runs)]
+    for last in lasts:
+        metrics.observe_usage(last.usage)
+    body = bodies[0]
+    body["choices"] = [{**b["choices"][0], "index": i} for i, b in enumerate(bodies)]
+    completion = sum(last.usage.completion_tokens for last in lasts if last.usage)
+    prompt = lasts[0].usage.prompt_tokens if lasts[0].usage else 0
+    body["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                     "total_tokens": prompt + completion}
+    return JSONResponse(body)
 
 
 def _key_checker(api_key: str | None):
@@ -206,8 +253,18 @@ def parse_chat_request(body: dict[str, Any], context: AppContext) -> ChatRequest
         stream=stream,
         include_usage=stream and bool(stream_options.get("include_usage")),
         top_logprobs=_chat_logprobs(body),
+        n=_choices(body, stream),
         response_format=response_format if isinstance(response_format, dict) else None,
     )
+
+
+def _choices(body: dict[str, Any], stream: bool) -> int:
+    n = _typed(body, "n", int, 1)
+    if not 1 <= n <= MAX_CHOICES:
+        raise ApiError(400, f"'n' must be 1 to {MAX_CHOICES}.", param="n")
+    if n > 1 and stream:
+        raise ApiError(400, "n > 1 is not streamed here: ask without 'stream'.", param="n")
+    return n
 
 
 def _chat_logprobs(body: dict[str, Any]) -> int | None:
@@ -277,9 +334,6 @@ def _generation_params(body: dict[str, Any], max_new_tokens_limit: int) -> Gener
     stop = given("stop", [])
     if not isinstance(stop, (str, list)):
         raise ApiError(400, "'stop' must be a string or a list of strings.", param="stop")
-    if _typed(body, "n", int, 1) != 1:
-        raise ApiError(400, "Only n=1 is supported: several choices per request need batched "
-                       "generation of one prompt, which this server does not do yet.", param="n")
     for penalty in ("presence_penalty", "frequency_penalty"):
         value = body.get(penalty)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):

@@ -85,6 +85,8 @@ def parse_completion_request(body: dict[str, Any], context: AppContext) -> Compl
     for name in ("suffix",):
         if body.get(name) not in (None, ""):
             raise v1.ApiError(400, f"'{name}' is not supported by this server.", param=name)
+    if v1._typed(body, "n", int, 1) != 1:
+        raise v1.ApiError(400, "Only n=1 is supported on /v1/completions.", param="n")
     if v1._typed(body, "best_of", int, 1) != 1:
         raise v1.ApiError(400, "Only best_of=1 is supported.", param="best_of")
     backend = context.chat_backend

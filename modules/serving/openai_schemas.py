@@ -33,7 +33,6 @@ SAMPLING = {
     "stop": {"anyOf": [{"type": "string", "minLength": 1},
                        {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 1}},
                        {"type": "null"}]},
-    "n": {"type": ["integer", "null"], "const": 1},
     "presence_penalty": {"type": ["number", "null"], "const": 0},
     "frequency_penalty": {"type": ["number", "null"], "const": 0},
     "user": {"type": "string"},
@@ -42,6 +41,7 @@ SAMPLING = {
 CHAT_REQUEST = {"type": "object", "required": ["messages"], "properties": {
     **SAMPLING,
     "messages": {"type": "array", "minItems": 1, "items": MESSAGE},
+    "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 4},
     "logprobs": {"type": ["boolean", "null"]},
     "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
     "response_format": {"type": "object", "required": ["type"],
@@ -53,6 +53,7 @@ COMPLETION_REQUEST = {"type": "object", "required": ["prompt"], "properties": {
                          {"type": "array", "minItems": 1, "maxItems": 32,
                           "items": {"type": "string", "minLength": 1}}]},
     "echo": {"type": ["boolean", "null"]},
+    "n": {"type": ["integer", "null"], "const": 1},
     "logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
 }}
 CHOICE_LOGPROBS = {"type": ["object", "null"]}
