@@ -20,6 +20,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import gradio as gr
 import httpx
 import psutil
 import pytest
@@ -111,11 +112,20 @@ def chat_fn_index(demo) -> int:
     return next(i for i, fn in demo.fns.items() if fn.api_name == "chat")
 
 
-def start_chat_and_hang_up(url: str, fn_index: int, text: str) -> None:
+def chat_inputs(demo, text: str, max_new_tokens: int = 200) -> list:
+    """What the page sends to /chat: the message, then every other input at its default
+    (read from the event itself, so new chat settings need no change here)."""
+    fn = demo.fns[chat_fn_index(demo)]
+    data = [text] + [getattr(block, "value", None) for block in fn.inputs[1:]]
+    first_slider = next(i for i, block in enumerate(fn.inputs) if isinstance(block, gr.Slider))
+    data[first_slider] = max_new_tokens  # the first slider is the reply length
+    return data
+
+
+def start_chat_and_hang_up(url: str, fn_index: int, data: list) -> None:
     """Gradio's own browser protocol: join the queue, read the stream until the reply
     has started, then drop the connection without a word."""
     session = uuid.uuid4().hex[:10]
-    data = [text, None, "", None, 200, 0.7, 0.9, 50, 1.0, False, None]
     with httpx.Client(base_url=url, timeout=30) as http:
         joined = http.post("/gradio_api/queue/join", json={
             "data": data, "fn_index": fn_index, "session_hash": session,
@@ -145,7 +155,7 @@ def test_clients_that_hang_up_leave_no_threads_and_no_growing_memory(tiny_app, s
     slowest_end = 0.0
     with slowed_and_counted(tiny.model):  # 0.05 s per forward pass
         for cycle in range(DISCONNECT_CYCLES):
-            start_chat_and_hang_up(url, fn_index, f"Tell me a long story, number {cycle}.")
+            start_chat_and_hang_up(url, fn_index, chat_inputs(demo, f"Tell me a long story, number {cycle}."))
             hung_up = time.perf_counter()
             # 200 slowed tokens would take over 10 s: ending in far less is the hang-up's doing.
             assert wait_for_generations(baseline_threads, timeout_s=5) == baseline_threads, f"cycle {cycle}"
