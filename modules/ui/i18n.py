@@ -151,7 +151,14 @@ class LanguageSwitch:
             render_all, inputs, outputs, queue=False, api_visibility="private")
 
 
-def attach(demo: gr.Blocks) -> None:
-    """Give `demo` the translation tables. gr.Blocks takes none; `launch(i18n=)` and
-    `mount_gradio_app(i18n=)` set this attribute, and a mount without `i18n` keeps it."""
-    demo.i18n_instance = I18N
+class TranslatedBlocks(gr.Blocks):
+    """gr.Blocks that keeps the translation tables however it is served: gr.Blocks takes
+    none, and `launch()` without `i18n=` would drop them (tests and `gradio app.py` call
+    it so); `mount_gradio_app` without `i18n=` keeps the attribute set here."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.i18n_instance = I18N
+
+    def launch(self, *args, i18n: gr.I18n | None = None, **kwargs):
+        return super().launch(*args, i18n=i18n or I18N, **kwargs)

@@ -20,7 +20,7 @@ TAB_KEYS = ("tabs.chat", "tabs.translation", "tabs.sentiment", "tabs.explorer")
 def build_demo(context: AppContext) -> gr.Blocks:
     """The page for `context`. Nothing is loaded here: start-up (serving/launch.py) starts
     the chat model's load in the background, other models load on first use."""
-    with gr.Blocks(title=TITLE) as demo:
+    with i18n.TranslatedBlocks(title=TITLE) as demo:
         with gr.Row(equal_height=True):
             header = gr.Markdown(_header(context, DEFAULT_LANGUAGE), elem_id="active-model")
             with gr.Column(scale=0, min_width=180):
@@ -41,7 +41,6 @@ def build_demo(context: AppContext) -> gr.Blocks:
                                                     for key in TAB_KEYS],
                                   [chat, translation, sentiment, explorer])
         switch.wire(demo)
-    i18n.attach(demo)
     demo.queue(
         default_concurrency_limit=context.settings.concurrency_limit,
         max_size=context.settings.max_queue_size,
