@@ -45,7 +45,7 @@ from benchmarks.sentiment_throughput import accuracy, labelled_rows, one_by_one,
 from benchmarks.translation_throughput import corpus_sentences, measure  # noqa: E402
 from modules.app_context import AppContext  # noqa: E402
 from modules.tasks import next_token as nt  # noqa: E402
-from modules import sentiment, zero_shot  # noqa: E402
+from modules.tasks import sentiment, zero_shot  # noqa: E402
 from modules.config import DEFAULT_TRANSLATION_MODELS, EMBEDDED_MODEL, Settings  # noqa: E402
 from modules.engine.model_cache import ModelCache, ModelKind  # noqa: E402
 from modules.tasks.translation import BATCH_SIZE, load_translator  # noqa: E402

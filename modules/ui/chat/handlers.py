@@ -53,6 +53,7 @@ UI_UPDATE_INTERVAL_S = 0.05
 def wire(context: AppContext, c, cancels: CancelRegistry) -> None:  # noqa: C901 - one place lists every event
     """Connect the components to the handlers; the API names are the public contract."""
 
+    @shows_user_errors
     def respond(
         message: str, history: list[dict], system_prompt: str, model: str,
         max_new_tokens: float, temperature: float, top_p: float, top_k: float,
@@ -76,6 +77,7 @@ def wire(context: AppContext, c, cancels: CancelRegistry) -> None:  # noqa: C901
                              model, params, prefix, lambda content, stats: with_reply(asked, content, stats),
                              restore_text=text)
 
+    @shows_user_errors
     def regenerate(
         history: list[dict], system_prompt: str, model: str,
         max_new_tokens: float, temperature: float, top_p: float, top_k: float,
@@ -94,6 +96,7 @@ def wire(context: AppContext, c, cancels: CancelRegistry) -> None:  # noqa: C901
                              model_messages(asked, system_prompt), model, params, "",
                              lambda content, stats: add_variant(history, index, content, stats))
 
+    @shows_user_errors
     def continue_reply(
         history: list[dict], system_prompt: str, model: str,
         max_new_tokens: float, temperature: float, top_p: float, top_k: float,
@@ -114,6 +117,7 @@ def wire(context: AppContext, c, cancels: CancelRegistry) -> None:  # noqa: C901
                              model, params, prefix,
                              lambda content, stats: replace_reply(history, index, content, stats))
 
+    @shows_user_errors
     def edit(
         index: float, text: str, history: list[dict], system_prompt: str, model: str,
         max_new_tokens: float, temperature: float, top_p: float, top_k: float,
@@ -126,6 +130,7 @@ def wire(context: AppContext, c, cancels: CancelRegistry) -> None:  # noqa: C901
         yield from _edit(int(index) if isinstance(index, (int, float)) else -1, text, history,
                          system_prompt, model, knobs, request)
 
+    @shows_user_errors
     def edit_in_place(history, system_prompt, model, max_new_tokens, temperature, top_p, top_k,
                       repetition_penalty, do_sample, seed, thinking, event: gr.EditData,
                       request: gr.Request = None):
