@@ -202,3 +202,57 @@ def test_fused_int4_families_predict_like_float32(family, decode_dtype, prefill_
     assert sum(_picks_agree(e, g) for e, g in zip(expected, got)) >= bar_agreement
     for e, g, bar in zip(expected, got, bar_similarity):
         assert _similarity(e, g) > bar
+
+
+def _final_norm_output(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The last hidden states (after the final norm) of one pass over `ids`."""
+    seen = []
+    hook = model.model.norm.register_forward_hook(lambda module, args, out: seen.append(out))
+    with torch.inference_mode():
+        model(input_ids=ids)
+    hook.remove()
+    return seen[0]
+
+
+def test_float32_prompt_pass_feeds_a_bf16_cache():
+    """Where bf16 is emulated the plan reads prompts in float32 and decodes in bf16: the whole
+    prompt pass (norms, rotary, attention, residual stream; not only its matmuls) is float32,
+    so it matches a float32 model holding the same (bf16-rounded) parameters to float32
+    rounding, and k/v still enter the cache as bf16 for decode."""
+    model = _four_bit_model("llama-biases")
+    fast = copy.deepcopy(model)
+    plan = SpeedPlan("test", "quantized", "bf16", "fp32")
+    assert prepare_for_fast_decode(fast, torch.device("cpu"), plan) == INT4_TAG
+    same_parameters_in_float32 = copy.deepcopy(model).bfloat16().float()
+    ids = torch.randint(3, 500, (1, PREFILL_ROWS + 8), generator=torch.Generator().manual_seed(4))
+    expected = _final_norm_output(same_parameters_in_float32, ids)
+    got = _final_norm_output(fast, ids)
+    with torch.inference_mode():
+        out = fast(input_ids=ids, use_cache=True)
+    assert got.dtype == torch.float32
+    # bf16 anywhere in the pass would be off by ~1e-2 of the scale; float32 by ~1e-6.
+    assert (got - expected).abs().max() < 1e-4 * expected.abs().max()
+    assert out.past_key_values.layers[0].keys.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama-biases"])
+def test_float32_prompts_then_bf16_decode_pick_float32s_tokens(family):
+    """Greedy continuations of a few prompts agree with the float32 model's, except where the
+    float32 model itself nearly tied (then the rest may differ and is not compared)."""
+    reference = _four_bit_model(family)
+    fast = copy.deepcopy(reference)
+    prepare_for_fast_decode(fast, torch.device("cpu"), SpeedPlan("test", "quantized", "bf16", "fp32"))
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        ids = torch.randint(3, 500, (1, PREFILL_ROWS + 6), generator=generator)
+        with torch.inference_mode():
+            out = reference.generate(ids, max_new_tokens=8, do_sample=False, output_logits=True,
+                                     return_dict_in_generate=True, pad_token_id=0)
+            candidate = fast.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        for step, logits in enumerate(out.logits):
+            expected = int(out.sequences[0, ids.shape[1] + step])
+            picked = int(candidate[0, ids.shape[1] + step])
+            if picked != expected:
+                assert _picks_agree(logits[0].float(), torch.nn.functional.one_hot(
+                    torch.tensor(picked), logits.shape[-1]).float())
+                break

@@ -15,8 +15,10 @@ here (figures in benchmarks/decode_speed.py):
   with float32 the benchmark reports.
 * The LM head (the token embedding, not 4-bit in the GGUF file) gets int8.
 
-Prompts (many rows at once) go through bf16 matmuls on the same quantized values,
-which keeps time to first token at bf16 speed. The model's description names the
+Prompts (many rows at once) go through dense matmuls on the same quantized values, in
+the plan's prefill dtype: bf16 where the CPU has it natively; elsewhere the whole prompt
+pass (residual stream, norms, rotary, attention) runs in float32 with a float32 dense
+copy (bf16 above DENSE_FP32_LIMIT_BYTES), and k/v enter the cache in the decode dtype. The model's description names the
 weights' format, so the explorer's probabilities are read for what they are.
 Settings.fast_decode=False (PLAYGROUND_FAST_DECODE=0) turns all of it off.
 Measured and not adopted: static KV cache, static cache + torch.compile (inductor,
@@ -33,15 +35,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from modules.engine.cpu_profile import SpeedPlan, plan_for
-from modules.engine.kernels.fused_llama import float_linear, fuse_layers
+from modules.engine.kernels.fused_llama import PREFILL_ROWS, float_linear, fuse_layers
 
 log = logging.getLogger(__name__)
 
 INT8_TAG = "int8 weights"
 INT4_TAG = "int4 weights as in its GGUF file, int8 head"
 FLOAT_TAG = "fused float layers"
-# Above this many rows (prompt tokens) a quantized layer uses its float copy.
-PREFILL_ROWS = 8
+# A float32 dense copy of the layers' weights for prompts is kept up to this size; above
+# it the copy is bf16 (half the memory) and is widened per matmul (~5-10 % of its time).
+DENSE_FP32_LIMIT_BYTES = 2 * 1024**3
 INT4_GROUP = 32  # a GGUF Q4_0/Q4_1 block
 # A weight counts as 4-bit when re-quantizing it to 4 bits moves no value by more than
 # this fraction of the largest (bf16 rounding of exact 4-bit values stays far below;
@@ -68,19 +71,22 @@ class _QuantizedLinear(nn.Module):
     """
 
     def __init__(self, out_features: int, in_features: int, bias: torch.Tensor | None,
-                 compute_dtype: torch.dtype, prefill_dtype: torch.dtype | None = None) -> None:
+                 compute_dtype: torch.dtype, prefill_dtype: torch.dtype | None = None,
+                 dense_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = out_features, in_features
         self.compute_dtype = compute_dtype
         self.prefill_dtype = prefill_dtype or compute_dtype
+        self.dense_dtype = dense_dtype or self.prefill_dtype  # how the dense copy is stored
         self.register_buffer("bias", None if bias is None else bias.detach().to(compute_dtype),
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        if flat.shape[0] > PREFILL_ROWS:
-            out = self.many_rows(flat.to(self.prefill_dtype)).to(self.compute_dtype)
+        if flat.shape[0] > PREFILL_ROWS:  # a prompt pass in the prefill dtype stays in it
+            out = self.many_rows(flat.to(self.prefill_dtype))
+            out = out.to(x.dtype if x.dtype == self.prefill_dtype else self.compute_dtype)
         else:
             out = self.few_rows(flat.to(self.compute_dtype))
         if self.bias is not None:
@@ -101,26 +107,28 @@ class Int8WeightOnlyLinear(_QuantizedLinear):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None,
                  compute_dtype: torch.dtype = torch.bfloat16,
-                 prefill_dtype: torch.dtype | None = None) -> None:
-        super().__init__(weight.shape[0], weight.shape[1], bias, compute_dtype, prefill_dtype)
+                 prefill_dtype: torch.dtype | None = None,
+                 dense_dtype: torch.dtype | None = None) -> None:
+        super().__init__(weight.shape[0], weight.shape[1], bias, compute_dtype, prefill_dtype,
+                         dense_dtype)
         weight = weight.detach().float()
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
         quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
         self.register_buffer("weight_int8", quantized.contiguous(), persistent=False)
-        self.register_buffer("float_weight", quantized.to(self.prefill_dtype), persistent=False)
+        self.register_buffer("float_weight", quantized.to(self.dense_dtype), persistent=False)
         self.register_buffer("scale", scale.to(compute_dtype), persistent=False)
         self.register_buffer("prefill_scale", scale.to(self.prefill_dtype), persistent=False)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16,
-                    prefill_dtype: torch.dtype | None = None):
-        return cls(linear.weight, linear.bias, compute_dtype, prefill_dtype)
+                    prefill_dtype: torch.dtype | None = None, dense_dtype: torch.dtype | None = None):
+        return cls(linear.weight, linear.bias, compute_dtype, prefill_dtype, dense_dtype)
 
     def few_rows(self, flat: torch.Tensor) -> torch.Tensor:
         return torch._weight_int8pack_mm(flat, self.weight_int8, self.scale)
 
     def many_rows(self, flat: torch.Tensor) -> torch.Tensor:
-        return F.linear(flat, self.float_weight) * self.prefill_scale
+        return F.linear(flat, self.float_weight.to(flat.dtype)) * self.prefill_scale
 
 
 def exact_int4_groups(weight: torch.Tensor, group: int = INT4_GROUP):
@@ -154,26 +162,29 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
 
     def __init__(self, weight: torch.Tensor, groups, compute_dtype: torch.dtype = torch.bfloat16,
                  group: int = INT4_GROUP, bias: torch.Tensor | None = None,
-                 prefill_dtype: torch.dtype | None = None) -> None:
-        super().__init__(weight.shape[0], weight.shape[1], bias, compute_dtype, prefill_dtype)
+                 prefill_dtype: torch.dtype | None = None,
+                 dense_dtype: torch.dtype | None = None) -> None:
+        super().__init__(weight.shape[0], weight.shape[1], bias, compute_dtype, prefill_dtype,
+                         dense_dtype)
         self.group = group
         q, scale, zero = groups
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
         self.register_buffer("packed", packed, persistent=False)
         scales_and_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
         self.register_buffer("scales_and_zeros", scales_and_zeros.to(compute_dtype), persistent=False)
-        self.register_buffer("float_weight", weight.detach().to(self.prefill_dtype), persistent=False)
+        self.register_buffer("float_weight", weight.detach().to(self.dense_dtype), persistent=False)
 
     def few_rows(self, flat: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
             flat, self.packed, self.group, self.scales_and_zeros)
 
     def many_rows(self, flat: torch.Tensor) -> torch.Tensor:
-        return F.linear(flat, self.float_weight)
+        return F.linear(flat, self.float_weight.to(flat.dtype))
 
 
 def quantize_linears_int8(model: nn.Module, compute_dtype: torch.dtype = torch.bfloat16,
-                          prefill_dtype: torch.dtype | None = None) -> int:
+                          prefill_dtype: torch.dtype | None = None,
+                          dense_dtype: torch.dtype | None = None) -> int:
     """Replace every plain nn.Linear in `model` (LM head included) by an int8 one; the count.
 
     A tied LM head gets its own int8 copy; the input embedding keeps its float weights.
@@ -185,7 +196,8 @@ def quantize_linears_int8(model: nn.Module, compute_dtype: torch.dtype = torch.b
         if type(child) is nn.Linear
     ]
     for parent, name, child in targets:
-        setattr(parent, name, Int8WeightOnlyLinear.from_linear(child, compute_dtype, prefill_dtype))
+        setattr(parent, name, Int8WeightOnlyLinear.from_linear(child, compute_dtype, prefill_dtype,
+                                                               dense_dtype))
     return len(targets)
 
 
@@ -199,6 +211,15 @@ def has_four_bit_layers(model: nn.Module) -> bool:
     return weight is not None and exact_int4_groups(weight) is not None
 
 
+def dense_copy_dtype(model: nn.Module, prefill_dtype: torch.dtype) -> torch.dtype:
+    """How the prompts' dense copy of the weights is stored: in the prefill dtype, unless a
+    float32 copy of every linear would pass DENSE_FP32_LIMIT_BYTES (then bf16, widened per matmul)."""
+    if prefill_dtype != torch.float32:
+        return prefill_dtype
+    elements = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    return torch.float32 if elements * 4 <= DENSE_FP32_LIMIT_BYTES else torch.bfloat16
+
+
 def prepare_for_fast_decode(model: nn.Module, device: torch.device, plan: SpeedPlan) -> str | None:
     """Fuse and quantize a causal LM on CPU in place, as `plan` says; how its weights are held.
 
@@ -210,6 +231,7 @@ def prepare_for_fast_decode(model: nn.Module, device: torch.device, plan: SpeedP
     if device.type != "cpu" or not int8_kernel_available():
         return None
     dtype, prefill_dtype = plan.dtype, plan.prefill_torch_dtype
+    dense_dtype = dense_copy_dtype(model, prefill_dtype)
     model.to(dtype)
     formats: list[str] = []
 
@@ -220,12 +242,14 @@ def prepare_for_fast_decode(model: nn.Module, device: torch.device, plan: SpeedP
         groups = exact_int4_groups(weight) if int4_kernel_available() else None
         if groups is not None:
             formats.append("int4")
-            return Int4WeightOnlyLinear(weight, groups, dtype, bias=bias, prefill_dtype=prefill_dtype)
+            return Int4WeightOnlyLinear(weight, groups, dtype, bias=bias, prefill_dtype=prefill_dtype,
+                                        dense_dtype=dense_dtype)
         formats.append("int8")
-        return Int8WeightOnlyLinear(weight, bias, dtype, prefill_dtype)
+        return Int8WeightOnlyLinear(weight, bias, dtype, prefill_dtype, dense_dtype)
 
-    fused = fuse_layers(model, make_linear)
-    rest = 0 if plan.decode_kernel == "float" else quantize_linears_int8(model, dtype, prefill_dtype)
+    fused = fuse_layers(model, make_linear, prefill_dtype if prefill_dtype != dtype else None)
+    rest = 0 if plan.decode_kernel == "float" else quantize_linears_int8(
+        model, dtype, prefill_dtype, dense_dtype)
     log.info("Fast decode: %d fused layers (%d int4, %d int8, %d float projections), "
              "%d more int8 linears", fused, formats.count("int4"), formats.count("int8"),
              formats.count("float"), rest)

@@ -30,6 +30,9 @@ from torch.nn import functional as F
 # (weight [out, in], bias [out] or None) -> module computing y = x @ Wᵀ + b
 LinearFactory = Callable[[torch.Tensor, torch.Tensor | None], nn.Module]
 FUSABLE_TYPES = ("llama", "qwen2", "qwen3")
+# Above this many rows (prompt tokens) a pass counts as a prompt pass: quantized layers use
+# their dense copy, and a layer with a `prefill_dtype` runs in it.
+PREFILL_ROWS = 8
 
 
 def fusable(model: nn.Module) -> bool:
@@ -55,8 +58,13 @@ def _cat_biases(*linears: nn.Linear) -> torch.Tensor | None:
 class FusedLlamaLayer(nn.Module):
     """LlamaDecoderLayer's forward with fused projections; takes over its weights."""
 
-    def __init__(self, layer: nn.Module, make_linear: LinearFactory) -> None:
+    def __init__(self, layer: nn.Module, make_linear: LinearFactory,
+                 prefill_dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        # Prompt passes run entirely in this dtype (residual stream, norms, rotary, attention);
+        # k/v still enter the cache in the model's dtype, so decode reads what it always did.
+        # Where bf16 is emulated (AVX2), float32 prompts are several times faster.
+        self.prefill_dtype = prefill_dtype
         attention, mlp = layer.self_attn, layer.mlp
         config = attention.config
         self.layer_idx = attention.layer_idx
@@ -97,6 +105,8 @@ class FusedLlamaLayer(nn.Module):
         **kwargs,
     ) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
+        if self.prefill_dtype is not None and length > PREFILL_ROWS:
+            hidden_states = hidden_states.to(self.prefill_dtype)
         rotated_heads = self.query_heads + self.kv_heads
         qkv = self.qkv(self._norm(hidden_states, self.input_norm))
         qkv = qkv.view(batch, length, rotated_heads + self.kv_heads, self.head_dim)
@@ -111,7 +121,11 @@ class FusedLlamaLayer(nn.Module):
         key = qk[:, :, self.query_heads :].transpose(1, 2)
         value = qkv[:, :, rotated_heads:].transpose(1, 2)
         if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
+            model_dtype = self.input_norm.dtype
+            cached_key, cached_value = past_key_values.update(
+                key.to(model_dtype), value.to(model_dtype), self.layer_idx)
+            if cached_key.shape[2] > length:  # earlier tokens too: attend over the whole cache
+                key, value = cached_key.to(query.dtype), cached_value.to(query.dtype)
         attended = self._attend(query, key, value, attention_mask)
         hidden_states = hidden_states + self.o(attended.transpose(1, 2).reshape(batch, length, -1))
         gate, up = self.gate_up(self._norm(hidden_states, self.post_attention_norm)).split(
@@ -124,6 +138,8 @@ class FusedLlamaLayer(nn.Module):
             return self._attend_one(query, key, value, mask)
         if mask is None and length > 1 and seen > length:  # new tokens after cached ones
             mask = torch.ones(length, seen, dtype=torch.bool, device=query.device).tril(seen - length)
+        if mask is not None and mask.is_floating_point():  # additive, in the model's dtype
+            mask = mask.to(query.dtype)
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, is_causal=mask is None and length > 1,
             scale=self.scaling, enable_gqa=self.query_heads != self.kv_heads,
@@ -150,13 +166,34 @@ class FusedLlamaLayer(nn.Module):
         return attended.to(query.dtype).view(batch, self.query_heads, 1, dim)
 
 
-def fuse_layers(model: nn.Module, make_linear: LinearFactory) -> int:
-    """Replace each decoder layer of a fusable model in place; returns the count."""
+class PrefillRotary(nn.Module):
+    """The model's rotary embedding, returning cos/sin in `prefill_dtype` for prompt passes
+    (it rounds them to its input's dtype, which is the model's), as-is for decode steps."""
+
+    def __init__(self, rotary: nn.Module, prefill_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.rotary, self.prefill_dtype = rotary, prefill_dtype
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, *args, **kwargs):
+        if position_ids.shape[-1] > PREFILL_ROWS:
+            x = x.to(self.prefill_dtype)
+        return self.rotary(x, position_ids, *args, **kwargs)
+
+
+def fuse_layers(model: nn.Module, make_linear: LinearFactory,
+                prefill_dtype: torch.dtype | None = None) -> int:
+    """Replace each decoder layer of a fusable model in place; returns the count.
+
+    `prefill_dtype` (when it differs from the model's): prompt passes run in it.
+    """
     if not fusable(model):
         return 0
     layers = model.model.layers
     for index, layer in enumerate(layers):
-        layers[index] = FusedLlamaLayer(layer, make_linear)
+        layers[index] = FusedLlamaLayer(layer, make_linear, prefill_dtype)
+    rotary = getattr(model.model, "rotary_emb", None)
+    if prefill_dtype is not None and rotary is not None:
+        model.model.rotary_emb = PrefillRotary(rotary, prefill_dtype)
     return len(layers)
 
 
