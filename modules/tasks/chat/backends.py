@@ -21,6 +21,7 @@ from modules.config import Settings
 from modules.engine.callbacks import StatusCallback
 from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind
 from modules.engine.model_choice import ActiveModel, chat_model_choices
+from modules.engine.batching import scheduler_for
 from modules.tasks.chat.generation import stream_chat
 from modules.tasks.chat.logprobs import LogprobRecorder
 from modules.tasks.chat.params import ChatChunk, GenerationParams
@@ -91,12 +92,16 @@ class LocalChatBackend:
     def stream(self, messages: list[Message], params: GenerationParams,
                cancel: threading.Event | None = None, model: str | None = None,
                ) -> Iterator[ChatChunk]:
-        loaded = self.cache.get(self.resolve(model), ModelKind.CAUSAL_LM)
+        loaded = self.load(model)
         yield from stream_chat(loaded, messages, params, cancel, self.settings.max_input_tokens)
 
     def load(self, model: str | None = None) -> LoadedModel:
-        """The model itself, for raw-text completion and prompt scoring (/v1/completions)."""
-        return self.cache.get(self.resolve(model), ModelKind.CAUSAL_LM)
+        """The model itself, for raw-text completion and prompt scoring (/v1/completions);
+        its batch scheduler is made here, sized by the settings (PLAYGROUND_BATCH_SIZE)."""
+        loaded = self.cache.get(self.resolve(model), ModelKind.CAUSAL_LM)
+        scheduler_for(loaded, max_sequences=self.settings.batch_size,
+                      kv_cache_tokens=self.settings.kv_cache_tokens)
+        return loaded
 
     def logprob_recorder(self, model: str | None, top: int) -> LogprobRecorder:
         """A recorder for one request's token log-probabilities (put it in the params'

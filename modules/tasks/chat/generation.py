@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from transformers import TextIteratorStreamer
@@ -112,6 +113,10 @@ def stream_prompt(
             top_alternatives=params.alternatives,
         ))
         for piece in _pieces(streamer, sequence):
+            if isinstance(piece, _Waiting):
+                if params.report_waiting:
+                    yield ChatChunk(text, "", notice=prompt.notice, ahead=piece.ahead)
+                continue
             text += piece
             cut = stops.find(text)
             if cut is not None:
@@ -141,8 +146,15 @@ def _hand_out(token: int, streamer: TextIteratorStreamer, params: GenerationPara
     streamer.put(torch.tensor([token]))
 
 
-def _pieces(streamer: TextIteratorStreamer, sequence: Sequence) -> Iterator[str]:
-    """The streamer's text, not hanging if the sequence ended without ending it."""
+@dataclass(frozen=True)
+class _Waiting:
+    ahead: int  # sequences in the line before this one
+
+
+def _pieces(streamer: TextIteratorStreamer, sequence: Sequence) -> Iterator[str | _Waiting]:
+    """The streamer's text, not hanging if the sequence ended without ending it; while the
+    sequence waits for a place in the batch, its place in the line whenever that changes."""
+    place = None
     while True:
         try:
             piece = next(streamer)
@@ -151,6 +163,9 @@ def _pieces(streamer: TextIteratorStreamer, sequence: Sequence) -> Iterator[str]
         except queue.Empty:
             if not sequence.is_alive() and streamer.text_queue.empty():
                 return
+            if sequence.started_at is None and sequence.is_alive() and sequence.ahead != place:
+                place = sequence.ahead
+                yield _Waiting(place)
             continue
         if piece:
             yield piece

@@ -41,6 +41,9 @@ class GenerationParams:
     continue_final_message: bool = False
     # Record this many top alternatives per reply token (0: none), for branching.
     alternatives: int = 0
+    # Yield a text-less ChatChunk with `ahead` set while the request waits for a place in
+    # the model's batch (the page shows "N ahead of you"; /v1 streams leave it off).
+    report_waiting: bool = False
     # Request-scoped transformers LogitsProcessors (constraints, logprob recorders): see
     # processors.py. Local backend only; a remote server ignores them.
     logits_processors: tuple[Any, ...] = field(default=(), compare=False, repr=False)
@@ -110,6 +113,7 @@ class ChatChunk:
     usage: Usage | None = None  # set on the final chunk
     notice: str | None = None  # set on every chunk when turns were dropped to fit
     tokens: tuple = ()  # on the final chunk when params.alternatives > 0: see branching.py
+    ahead: int | None = None  # set while waiting in the batch's line (params.report_waiting)
 
 
 def format_usage(usage: Usage, finish_reason: str | None) -> str:

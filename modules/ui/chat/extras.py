@@ -74,7 +74,8 @@ def wire(context: AppContext, c, generating: list) -> list:
                         thinking)
 
     c.inspect.click(inspect_prompt, [c.message, c.history, *c.settings_inputs],
-                    [c.prompt_view, c.prompt_count], api_name="render_prompt", concurrency_id="chat")
+                    [c.prompt_view, c.prompt_count], api_name="render_prompt", concurrency_id="chat",
+                    concurrency_limit=context.settings.batch_size)  # the group's limit is its lowest
 
     @shows_user_errors
     def copy_as_code(history: list[dict], system_prompt: str, model: str,

@@ -40,6 +40,7 @@ from modules.tasks.chat.branching import DEFAULT_ALTERNATIVES, alternatives_at, 
 from modules.ui.chat import extras
 from modules.ui.chat.display import SAVED_NAMES, listing, opened_conversation, shown_messages
 from modules.ui.errors import shows_user_errors, user_error
+from modules.ui.i18n import t
 from modules.messages import Message
 
 THINKING_CHOICES = ["template default", "on", "off"]
@@ -183,7 +184,10 @@ def wire(context: AppContext, c, cancels: CancelRegistry) -> None:  # noqa: C901
     busy = [c.send, c.stop]
     reply_outputs = [c.chatbot, c.history, c.message, c.status, c.meter]
     settings = c.settings_inputs
-    streaming = dict(concurrency_id="chat", show_progress="minimal")
+    # As many replies at once as the model's batch holds (PLAYGROUND_BATCH_SIZE), so page
+    # users share batches; the scheduler queues the rest and the status shows their place.
+    streaming = dict(concurrency_id="chat", concurrency_limit=context.settings.batch_size,
+                     show_progress="minimal")
     private = dict(queue=False, api_visibility="private")
 
     def started(triggers):
@@ -315,7 +319,7 @@ def _generate(context: AppContext, cancels: CancelRegistry, session: str, origin
     backend = context.chat_backend
     model_name = model_ref if backend.name == "local" else (backend.default_model or "remote")
     yield *_view(shown + [{"role": "assistant", "content": prefix or "…"}], original), "", "", gr.skip()
-    loading = not backend.is_ready(model_ref)
+    loading = not backend.is_ready(model_ref)  # also: the status line says something to clear
     if loading:
         yield gr.skip(), gr.skip(), gr.skip(), f"Loading {model_ref}… (first use)", gr.skip()
     cancel = cancels.begin(session)
@@ -327,6 +331,10 @@ def _generate(context: AppContext, cancels: CancelRegistry, session: str, origin
         chunks = backend.stream(read, params, cancel, model=model_ref if backend.name == "local" else None)
         shown_at = 0.0
         for chunk in chunks:
+            if chunk.ahead is not None:  # waiting for a place in the model's batch
+                loading = True
+                yield gr.skip(), gr.skip(), gr.skip(), t("chat.waiting_in_line", ahead=chunk.ahead), gr.skip()
+                continue
             reply = chunk
             timer.saw(prefix + chunk.text)
             if chunk.finish_reason is None and time.monotonic() - shown_at >= UI_UPDATE_INTERVAL_S:
@@ -374,7 +382,7 @@ def _params(context: AppContext, max_new_tokens, temperature, top_p, top_k, repe
     params = params_from_settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty,
                                   do_sample, seed, max_new_tokens_limit=context.settings.max_new_tokens)
     return replace(params, enable_thinking={"on": True, "off": False}.get(thinking),
-                   alternatives=DEFAULT_ALTERNATIVES)
+                   alternatives=DEFAULT_ALTERNATIVES, report_waiting=True)
 
 
 # --- small handlers ----------------------------------------------------------------
