@@ -124,7 +124,8 @@ class Settings:
     remote_base_url: str | None = None
     remote_api_key: str | None = field(default=None, repr=False)
     remote_model: str | None = None
-    # CPU chat models: int8 weight-only linears (modules/engine/kernels/fast_decode.py). PLAYGROUND_FAST_DECODE=0 turns it off.
+    # CPU chat models: the kernels and dtypes this machine's SpeedPlan picked (modules/engine/cpu_profile.py,
+    # modules/engine/kernels/fast_decode.py). PLAYGROUND_FAST_DECODE=0 turns it off.
     fast_decode: bool = True
     # Started by a Hugging Face Space: no share link (the Space has its own public URL).
     on_spaces: bool = False

@@ -5,14 +5,13 @@ API endpoints call this; the two ways live in `sentiment` and `zero_shot`."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from modules.engine.callbacks import ProgressCallback
 from modules.engine.model_cache import ModelCache, ModelKind, StatusCallback
 from modules.tasks import sentiment, zero_shot
 from modules.tasks.sentiment import Classification
-
-ProgressCallback = Callable[[int, int], None]
 
 
 class Method(enum.Enum):

@@ -1,7 +1,7 @@
 """What a causal LM does at each step: score every token, reshape the scores, pick one.
 
-The explorer tab and the HTTP API show this; the sentiment tab may reuse
-`next_token_distribution` to read a model's probabilities for a few answer tokens.
+The explorer tab and the HTTP API show this. (Zero-shot classification scores its
+labels with its own prompt and a prefix KV cache: modules/tasks/zero_shot.py.)
 Sampling knobs are applied with transformers' own logits warpers, in the order
 `generate` applies them (temperature, top-k, top-p, then min-p), so what the tab
 shows is exactly what `generate` would sample from.
@@ -14,7 +14,6 @@ one-token forward pass instead of a pass over the whole text.
 from __future__ import annotations
 
 import math
-import numbers
 import re
 import threading
 import unicodedata
@@ -34,6 +33,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from modules.errors import InvalidInputError
 from modules.engine.model_cache import LoadedModel
+from modules.tasks.validation import is_number, is_whole
 
 MAX_TEMPERATURE = 10.0
 MAX_SHOWN = 100
@@ -82,14 +82,6 @@ class SamplingSettings:
         if self.min_p > 0:
             warpers.append(MinPLogitsWarper(min_p=self.min_p))
         return warpers
-
-
-def is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def is_whole(value: object) -> bool:
-    return is_number(value) and float(value).is_integer()
 
 
 def validate_shown(shown: int) -> int:
@@ -152,14 +144,9 @@ Messages = Sequence[Mapping[str, str]]
 
 def context_window(loaded: LoadedModel, max_input_tokens: int | None = None) -> int:
     """How many tokens the model can see: its positions, capped by the app's setting."""
-    model_max = getattr(loaded.tokenizer, "model_max_length", None)
-    limits = [
-        getattr(loaded.model.config, "max_position_embeddings", None),
-        model_max if isinstance(model_max, int) and model_max < 10**7 else None,  # not a sentinel
-        max_input_tokens,
-    ]
-    known = [limit for limit in limits if isinstance(limit, int) and limit > 0]
-    return min(known) if known else 2048
+    if isinstance(max_input_tokens, int) and max_input_tokens > 0:
+        return min(loaded.context_window(fallback=max_input_tokens), max_input_tokens)
+    return loaded.context_window()
 
 
 def encode_prompt(

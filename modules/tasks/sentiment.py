@@ -16,7 +16,7 @@ import io
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from modules.errors import (
     ModelOfflineError,
     require_text,
 )
+from modules.engine.callbacks import ProgressCallback
 from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind, StatusCallback
 from modules.messages import message
 
@@ -40,8 +41,6 @@ MAX_BATCH_ROWS = 2_000
 MAX_EXPLAINED_SEGMENTS = 48  # occlusion runs one forward pass per segment
 CHUNKS_PER_FORWARD = 16
 TEXT_COLUMN_HINTS = ("text", "sentence", "review", "content", "comment", "message", "body")
-
-ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -89,12 +88,7 @@ def validated_text(text: str | None) -> str:
 
 def max_length(loaded: LoadedModel) -> int:
     """The model's window in tokens: the smaller of what tokenizer and config allow."""
-    limits = [
-        getattr(loaded.tokenizer, "model_max_length", None),
-        getattr(loaded.model.config, "max_position_embeddings", None),
-    ]
-    sane = [int(n) for n in limits if isinstance(n, int) and 0 < n < 1_000_000]
-    return min(sane) if sane else FALLBACK_MAX_LENGTH
+    return loaded.context_window(fallback=FALLBACK_MAX_LENGTH)
 
 
 def _id2label(loaded: LoadedModel) -> list[str]:

@@ -7,9 +7,20 @@ UI shows the message and /v1 names the field without parsing text.
 from __future__ import annotations
 
 import math
+import numbers
 
 from modules.errors import InvalidParameterError
 from modules.messages import message
+
+
+def is_number(value: object) -> bool:
+    """A finite real number already (no text, no bool): for checks with their own message."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_whole(value: object) -> bool:
+    """A finite number with no fractional part (3 and 3.0, not 3.5, "3" or True)."""
+    return is_number(value) and float(value).is_integer()
 
 
 def number_in_range(name: str, value: object, low: float, high: float,

@@ -25,11 +25,12 @@ import copy
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from modules.engine.callbacks import ProgressCallback
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError, ModelError
 from modules.tasks.sentiment import Classification, validated_text
@@ -50,8 +51,6 @@ SEQUENCES_PER_FORWARD = 16
 TOKENS_PER_FORWARD = 8192  # bounds memory and how long one forward holds the model lock
 PRIOR_CACHE_SIZE = 64
 PRIOR_CACHE_KEY = "zero_shot_priors"
-
-ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import torch
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError
 from modules.tasks import next_token as nt
+from modules.tasks.validation import is_whole
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def attention(loaded: LoadedModel, ids: Sequence[int], head: int | None = None) 
     ids = nt.check_fits(loaded, list(ids))
     weights = attention_weights(loaded, ids)
     layers, heads, _ = weights.shape
-    if head is not None and (not nt.is_whole(head) or not 0 <= head < heads):
+    if head is not None and (not is_whole(head) or not 0 <= head < heads):
         raise InvalidInputError(f"Heads are numbered 0 to {heads - 1} (got {head}).")
     picked = weights.mean(1) if head is None else weights[:, int(head)]
     return AttentionMap(

@@ -16,6 +16,7 @@ import torch
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError
 from modules.tasks import next_token as nt
+from modules.tasks.validation import is_number, is_whole
 
 MAX_BEAMS = 8
 MAX_BEAM_TOKENS = 32
@@ -54,11 +55,11 @@ class BeamSearch:
 
 
 def validate_beam_request(num_beams: object, length: object, length_penalty: object) -> tuple[int, int, float]:
-    if not nt.is_whole(num_beams) or not 1 <= num_beams <= MAX_BEAMS:
+    if not is_whole(num_beams) or not 1 <= num_beams <= MAX_BEAMS:
         raise InvalidInputError(f"Beams must be a whole number from 1 to {MAX_BEAMS} (got {num_beams}).")
-    if not nt.is_whole(length) or not 1 <= length <= MAX_BEAM_TOKENS:
+    if not is_whole(length) or not 1 <= length <= MAX_BEAM_TOKENS:
         raise InvalidInputError(f"Length must be from 1 to {MAX_BEAM_TOKENS} new tokens (got {length}).")
-    if not nt.is_number(length_penalty) or not -5 <= length_penalty <= 5:
+    if not is_number(length_penalty) or not -5 <= length_penalty <= 5:
         raise InvalidInputError(f"Length penalty must be from -5 to 5 (got {length_penalty}).")
     return int(num_beams), int(length), float(length_penalty)
 
@@ -121,7 +122,7 @@ def beam_search(
     """transformers' beam search over `ids`, with greedy and one seeded sample of the same length."""
     num_beams, length, length_penalty = validate_beam_request(num_beams, length, length_penalty)
     settings = settings.validated()
-    if not nt.is_whole(seed):
+    if not is_whole(seed):
         raise InvalidInputError(f"The seed must be a whole number (got {seed}).")
     ids = nt.check_fits(loaded, list(ids))
     room = nt.context_window(loaded) - len(ids)

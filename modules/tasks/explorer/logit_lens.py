@@ -19,6 +19,7 @@ from torch import nn
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError
 from modules.tasks import next_token as nt
+from modules.tasks.validation import is_whole
 
 MAX_LENS_CANDIDATES = 20
 
@@ -103,7 +104,7 @@ def logit_lens(
 
     `chosen_id` defaults to the final layer's top token (what greedy would pick).
     """
-    if not nt.is_whole(top) or not 1 <= top <= MAX_LENS_CANDIDATES:
+    if not is_whole(top) or not 1 <= top <= MAX_LENS_CANDIDATES:
         raise InvalidInputError(f"The logit lens shows 1 to {MAX_LENS_CANDIDATES} candidates (got {top}).")
     ids = nt.check_fits(loaded, list(ids))
     logits = layer_logits(loaded, ids)
@@ -111,7 +112,7 @@ def logit_lens(
     columns = torch.topk(logits[-1], int(top)).indices.tolist()
     if chosen_id is None:
         chosen_id = columns[0]
-    if not nt.is_whole(chosen_id) or not 0 <= chosen_id < vocab:
+    if not is_whole(chosen_id) or not 0 <= chosen_id < vocab:
         raise InvalidInputError(f"No token with id {chosen_id} in this vocabulary.")
     chosen_id, tokenizer = int(chosen_id), loaded.tokenizer
     probabilities = logits.softmax(-1)

@@ -16,6 +16,7 @@ from modules.app_context import AppContext
 from modules.engine.gpu import gpu
 from modules.engine.model_cache import LoadedModel, ModelKind
 from modules.tasks import next_token as nt
+from modules.tasks.validation import is_whole
 from modules.tasks.explorer import attention, beam_search, compare, logit_lens, sampling_stages, scoring, session
 from modules.ui.errors import shows_user_errors, user_error
 from modules.ui.explorer import views
@@ -33,7 +34,7 @@ def whole(value) -> int:
     """A whole number from a component (a table cell may arrive as text)."""
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
-    if value is None or not nt.is_whole(value):
+    if value is None or not is_whole(value):
         raise user_error(f"Expected a whole number, got {value!r}.")
     return int(value)
 
