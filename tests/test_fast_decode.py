@@ -256,3 +256,15 @@ def test_float32_prompts_then_bf16_decode_pick_float32s_tokens(family):
                 assert _picks_agree(logits[0].float(), torch.nn.functional.one_hot(
                     torch.tensor(picked), logits.shape[-1]).float())
                 break
+
+
+def test_float_decode_plan_with_float32_prompts_still_reads_prompts():
+    """A probe may pick plain float layers for decode; they hold only the model's dtype, so
+    the prompt pass stays in it (a float32 pass into bf16 layers would fail)."""
+    model = _four_bit_model("qwen2")
+    plan = SpeedPlan("test", "float", "bf16", "fp32")
+    prepare_for_fast_decode(model, torch.device("cpu"), plan)
+    ids = torch.randint(3, 500, (1, PREFILL_ROWS + 4), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits
+    assert logits.shape[1] == ids.shape[1] and torch.isfinite(logits).all()

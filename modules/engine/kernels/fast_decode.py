@@ -247,7 +247,10 @@ def prepare_for_fast_decode(model: nn.Module, device: torch.device, plan: SpeedP
         formats.append("int8")
         return Int8WeightOnlyLinear(weight, bias, dtype, prefill_dtype, dense_dtype)
 
-    fused = fuse_layers(model, make_linear, prefill_dtype if prefill_dtype != dtype else None)
+    # A whole prompt pass in another dtype needs the quantized layers' dense copy; fused
+    # float layers hold only the model's dtype.
+    whole_pass = prefill_dtype if prefill_dtype != dtype and plan.decode_kernel != "float" else None
+    fused = fuse_layers(model, make_linear, whole_pass)
     rest = 0 if plan.decode_kernel == "float" else quantize_linears_int8(
         model, dtype, prefill_dtype, dense_dtype)
     log.info("Fast decode: %d fused layers (%d int4, %d int8, %d float projections), "
