@@ -92,7 +92,7 @@ def app_on_llama_server(llama_server):
 def test_the_page_chats_through_llama_server(app_on_llama_server):
     url, cache = app_on_llama_server
     client = Client(url, verbose=False)
-    chatbot, _, status = client.predict(
+    chatbot, _, _, _ = client.predict(
         message=CAPITAL_QUESTION[-1]["content"], system_prompt=SYSTEM, model="remote",
         max_new_tokens=16, temperature=0.0, top_p=0.9, top_k=50, repetition_penalty=1.0,
         do_sample=False, seed=None, api_name="/chat",
@@ -100,8 +100,8 @@ def test_the_page_chats_through_llama_server(app_on_llama_server):
     client.close()
     reply = chatbot[-1]["content"][0]["text"]
     assert chatbot[-1]["role"] == "assistant" and "Paris" in reply
-    assert "finish: stop" in status or "finish: length" in status
-    assert "completion" in chatbot[-1]["content"][1]["text"]
+    stats = chatbot[-1]["content"][1]["text"]  # the stats line under the reply
+    assert "finish: stop" in stats or "finish: length" in stats
     assert cache.loaded_names() == []  # llama-server answered, not a local model
 
 
