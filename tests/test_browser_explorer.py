@@ -79,10 +79,12 @@ def test_logit_lens_shows_paris_at_the_top_layer(page):
     screenshot(page, "explorer-lens")
 
 
-def test_attention_on_fused_layers_says_how_to_get_it(page):
+def test_attention_on_the_default_fused_layers(page):
     panel = explorer(page)
     open_view(panel, "Attention")
-    expect(page.get_by_text(re.compile("PLAYGROUND_FAST_DECODE=0")).first).to_be_visible()
+    heatmap = panel.locator("table.attention")
+    expect(heatmap).to_be_visible(timeout=MODEL_WAIT_MS)
+    expect(heatmap.locator("tr")).to_have_count(31)  # the header and 30 layers
     screenshot(page, "explorer-attention")
 
 

@@ -12,6 +12,7 @@ from transformers import LogitsProcessorList, MinPLogitsWarper, TemperatureLogit
 from modules.engine.model_cache import ModelCache, ModelKind
 from modules.errors import InvalidInputError
 from modules.tasks import next_token as nt
+from modules.engine.kernels.fused_llama import fused_layers
 from modules.tasks.explorer import attention, beam_search, compare, logit_lens, sampling_stages, scoring, session
 from tests.conftest import make_settings
 
@@ -142,9 +143,16 @@ def test_attention_of_the_last_position(tiny_unfused):
         attention.attention(tiny_unfused, ids, head=mean.heads)
 
 
-def test_attention_from_fused_layers_is_a_clear_error(tiny):
-    with pytest.raises(InvalidInputError, match="cannot return attention weights.*PLAYGROUND_FAST_DECODE=0"):
-        attention.attention(tiny, ids_of(tiny))
+def test_attention_from_fused_layers_without_an_extra_model_pass(tiny, tiny_unfused):
+    """Fused CPU layers hand over the last token's attention their kernel computes."""
+    ids = ids_of(tiny)
+    fused = attention.attention(tiny, ids)
+    plain = attention.attention(tiny_unfused, ids)
+    assert (fused.layers, fused.heads) == (plain.layers, plain.heads)
+    assert all(sum(row) == pytest.approx(1.0, abs=1e-3) for row in fused.weights)
+    # int8 weights here, bf16 there: close, not equal
+    assert torch.tensor(fused.weights) == pytest.approx(torch.tensor(plain.weights), abs=0.05)
+    assert next(iter(fused_layers(tiny.model))).attention_sink is None  # recording ends with the pass
 
 
 # --- beam search ----------------------------------------------------------------------
@@ -286,12 +294,15 @@ def test_embedded_attention_gathers_on_the_first_token(shared_cache):
     from modules.config import EMBEDDED_MODEL
 
     plain = ModelCache(make_settings(fast_decode=False)).get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
+    fused = shared_cache.get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)  # the app's default: fused int4
     ids = plain.tokenizer("The capital of France is")["input_ids"]
     result = attention.attention(plain, ids)
     assert result.layers == plain.model.config.num_hidden_layers
     firsts = [row.index(max(row)) == 0 for row in result.weights]
     assert sum(firsts) > result.layers // 2
     assert all(sum(row) == pytest.approx(1.0, abs=1e-2) for row in result.weights)
+    from_fused = attention.attention(fused, ids)  # 0.007 apart at most when measured
+    assert torch.tensor(from_fused.weights) == pytest.approx(torch.tensor(result.weights), abs=0.03)
 
 
 def test_a_model_without_a_chat_template_is_told_to_use_raw_text(tiny, monkeypatch):

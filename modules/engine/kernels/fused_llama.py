@@ -21,7 +21,9 @@ against the original layer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -56,6 +58,9 @@ def _cat_biases(*linears: nn.Linear) -> torch.Tensor | None:
 
 
 class FusedLlamaLayer(nn.Module):
+    # A list while `recording_attention` runs: one-token passes append their weights to it.
+    attention_sink: list[torch.Tensor] | None = None
+
     """LlamaDecoderLayer's forward with fused projections; takes over its weights."""
 
     def __init__(self, layer: nn.Module, make_linear: LinearFactory,
@@ -162,6 +167,8 @@ class FusedLlamaLayer(nn.Module):
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool \
                 else scores + mask
         weights = scores.softmax(-1).view(rows, groups, seen)
+        if self.attention_sink is not None:  # query head h reads kv head h // groups
+            self.attention_sink.append(weights.view(batch, self.query_heads, seen))
         attended = torch.bmm(weights, value.reshape(rows, seen, dim).float())
         return attended.to(query.dtype).view(batch, self.query_heads, 1, dim)
 
@@ -178,6 +185,26 @@ class PrefillRotary(nn.Module):
         if position_ids.shape[-1] > PREFILL_ROWS:
             x = x.to(self.prefill_dtype)
         return self.rotary(x, position_ids, *args, **kwargs)
+
+
+def fused_layers(model: nn.Module) -> list[FusedLlamaLayer]:
+    return [module for module in model.modules() if isinstance(module, FusedLlamaLayer)]
+
+
+@contextlib.contextmanager
+def recording_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect each fused layer's attention weights ([batch, heads, seen], in layer order)
+    from the one-token passes run inside: the fused kernels compute them anyway, so seeing
+    attention costs no eager pass and no second copy of the model."""
+    sink: list[torch.Tensor] = []
+    layers = fused_layers(model)
+    for layer in layers:
+        layer.attention_sink = sink
+    try:
+        yield sink
+    finally:
+        for layer in layers:
+            layer.attention_sink = None
 
 
 def fuse_layers(model: nn.Module, make_linear: LinearFactory,

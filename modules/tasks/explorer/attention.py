@@ -1,8 +1,10 @@
 """Attention of the next position: how much the last token looks at each earlier one.
 
-One extra forward pass with `output_attentions=True` under transformers' eager
-attention (the fast kernels do not return weights), switched on for that pass only
-and back after it, while the model's lock keeps other requests out.
+Transformers' layers: one extra forward pass with `output_attentions=True` under eager
+attention, switched on for that pass only and back after it. Fused CPU layers: the text
+but its last token is read through the cache, then the last token alone, whose one-row
+attention the fused kernel computes explicitly and hands over. Either way the model's
+lock keeps other requests out.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from modules.engine.kernels.fused_llama import fused_layers, recording_attention
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError
 from modules.tasks import next_token as nt
@@ -32,15 +35,31 @@ class AttentionMap:
 
 def no_attentions_message(loaded: LoadedModel) -> str:
     return (
-        f"{loaded.name} cannot return attention weights here: its layers run on fused CPU kernels "
-        f"({loaded.quantization or 'fast decode'}). Start the app with PLAYGROUND_FAST_DECODE=0 "
-        "to see attention."
+        f"{loaded.name} returned no attention weights (its attention implementation does not "
+        "expose them)."
     )
 
 
 @torch.inference_mode()
 def attention_weights(loaded: LoadedModel, ids: Sequence[int]) -> torch.Tensor:
-    """[layers, heads, tokens] attention of the last position, from one eager pass."""
+    """[layers, heads, tokens] attention of the last position."""
+    if fused_layers(loaded.model):
+        return _fused_attention_weights(loaded, list(ids))
+    return _eager_attention_weights(loaded, ids)
+
+
+def _fused_attention_weights(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
+    with loaded.lock:
+        past = nt.prefill(loaded, ids[:-1]).past_key_values if len(ids) > 1 else None
+        last = torch.tensor([ids[-1:]], dtype=torch.long, device=loaded.device)
+        with recording_attention(loaded.model) as sink:
+            loaded.model(input_ids=last, past_key_values=past, use_cache=True)
+    if not sink:
+        raise InvalidInputError(no_attentions_message(loaded))
+    return torch.stack([weights[0].float().cpu() for weights in sink])
+
+
+def _eager_attention_weights(loaded: LoadedModel, ids: Sequence[int]) -> torch.Tensor:
     model = loaded.model
     input_ids = torch.tensor([list(ids)], dtype=torch.long, device=loaded.device)
     with loaded.lock:
