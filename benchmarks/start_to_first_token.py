@@ -11,7 +11,6 @@ Run: `python -m benchmarks.start_to_first_token`. Figures are for this machine o
 from __future__ import annotations
 
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import httpx
 import torch
 
 from modules.config import EMBEDDED_MODEL
+from modules.engine.cpu_profile import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MESSAGE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -86,18 +86,8 @@ def _first_token(base: str, started: float) -> float:
     raise RuntimeError("the reply streamed no token")
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
-    print(f"{cpu_name()}, {os.cpu_count()} CPUs, ISA {torch.backends.cpu.get_cpu_capability()}, "
+    print(f"{cpu_model()}, {os.cpu_count()} CPUs, ISA {torch.backends.cpu.get_cpu_capability()}, "
           f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}\n", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         fresh = measure_start(folder, "fresh cache (converts the GGUF file)")

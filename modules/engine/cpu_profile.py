@@ -96,7 +96,8 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's marketing name (benchmarks print it beside every figure)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -110,7 +111,7 @@ def cpu_signature() -> str:
     """What decides kernel speed: the ISA torch uses, CPU model and flags, threads, torch."""
     flags = ",".join(sorted(_cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512f", "avx2"}))
     isa_env = os.environ.get("ATEN_CPU_CAPABILITY", "") + os.environ.get("ONEDNN_MAX_CPU_ISA", "")
-    return (f"{cpu_capability()}|{isa_env}|{_cpu_model()}|{flags}|threads={torch.get_num_threads()}"
+    return (f"{cpu_capability()}|{isa_env}|{cpu_model()}|{flags}|threads={torch.get_num_threads()}"
             f"|torch={torch.__version__}")
 
 
