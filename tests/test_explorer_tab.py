@@ -136,8 +136,8 @@ def test_views_that_run_a_pass(demo, tiny):
     assert "p = " in summary and tiny.description in summary and len(scores) == len(tiny.tokenizer(" fox", add_special_tokens=False)["input_ids"])
     summary, left, right = handler(demo, "explorer_compare")("i am good", False, tiny.ref.text, "i am good ", "", 5)
     assert "KL(prompt A ‖ prompt B)" in summary and len(left) == len(right) == 5
-    with pytest.raises(gr.Error, match="cannot return attention weights"):  # fused CPU layers
-        handler(demo, "explorer_attention")(session, "mean of heads")
+    summary, heatmap, _ = handler(demo, "explorer_attention")(session, "mean of heads")  # fused CPU layers
+    assert tiny.description in summary and 'class="attention"' in heatmap
     with pytest.raises(gr.Error, match="Beams must be"):
         handler(demo, "explorer_beams")(session, 0, 4, 1.0, 1.0, 0, 1.0, 0.0, 0)
     with pytest.raises(gr.Error, match="Type a continuation"):
@@ -178,7 +178,8 @@ def test_next_token_endpoint_through_gradio_client(demo, tiny):
             assert got["token"] == want.token
             assert got["probability"] == pytest.approx(want.probability, abs=1e-6)
             assert got["logit"] == pytest.approx(want.logit, abs=1e-4)
-        assert result["kept"] == 4 and result["model"] == tiny.ref.text
+        # top-k keeps 4, or more where bf16 scores tie with the 4th (seen on AVX2 machines)
+        assert result["kept"] == expected.kept >= 4 and result["model"] == tiny.ref.text
 
         with pytest.raises(Exception, match="Type a prompt"):
             client.predict("   ", api_name="/next_token")
@@ -200,7 +201,8 @@ def test_next_token_endpoint_through_gradio_client(demo, tiny):
         assert compared["kl_left_right_bits"] > 0
         with pytest.raises(Exception, match="Beams must be"):
             client.predict(PROMPT, num_beams=9, api_name="/beam_search")
-        with pytest.raises(Exception, match="cannot return attention"):
-            client.predict(PROMPT, api_name="/attention")
+        attended = client.predict(PROMPT, api_name="/attention")  # from the fused layers' own kernel
+        assert attended["layers"] == tiny.model.config.num_hidden_layers
+        assert all(sum(row) == pytest.approx(1.0, abs=1e-3) for row in attended["weights"])
     finally:
         demo.close()
