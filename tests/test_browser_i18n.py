@@ -108,3 +108,30 @@ def test_an_error_toast_reads_in_chinese(browser, app_url):
     screenshot(page, "i18n-zh-CN-error")
     page.context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_the_switch_fails_soft_when_gradios_locale_module_is_not_found(browser, app_url):
+    """Gradio has no public way to change the page's locale: the switch finds its core module
+    among the loaded resources. If that lookup fails (a renamed bundle), choosing a
+    language raises no error, the browser's language stays on the labels Gradio translates,
+    and the server-written texts (header, tab names) still follow the choice."""
+    context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
+    context.route(re.compile(r"^(?!https?://127\.0\.0\.1[:/])"), lambda route: route.abort())
+    # A later Gradio whose core module no longer exports changeLocale.
+    context.route("**/assets/core-changed.js", lambda route: route.fulfill(
+        body="export const somethingElse = 1;", content_type="text/javascript"))
+    context.add_init_script(
+        'performance.getEntriesByType = () => [{name: location.origin + "/assets/core-changed.js"}];')
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda line: problems.append(line.text) if line.type == "error" else None)
+    page.goto(app_url)
+    expect(page.locator("#active-model")).to_contain_text(text("app.tagline", "en"))
+    page.locator("#language-switch").get_by_text("中文", exact=True).click()
+    expect(page.locator("#active-model")).to_contain_text(text("app.tagline", "zh-CN"))
+    # The tabs are server-written (re-rendered per language); a button is Gradio's to translate.
+    page.get_by_role("tab", name=text("tabs.translation", "zh-CN"), exact=True).click()
+    expect(page.get_by_role("button", name=text("translation.translate", "en"), exact=True)).to_be_visible()
+    context.close()
+    assert not problems, f"errors on the page: {problems}"

@@ -127,3 +127,24 @@ def test_the_ui_adapter_shows_a_keyed_error_in_the_readers_language():
 def test_a_message_is_a_value():
     assert message("tabs.chat") == Message("tabs.chat", {})
     assert text("no.such.key", "zh-CN") == "no.such.key"  # visible, not a crash
+
+
+def test_the_api_description_names_translated_fields_in_english():
+    """"Use via API" and /gradio_api/info show English labels, not `__i18n__` markers."""
+    from modules.ui.i18n import TranslatedBlocks, _
+
+    def shout(words: str) -> str:
+        """Shout the words."""
+        return words.upper()
+
+    with TranslatedBlocks() as demo:
+        box = gr.Textbox(label=_("translation.text"))
+        out = gr.Textbox(label=_("translation.output"))
+        plain = gr.Textbox(label="Plain label")
+        box.submit(shout, box, out, api_name="shout")
+        plain.submit(shout, plain, plain, api_name="plain")
+    endpoints = demo.get_api_info()["named_endpoints"]
+    assert endpoints["/shout"]["parameters"][0]["label"] == text("translation.text", "en")
+    assert endpoints["/shout"]["returns"][0]["label"] == text("translation.output", "en")
+    assert endpoints["/plain"]["parameters"][0]["label"] == "Plain label"
+    assert "__i18n__" not in repr(endpoints)

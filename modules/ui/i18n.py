@@ -14,6 +14,7 @@ and re-renders the server-written texts registered with `on_language_change`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -24,6 +25,7 @@ from gradio.context import LocalContext
 from modules.messages import DEFAULT_LANGUAGE, LANGUAGES, supported, table
 from modules.messages import text as message_text
 
+_MARKER = "__i18n__"  # how an I18nData reads as a string (gradio/i18n.py)
 COOKIE = "playground-language"
 STORAGE_KEY = "playground-language"
 CHOICES = [("English", "en"), ("中文", "zh-CN")]
@@ -33,13 +35,21 @@ CHOICES = [("English", "en"), ("中文", "zh-CN")]
 I18N = gr.I18n(**{language: dict(table(language)) for language in LANGUAGES},
                **{"zh-TW": dict(table("zh-CN"))})
 
-# Run in the browser. Gradio's bundle exports `changeLocale` from its core module;
+# Run in the browser. Gradio 6.31 has no supported way to change the page's locale from
+# outside (no query parameter, no global API; launch's i18n only carries the tables).
+# Its bundle exports `changeLocale` from its core module (what its Settings panel calls);
 # importing that module's URL again returns the same instance, so its locale store
-# changes for the whole page, as when a user picks a language in Gradio's Settings.
+# changes for the whole page. The module's name is hashed, so it is looked up among the
+# loaded resources; if it cannot be found or has changed, nothing happens (no console
+# error): the page stays in the browser's language and server-written texts still follow
+# the choice (the cookie).
 _SET_LOCALE = """
-  const core = performance.getEntriesByType("resource").map((entry) => entry.name)
-    .find((name) => /\\/assets\\/core-[^/]+\\.js$/.test(name));
-  if (core) { (await import(core)).changeLocale(language); }
+  try {
+    const core = performance.getEntriesByType("resource").map((entry) => entry.name)
+      .find((name) => /\\/assets\\/core-[^/]+\\.js$/.test(name));
+    const module = core ? await import(core) : null;
+    if (typeof module?.changeLocale === "function") { module.changeLocale(language); }
+  } catch (_) { /* the browser's language stays */ }
 """
 # A choice: remembered in a cookie too, so that the server writes in that language.
 _CHOOSE_JS = f"""
@@ -162,3 +172,27 @@ class TranslatedBlocks(gr.Blocks):
 
     def launch(self, *args, i18n: gr.I18n | None = None, **kwargs):
         return super().launch(*args, i18n=i18n or I18N, **kwargs)
+
+    def get_api_info(self, *args, **kwargs):
+        """Gradio's API description ("Use via API", /gradio_api/info, its clients) with each
+        translated label in English: Gradio copies a component's label into it as it is,
+        and an `I18nData` label would show as an `__i18n__{...}` marker there."""
+        info = super().get_api_info(*args, **kwargs)
+        for endpoints in info.values():
+            for endpoint in endpoints.values():
+                for field in (*endpoint.get("parameters", ()), *endpoint.get("returns", ())):
+                    field["label"] = english_label(field.get("label"))
+        return info
+
+
+def english_label(label: object) -> object:
+    """A translated label (an `I18nData`, or its `__i18n__` string form) as its English text;
+    any other label as it is."""
+    if isinstance(label, gr.i18n.I18nData):
+        return message_text(label.key)
+    if isinstance(label, str) and label.startswith(_MARKER):
+        try:
+            return message_text(json.loads(label[len(_MARKER):])["key"])
+        except (ValueError, KeyError, TypeError):
+            return label
+    return label
