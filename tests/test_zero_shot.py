@@ -75,9 +75,29 @@ def _unpadded_logprob(model, prompt: list[int], continuation: list[int]) -> floa
 def test_positive_negative_gets_the_sentiment_method_other_labels_the_generic_one():
     assert zero_shot.method_for(zero_shot.parse_labels("Negative, positive")) is zero_shot.SENTIMENT
     assert zero_shot.method_for(zero_shot.parse_labels("positive, negative, neutral")) is zero_shot.GENERIC
-    demo_labels = {label for _, label in zero_shot.SENTIMENT.demonstrations}
-    assert demo_labels == {"positive", "negative"}  # balanced: two of each
-    assert len(zero_shot.SENTIMENT.demonstrations) == 4
+    demo_labels = [demo.label for demo in zero_shot.SENTIMENT.demonstrations]
+    assert sorted(demo_labels) == ["negative", "negative", "positive", "positive"]  # balanced
+    for demo in zero_shot.GENERIC.demonstrations:  # they teach the format on labels of their own
+        assert demo.labels and demo.label in demo.labels.split(", ")
+
+
+def test_format_demonstrations_show_their_own_labels_and_the_users_last(tiny_lm):
+    labels = zero_shot.parse_labels("bug report, feature request, praise")
+    prompt = zero_shot._render(tiny_lm, zero_shot.LABELS_FRAME, labels, zero_shot.FORMAT_DEMONSTRATIONS)
+    assert prompt.count("Labels: ") == len(zero_shot.FORMAT_DEMONSTRATIONS) + 1
+    assert "Labels: sports, politics, science\n" in prompt
+    assert prompt.endswith("Labels: bug report, feature request, praise\nText: "
+                           + zero_shot.TEXT_SLOT + "\nLabel:")
+
+
+def test_the_generated_prior_comes_from_seeded_samples(tiny_lm):
+    labels = zero_shot.parse_labels("good, bad, so so")
+    texts = zero_shot.sampled_texts(tiny_lm, labels, zero_shot.GENERIC)
+    assert len(texts) == zero_shot.GENERATED_TEXTS and all("\n" not in t for t in texts)
+    assert zero_shot.sampled_texts(tiny_lm, labels, zero_shot.GENERIC) == texts  # fixed seed
+    assert len(set(texts)) > 1  # sampled, not greedy
+    prior = zero_shot.generated_prior(tiny_lm, labels, zero_shot.GENERIC)
+    assert prior.shape == (3,) and prior.sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_padded_batch_scores_equal_unpadded_ones(tiny_lm):
@@ -154,16 +174,23 @@ def _accuracy(results, rows, scores=lambda r: r.scores) -> float:
                for r, row in zip(results, rows)) / len(rows)
 
 
-def test_calibration_helps_the_generic_prompt_on_the_smoke_set(embedded_chat_model):
-    """The smoke set (50 sentences written here): the generic chat prompt says "positive"
-    to nearly everything until the prior is divided out (measured raw 54-60 %, 94-96 %)."""
+def test_calibration_helps_the_chat_prompt_and_the_generic_method_on_the_smoke_set(
+    embedded_chat_model,
+):
+    """The smoke set (50 sentences written here): the chat prompt says "positive" to nearly
+    everything until the content-free prior is divided out (measured raw 54-60 %, 94-96 %);
+    the generic method's format demonstrations already fix that (measured 96 % either way)."""
     rows = _rows(LABELLED)
     assert sum(r["label"] == "positive" for r in rows) == sum(r["label"] == "negative" for r in rows)
-    results = zero_shot.zero_shot(embedded_chat_model, [r["text"] for r in rows],
-                                  "positive, negative", method=zero_shot.GENERIC)
+    texts = [r["text"] for r in rows]
+    chat = zero_shot.Method(zero_shot.CHAT_FRAME, (), zero_shot.CONTENT_FREE)
+    results = zero_shot.zero_shot(embedded_chat_model, texts, "positive, negative", method=chat)
     calibrated, raw = _accuracy(results, rows), _accuracy(results, rows, lambda r: r.raw_scores)
     assert calibrated >= 0.8
     assert calibrated > raw + 0.1
+    generic = zero_shot.zero_shot(embedded_chat_model, texts, "positive, negative",
+                                  method=zero_shot.GENERIC)
+    assert _accuracy(generic, rows) >= 0.85
 
 
 def test_sentiment_method_on_real_review_sentences(embedded_chat_model):
@@ -174,6 +201,7 @@ def test_sentiment_method_on_real_review_sentences(embedded_chat_model):
     assert _accuracy(results, rows) >= 0.75
 
 
+ISSUE_LABELS = pathlib.Path(__file__).parent / "data" / "issue_labels.csv"
 THREE_LABEL_CASES = [
     ("The app crashes every time I open the settings page.", "bug report"),
     ("Clicking save deletes my draft instead of saving it.", "bug report"),
@@ -188,13 +216,12 @@ THREE_LABEL_CASES = [
 
 
 def test_three_labels_of_your_own_beat_chance(embedded_chat_model):
-    """Any labels, not just sentiment: 9 texts written here, 3 labels (chance: 3 right).
-    Noun labels need their article form typed as a label word ("The text is a bug report").
-    Measured 7 of 9 uncalibrated; with the bare names, or with the content-free prior
-    divided out, 3 of 9 (everything becomes "praise"), as the README reports."""
+    """Any labels, not just sentiment: 9 texts written here (not among the 36 of
+    tests/data/issue_labels.csv the method was chosen on), 3 labels, bare names, calibration
+    on (chance: 3 right). Measured 6 of 9 with the generative prior; with the content-free
+    prior of before every answer was "praise" (3 of 9)."""
     texts = [text for text, _ in THREE_LABEL_CASES]
-    labels = "bug report | a bug report, feature request | a feature request, praise"
-    results = zero_shot.zero_shot(embedded_chat_model, texts, labels, calibrate=False)
+    results = zero_shot.zero_shot(embedded_chat_model, texts, "bug report, feature request, praise")
     right = sum(r.label == gold for r, (_, gold) in zip(results, THREE_LABEL_CASES))
-    assert right >= 5
+    assert right >= 6
     assert len({r.label for r in results}) >= 2

@@ -1,22 +1,28 @@
 """Zero-shot classification with the chat model: any labels, no classifier, works offline.
 
 Each text goes into a prompt that lists the labels, and each label is scored as the next
-words of the answer: the probability of its label words, summed (the label itself,
-capitalised or not, plus good/great for positive and bad/terrible for negative, or words
-typed as 'praise | a compliment'). Label words of one token are all read from the same
-next-token distribution, and the prompt's shared start (instructions, demonstrations) is
-run once and its KV cache reused, so a text costs one short sequence.
+words of the answer: the probability of its label words, summed over their tokens and
+over the words (the label itself, capitalised or not, plus good/great for positive and
+bad/terrible for negative, or words typed as 'praise | a compliment'). Multi-token words
+get their full probability (log-probabilities summed, not length-normalised): calibration
+divides by a prior scored the same way, so a long label's lower probability cancels out.
+The prompt's shared start (instructions, demonstrations) is run once and its KV cache
+reused, so a text costs one short sequence.
 
 A small LM prefers some labels whatever the text says, so calibration divides out the
 model's prior over the labels and renormalises. Which prompt and which prior depends on
-the labels (`method_for`), as measured on real review sentences (benchmarks/zero_shot_accuracy.py,
-embedded SmolLM2-135M-Instruct, 400 sentences, then a disjoint 400 to confirm):
+the labels (`method_for`), as measured by benchmarks/zero_shot_accuracy.py (embedded
+SmolLM2-135M-Instruct):
 
 * positive/negative: a plain "Review: … Sentiment:" frame after 4 fixed demonstrations
   written here, prior = the answer's words alone (domain-conditional PMI, Holtzman et al.,
-  2021): 85.2 % (holdout 84.2 %);
-* any other labels: the chat template, prior = content-free inputs ("N/A", "", "[MASK]")
-  averaged ("Calibrate Before Use", Zhao et al., 2021): 81.0 % on the same sentences.
+  2021): 85.2 % on 400 real review sentences (holdout 84.2 %);
+* any other labels: a plain "Labels: … Text: … Label:" frame after 3 demonstrations of the
+  format on unrelated label sets, prior = the labels' mean probability over texts the model
+  itself writes in that prompt (generative calibration, Jiang et al., 2023). Content-free
+  inputs ("N/A", "", "[MASK]"; Zhao et al., 2021) gave a prior unlike real texts' for
+  bug report / feature request / praise (each input a different answer, the average
+  pushing every text to one label); domain PMI's answer-only prompt favours one label ~1.0.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from modules.errors import InvalidInputError, ModelError
 from modules.tasks.sentiment import Classification, validated_text
 
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
+GENERATED_TEXTS = 32  # texts sampled for the generative prior, from a fixed seed
+GENERATED_TOKENS = 32
 TEXT_SLOT = "\u2063TEXT\u2063"  # stands for the text while the template is rendered
 DEFAULT_LABELS = ("positive", "negative")
 # Synonyms scored with a label of that name (several surface forms per label).
@@ -62,6 +70,16 @@ class Label:
 
 
 @dataclass(frozen=True)
+class Demonstration:
+    """A solved example shown before the text: its label, and the label list shown with it
+    (None: the user's labels; a list of its own when it only teaches the format)."""
+
+    text: str
+    label: str
+    labels: str | None = None
+
+
+@dataclass(frozen=True)
 class Frame:
     """How a prompt is laid out around the text.
 
@@ -80,8 +98,10 @@ CHAT_FRAME = Frame("Which of these best describes the text below: {labels}?\n\nT
 PLAIN_FRAME = Frame("Text: {text}\nWhich of these best describes the text: {labels}?\n",
                     "Answer:", chat=False)
 REVIEW_FRAME = Frame("Review: {text}\n", "Sentiment:", chat=False)  # the classic SST-2 frame
+LABELS_FRAME = Frame("Labels: {labels}\nText: {text}\n", "Label:", chat=False)
 CONTENT_FREE = "content-free"  # prior: content-free inputs in the same prompt (Zhao et al.)
 DOMAIN = "domain"  # prior: the answer's words alone (domain-conditional PMI, Holtzman et al.)
+GENERATED = "generated"  # prior: texts the model writes in the prompt (Jiang et al., 2023)
 
 
 @dataclass(frozen=True)
@@ -89,18 +109,28 @@ class Method:
     """How a label set is prompted and which prior calibration divides out."""
 
     frame: Frame
-    demonstrations: tuple[tuple[str, str], ...] = ()
+    demonstrations: tuple[Demonstration, ...] = ()
     prior: str = CONTENT_FREE
 
 
-GENERIC = Method(CHAT_FRAME)
+# Any labels: demonstrations of the format only (their own, unrelated label sets, written
+# here), so the model answers with one of the listed labels whatever they are.
+FORMAT_DEMONSTRATIONS = (
+    Demonstration("The striker scored twice in the second half.", "sports",
+                  "sports, politics, science"),
+    Demonstration("Thank you so much for fixing my order so quickly.", "thanks",
+                  "question, complaint, thanks"),
+    Demonstration("The ferry to the island leaves every hour, so buy the ticket at the port.",
+                  "travel tip", "recipe, travel tip, news"),
+)
+GENERIC = Method(LABELS_FRAME, FORMAT_DEMONSTRATIONS, GENERATED)
 # Positive/negative, the best of the layouts measured on real review sentences: k=4 fixed,
 # balanced demonstrations written here (never from evaluation data) and domain PMI.
 SENTIMENT = Method(REVIEW_FRAME, (
-    ("A warm, funny film with a cast that clearly loves the material.", "positive"),
-    ("The plot drags and the jokes fall flat.", "negative"),
-    ("I would happily watch it again tomorrow.", "positive"),
-    ("Two hours of my life I will never get back.", "negative"),
+    Demonstration("A warm, funny film with a cast that clearly loves the material.", "positive"),
+    Demonstration("The plot drags and the jokes fall flat.", "negative"),
+    Demonstration("I would happily watch it again tomorrow.", "positive"),
+    Demonstration("Two hours of my life I will never get back.", "negative"),
 ), DOMAIN)
 
 
@@ -174,28 +204,32 @@ def _encode(loaded: LoadedModel, text: str, split_special: bool = False) -> list
 
 
 def _render(loaded: LoadedModel, frame: Frame, labels: Sequence[Label],
-            demonstrations: Sequence[tuple[str, str]]) -> str:
+            demonstrations: Sequence[Demonstration]) -> str:
     """The whole prompt as text, with TEXT_SLOT where the text goes."""
     listed = ", ".join(label_names(labels))
-    question = lambda text: frame.question.format(labels=listed, text=text)  # noqa: E731
+
+    def question(text: str, shown: str | None = None) -> str:
+        return frame.question.format(labels=shown or listed, text=text)
+
     tokenizer = loaded.tokenizer
     if frame.chat and getattr(tokenizer, "chat_template", None):
         messages = []
-        for text, label in demonstrations:
-            messages += [{"role": "user", "content": question(text)},
-                         {"role": "assistant", "content": f"{frame.answer} {label}."}]
+        for demo in demonstrations:
+            messages += [{"role": "user", "content": question(demo.text, demo.labels)},
+                         {"role": "assistant", "content": f"{frame.answer} {demo.label}."}]
         messages.append({"role": "user", "content": question(TEXT_SLOT)})
         rendered = tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False
         )
         return rendered + frame.answer
-    shots = "".join(f"{question(text)}{frame.answer} {label}\n\n" for text, label in demonstrations)
+    shots = "".join(f"{question(demo.text, demo.labels)}{frame.answer} {demo.label}\n\n"
+                    for demo in demonstrations)
     return shots + question(TEXT_SLOT) + frame.answer
 
 
 def _prompt_halves(
     loaded: LoadedModel, labels: Sequence[Label], frame: Frame = CHAT_FRAME,
-    demonstrations: Sequence[tuple[str, str]] = (),
+    demonstrations: Sequence[Demonstration] = (),
 ) -> tuple[list[int], list[int]]:
     """Token ids before and after the text; the text itself is tokenized on its own so that
     special tokens a user types (e.g. '<|im_end|>') stay plain text."""
@@ -343,6 +377,8 @@ def label_prior(loaded: LoadedModel, labels: Sequence[Label], method: Method) ->
             return priors[key]
     if method.prior == DOMAIN:
         prior = domain_prior(loaded, labels, method.frame)
+    elif method.prior == GENERATED:
+        prior = generated_prior(loaded, labels, method)
     else:
         prior = content_free_distribution(loaded, labels, method)
     with _prior_lock:
@@ -359,6 +395,33 @@ def content_free_distribution(
     before, after = _prompt_halves(loaded, labels, method.frame, method.demonstrations)
     prompts = [_text_ids(loaded, cf, MAX_TEXT_TOKENS)[0] + after for cf in CONTENT_FREE_INPUTS]
     return _label_probabilities(loaded, prompts, labels, before).mean(0)
+
+
+def generated_prior(loaded: LoadedModel, labels: Sequence[Label], method: Method) -> torch.Tensor:
+    """The label distribution averaged over texts the model itself writes where the text goes
+    (generative calibration, Jiang et al., 2023): an estimate of the labels' marginal over
+    texts like the prompt's, where a few content-free inputs can be far from any real text."""
+    texts = sampled_texts(loaded, labels, method)
+    before, after = _prompt_halves(loaded, labels, method.frame, method.demonstrations)
+    prompts = [_text_ids(loaded, text, MAX_TEXT_TOKENS)[0] + after for text in texts]
+    return _label_probabilities(loaded, prompts, labels, before).mean(0)
+
+
+def sampled_texts(loaded: LoadedModel, labels: Sequence[Label], method: Method) -> list[str]:
+    """GENERATED_TEXTS texts sampled (temperature 1, fixed seed) after the prompt's start,
+    each cut at its first line break."""
+    before, _ = _prompt_halves(loaded, labels, method.frame, method.demonstrations)
+    ids = torch.tensor([before], device=loaded.device)
+    eos = loaded.tokenizer.eos_token_id
+    with loaded.lock, torch.inference_mode(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        output = loaded.model.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+            top_p=1.0, top_k=0, max_new_tokens=GENERATED_TOKENS,
+            num_return_sequences=GENERATED_TEXTS, pad_token_id=eos,
+        )
+    texts = loaded.tokenizer.batch_decode(output[:, len(before):], skip_special_tokens=True)
+    return [text.split("\n")[0].strip() for text in texts]
 
 
 def domain_prior(
