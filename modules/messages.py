@@ -46,7 +46,7 @@ def text(key: str, language: str = DEFAULT_LANGUAGE, **params: object) -> str:
 def _in(language: str, value: object) -> object:
     """A parameter as the reader should see it: nested messages in the same language."""
     render = getattr(value, "text", None)
-    return render(language) if callable(render) and not isinstance(value, str) else value
+    return render(language) if callable(render) else value
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,25 @@ class Message:
 
     def __str__(self) -> str:
         return self.text(DEFAULT_LANGUAGE)
+
+    def english(self) -> "EnglishText":
+        """The English text as a `str` that still knows this message: for fields typed `str`
+        (an HTTP header, a notice the API returns) that the page renders per reader."""
+        return EnglishText(self)
+
+
+class EnglishText(str):
+    """A message's English text, as a plain `str` everywhere, plus `text(language)`."""
+
+    message: Message
+
+    def __new__(cls, problem: Message) -> "EnglishText":
+        made = super().__new__(cls, str(problem))
+        made.message = problem
+        return made
+
+    def text(self, language: str = DEFAULT_LANGUAGE) -> str:
+        return self.message.text(language)
 
 
 def message(key: str, **params: object) -> Message:

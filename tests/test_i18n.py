@@ -18,8 +18,9 @@ from modules.ui.errors import shows_user_errors
 from modules.ui.i18n import COOKIE, I18N, reader_language
 
 ROOT = Path(__file__).resolve().parents[1]
-# `_("key")`, `t("key", ...)`, `message("key", ...)`, `Message("key")`, `text("key", ...)`, `message_text(...)`
-KEY_USE = re.compile(r"""\b(?:_|t|message|Message|text|message_text)\(\s*f?["']([a-z_]+\.[a-z_.]+)["']""")
+# `_("key")`, `t("key", ...)`, `message("key", ...)` (or `keyed(...)` where `message` is a
+# variable), `Message("key")`, `text("key", ...)`, `message_text(...)`
+KEY_USE = re.compile(r"""\b(?:_|t|message|keyed|Message|text|message_text)\(\s*f?["']([a-z_]+\.[a-z_.]+)["']""")
 
 
 def placeholders(template: str) -> set[str]:

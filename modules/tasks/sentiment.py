@@ -183,12 +183,10 @@ def _aggregate(
     scores = dict(sorted(zip(labels, mean.tolist()), key=lambda kv: -kv[1]))
     notice = None
     if len(mine) > 1:
-        notice = (
-            f"Longer than the model's {window}-token window: split into {len(mine)} "
-            "overlapping windows, scores averaged weighted by window length."
-        )
+        notice = message("sentiment.split_windows", window=window, count=len(mine)).english()
     if len(mine) > len(kept):
-        notice += f" Only the first {len(kept)} windows were used; the rest was ignored."
+        notice = message("sentiment.split_windows_capped", window=window, count=len(mine),
+                       kept=len(kept)).english()
     return Classification(scores, notice)
 
 
@@ -263,15 +261,14 @@ def _pieces(
 
 
 def _explain_notice(explained: int, total: int, group: int) -> str | None:
-    notes = []
+    if explained < total and group > 1:
+        return message("sentiment.explain_partial_grouped", explained=explained, total=total,
+                     group=group).english()
     if explained < total:
-        notes.append(
-            f"Word importance covers the first {explained} of {total} words "
-            "(one model window); the rest is not coloured."
-        )
+        return message("sentiment.explain_partial", explained=explained, total=total).english()
     if group > 1:
-        notes.append(f"Words were removed in groups of {group} to keep this fast.")
-    return " ".join(notes) or None
+        return message("sentiment.explain_grouped", group=group).english()
+    return None
 
 
 # --- batches: lines, CSV files, result tables ---------------------------------

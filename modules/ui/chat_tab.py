@@ -108,7 +108,8 @@ def _layout(context: AppContext) -> ChatControls:
             info=_("chat.a_configured_model_the_embedded"),
             scale=2,
         )
-        model_status = gr.Markdown(model_line(context, None), elem_id="chat-model-status")
+        model_status = gr.Markdown(lambda: model_line(context, None),  # per page: its language
+                                   elem_id="chat-model-status")
     chatbot = gr.Chatbot(
         label=_("chat.conversation"), height=520, buttons=["copy", "copy_all"], editable="all",
         placeholder=_("chat.ask_anything_replies_stream_as"),

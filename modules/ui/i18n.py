@@ -112,6 +112,13 @@ def _accepted_language(header: str) -> str:
     return DEFAULT_LANGUAGE
 
 
+def in_reader_language(value: object) -> str:
+    """A message, an error or a notice from the tasks (anything with `text(language)`) in the
+    reader's language; anything else as a string."""
+    render = getattr(value, "text", None)
+    return render(reader_language()) if callable(render) else str(value)
+
+
 def t(key: str, **params: object) -> str:
     """`key` in the current reader's language, for text the server writes."""
     return message_text(key, reader_language(), **params)

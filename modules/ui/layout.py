@@ -10,6 +10,7 @@ from modules.messages import DEFAULT_LANGUAGE, Message
 from modules.messages import text as message_text
 from modules.tasks.warm_start import chat_model_progress, progress_message
 from modules.ui import chat_tab, explorer_tab, i18n, sentiment_tab, translation_tab
+from modules.ui.chat.handlers import chat_model_reason
 from modules.ui.i18n import _
 
 TITLE = "Transformers Playground"
@@ -52,7 +53,7 @@ def _header(context: AppContext, language: str) -> str:
     settings = context.settings
     parts = [f"# 🤗 {message_text('app.title', language)}", message_text("app.tagline", language),
              message_text("app.chat_model", language, model=context.chat_model.ref,
-                          reason=context.chat_model.reason)]
+                          reason=chat_model_reason(context))]
     if settings.offline:
         parts.append(message_text("app.offline", language))
     if settings.public_url:

@@ -20,7 +20,7 @@ from modules.engine.model_choice import available_locally
 from modules.tasks import sentiment, zero_shot
 from modules.tasks.classification import ClassificationRequest, Method, classify_texts
 from modules.ui.errors import shows_user_errors
-from modules.ui.i18n import _
+from modules.ui.i18n import _, in_reader_language, t
 
 CLASSIFIER = "Classifier model"
 ZERO_SHOT = "Zero-shot (chat model, your labels)"
@@ -68,7 +68,8 @@ def build(context: AppContext) -> None:
 def _layout(context: AppContext, start_mode: str, classifier_missing: bool) -> Components:
     zero = start_mode == ZERO_SHOT
     mode = gr.Radio([CLASSIFIER, ZERO_SHOT], value=start_mode, label=_("sentiment.mode"))
-    gr.Markdown(_mode_note(context, classifier_missing), elem_id="sentiment-mode-note")
+    gr.Markdown(lambda: _mode_note(context, classifier_missing),  # per page: its language
+                elem_id="sentiment-mode-note")
     with gr.Row():
         model_ref = gr.Textbox(
             context.settings.sentiment_model, label=_("sentiment.classifier_hub_id_or_local"),
@@ -88,7 +89,8 @@ def _layout(context: AppContext, start_mode: str, classifier_missing: bool) -> C
         text = gr.Textbox(label=_("sentiment.text"), lines=4, max_lines=20, placeholder=_("sentiment.type_or_paste_text"))
         with gr.Row():
             # As switch_mode leaves it: word colouring is a classifier-mode feature.
-            explain = gr.Checkbox(True, label=_explain_label(zero), interactive=not zero)
+            explain = gr.Checkbox(True, label=_("sentiment.explain_zero_shot" if zero else "sentiment.explain_classifier"),
+                                  interactive=not zero)
             analyse_button = gr.Button(_("sentiment.analyse"), variant="primary")
         gr.Examples(EXAMPLES, inputs=[text], label=_("sentiment.try"))
         scores = gr.Label(label=_("sentiment.scores_all_labels"))
@@ -112,7 +114,7 @@ def _layout(context: AppContext, start_mode: str, classifier_missing: bool) -> C
             headers=list(sentiment.RESULT_COLUMNS), interactive=False, wrap=True,
             label=_("sentiment.results"),
         )
-        chart = gr.BarPlot(x="label", y="count", title="Label distribution", sort="-y")
+        chart = gr.BarPlot(x="label", y="count", title=_("sentiment.label_distribution"), sort="-y")
         download = gr.File(label=_("sentiment.download_results_csv"), interactive=False)
     return Components(mode, model_ref, labels, calibrate, zero_shot_note, text, explain,
                       analyse_button, scores, why, notice, lines, csv_file, column,
@@ -131,7 +133,7 @@ class _Handlers:
             self.context.cache, self.context.chat_model.ref, texts, request,
             max_text_tokens=self.context.settings.max_input_tokens,
             on_status=lambda status: progress(None, desc=status),
-            on_progress=lambda done, total: progress((done, total), desc="Scoring", unit="texts"),
+            on_progress=lambda done, total: progress((done, total), desc=t("sentiment.scoring"), unit=t("sentiment.texts_unit")),
         )
 
     @staticmethod
@@ -153,7 +155,7 @@ class _Handlers:
             classifier = sentiment.load_classifier(self.context.cache, request.classifier_ref)
             explanation = sentiment.explain(classifier, text)
             pieces, notes = explanation.pieces, notes + [explanation.notice]
-        return result.scores, pieces, "\n\n".join(n for n in notes if n)
+        return result.scores, pieces, "\n\n".join(in_reader_language(n) for n in notes if n)
 
     def analyse_all(self, lines, csv_path, column, mode, model_ref, labels, calibrate,
                     progress=gr.Progress()):
@@ -209,28 +211,19 @@ def _wire(c: Components, handlers: _Handlers) -> None:
 
 
 def _mode_note(context: AppContext, classifier_missing: bool) -> str:
-    note = (
-        "**Classifier**: a model trained for the task, fast and accurate on its own labels. "
-        f"**Zero-shot**: any labels you type, scored by the chat model (`{context.chat_model.ref}`)."
-    )
+    note = t("sentiment.mode_note", model=context.chat_model.ref)
     if classifier_missing:
-        note += (
-            f"\n\nOffline, and the classifier `{context.settings.sentiment_model}` is not on "
-            "this machine, so **zero-shot** is selected: it works with no Hub at all. "
-            "To use a classifier, type the path of a local model folder."
-        )
+        note += "\n\n" + t("sentiment.mode_note_offline", model=context.settings.sentiment_model)
     return note
 
 
 def _explain_label(zero_shot_mode: bool) -> str:
-    if zero_shot_mode:
-        return "Explain (classifier mode only)"
-    return "Explain: colour the words that pushed the prediction"
+    return t("sentiment.explain_zero_shot" if zero_shot_mode else "sentiment.explain_classifier")
 
 
 def _raw_note(result: zero_shot.ZeroShotResult) -> str:
     raw = ", ".join(f"{label} {p:.0%}" for label, p in result.raw_scores.items())
-    return f"Before calibration: {raw}."
+    return t("sentiment.before_calibration", scores=raw)
 
 
 def _write_csv(rows: list[list]) -> str:

@@ -23,6 +23,9 @@ from pathlib import Path
 
 from modules.config import ENV_PREFIX, Settings
 from modules.errors import InvalidInputError
+from modules.messages import DEFAULT_LANGUAGE
+from modules.messages import message as keyed
+from modules.messages import text as message_text
 from modules.tasks.chat.params import Usage
 
 STORE_VERSION = 1
@@ -73,24 +76,25 @@ def reply_stats(usage: Usage | None, finish_reason: str | None, model: str,
     return stats
 
 
-def stats_line(stats: dict) -> str:
+def stats_line(stats: dict, language: str = DEFAULT_LANGUAGE) -> str:
     """LM Studio's line under a reply: tokens, tok/s, first-token time, finish reason, model."""
     parts = []
     if stats.get("completion_tokens") is not None:
-        parts.append(f"{stats['completion_tokens']} tokens")
+        parts.append(message_text("chat.stats_tokens", language, count=stats["completion_tokens"]))
     if stats.get("tokens_per_s") is not None:
-        parts.append(f"{stats['tokens_per_s']:.1f} tok/s")
+        parts.append(message_text("chat.stats_speed", language, speed=stats["tokens_per_s"]))
     if stats.get("first_token_s") is not None:
-        parts.append(f"first token {stats['first_token_s']:.2f} s")
-    parts.append(f"finish: {stats.get('finish') or 'unknown'}")
+        parts.append(message_text("chat.stats_first_token", language, seconds=stats["first_token_s"]))
+    parts.append(message_text("chat.stats_finish", language,
+                      reason=stats.get("finish") or message_text("chat.finish_unknown", language)))
     if stats.get("edited"):
-        parts.append("edited")
+        parts.append(message_text("chat.stats_edited", language))
     if stats.get("model"):
         parts.append(str(stats["model"]))
     return " · ".join(parts)
 
 
-def context_meter(messages: list[Message]) -> str:
+def context_meter(messages: list[Message], language: str = DEFAULT_LANGUAGE) -> str:
     """Used tokens out of the window, from the last reply's stats ("" before any reply)."""
     for message in reversed(messages):
         stats = message.get("stats") or {}
@@ -98,8 +102,9 @@ def context_meter(messages: list[Message]) -> str:
             used = stats["prompt_tokens"] + (stats.get("completion_tokens") or 0)
             window = stats.get("context_window")
             if not window:
-                return f"Context: {used:,} tokens used"
-            return f"Context: {used:,} / {window:,} tokens ({100 * used / window:.0f} %)"
+                return message_text("chat.context_used", language, used=used)
+            return message_text("chat.context_meter", language, used=used, window=window,
+                        percent=100 * used / window)
     return ""
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError, ModelError, PromptTooLongError
+from modules.messages import message as keyed
 
 ROLES = ("system", "user", "assistant")
 MAX_MESSAGE_CHARS = 200_000  # far beyond any context window; bounds tokenizer work
@@ -39,8 +40,9 @@ class PreparedPrompt:
     def notice(self) -> str | None:
         if not self.dropped_turns:
             return None
-        what = "oldest turn" if self.dropped_turns == 1 else f"{self.dropped_turns} oldest turns"
-        return f"Dropped the {what} to fit the context window."
+        if self.dropped_turns == 1:
+            return keyed("chat.dropped_oldest_turn").english()
+        return keyed("chat.dropped_oldest_turns", count=self.dropped_turns).english()
 
 
 def conversation_messages(past: list[dict], system_prompt: str, text: str) -> list[Message]:

@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import gradio as gr
 
-from modules.tasks.chat.conversations import (
-    context_meter,
-    search_conversations,
-    split_thinking,
-    stats_line,
-    variant_label,
-)
+from modules.tasks.chat import conversations
+from modules.tasks.chat.conversations import search_conversations, split_thinking, variant_label
+from modules.ui.i18n import reader_language
 
 SETTING_NAMES = ("system_prompt", "model", "max_new_tokens", "temperature", "top_p", "top_k",
                  "repetition_penalty", "do_sample", "seed", "thinking")
 SAVED_NAMES = (*SETTING_NAMES, "preset")  # what each conversation remembers
+
+
+def context_meter(messages: list[dict]) -> str:
+    """The context meter in the reader's language."""
+    return conversations.context_meter(messages, reader_language())
+
+
+def stats_line(stats: dict) -> str:
+    """A reply's stats line in the reader's language."""
+    return conversations.stats_line(stats, reader_language())
 
 
 def shown_messages(history: list[dict]) -> tuple[list[dict], list[int]]:

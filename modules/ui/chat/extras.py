@@ -122,7 +122,7 @@ def wire(context: AppContext, c, generating: list) -> list:
         if not path or not os.path.isfile(path):
             raise user_error(Message("chat.choose_a_json_file_exported_from_this_app"))
         if os.path.getsize(path) > MAX_IMPORT_BYTES:
-            raise user_error(f"The file is larger than {MAX_IMPORT_BYTES:,} bytes.")
+            raise user_error(Message("chat.import_too_big", {"limit": MAX_IMPORT_BYTES}))
         with open(path, "rb") as handle:
             store, conversation = import_into(store, handle.read())
         return *opened_conversation(conversation), store, listing(store, "", conversation["id"])

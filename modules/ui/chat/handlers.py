@@ -21,7 +21,6 @@ from modules.errors import PlaygroundError
 from modules.tasks.chat import CancelRegistry, ChatChunk, GenerationParams, params_from_settings
 from modules.tasks.chat.conversations import (
     add_variant,
-    context_meter,
     delete_conversation,
     edit_message,
     find_conversation,
@@ -38,9 +37,9 @@ from modules.tasks.chat.conversations import (
 )
 from modules.tasks.chat.branching import DEFAULT_ALTERNATIVES, alternatives_at, branch_prefix
 from modules.ui.chat import extras
-from modules.ui.chat.display import SAVED_NAMES, listing, opened_conversation, shown_messages
+from modules.ui.chat.display import SAVED_NAMES, context_meter, listing, opened_conversation, shown_messages
 from modules.ui.errors import shows_user_errors, user_error
-from modules.ui.i18n import t
+from modules.ui.i18n import in_reader_language, t
 from modules.messages import Message
 
 THINKING_CHOICES = ["template default", "on", "off"]
@@ -321,7 +320,7 @@ def _generate(context: AppContext, cancels: CancelRegistry, session: str, origin
     yield *_view(shown + [{"role": "assistant", "content": prefix or "…"}], original), "", "", gr.skip()
     loading = not backend.is_ready(model_ref)  # also: the status line says something to clear
     if loading:
-        yield gr.skip(), gr.skip(), gr.skip(), f"Loading {model_ref}… (first use)", gr.skip()
+        yield gr.skip(), gr.skip(), gr.skip(), t("chat.loading_first_use", model=model_ref), gr.skip()
     cancel = cancels.begin(session)
     reply: ChatChunk | None = None
     chunks = None
@@ -351,11 +350,11 @@ def _generate(context: AppContext, cancels: CancelRegistry, session: str, origin
         if reply and reply.tokens:  # for branching: the tokens after `prefix`, with alternatives
             stats.update(tokens=list(reply.tokens), tokens_offset=len(prefix))
         finished = finish(prefix + (reply.text if reply else ""), stats)
-        notice = f"⚠️ {reply.notice}" if reply and reply.notice else ""
+        notice = f"⚠️ {in_reader_language(reply.notice)}" if reply and reply.notice else ""
         yield *_view(finished), gr.skip(), notice, context_meter(finished)
     except PlaygroundError as error:
         restored = restore_text if restore_text is not None else gr.skip()
-        yield *_view(original), restored, f"⚠️ {error}", context_meter(original)
+        yield *_view(original), restored, f"⚠️ {in_reader_language(error)}", context_meter(original)
         raise
     finally:
         if chunks is not None:
@@ -451,7 +450,7 @@ def _undo(past: list[dict]):
     """Remove the last exchange and put its message back in the box to edit."""
     past = past or []
     if not past:
-        return [], [], gr.skip(), "Nothing to undo.", ""
+        return [], [], gr.skip(), t("chat.nothing_to_undo"), ""
     cut = max((i for i, m in enumerate(past) if m["role"] == "user"), default=0)
     text = past[cut]["content"] if past[cut]["role"] == "user" else ""
     kept = past[:cut]
@@ -502,19 +501,27 @@ def _delete(store, conversation_id, query):
     if not conversation_id:
         raise user_error(Message("chat.choose_a_saved_conversation_to_delete"))
     store = delete_conversation(store, conversation_id)
-    return store, listing(store, query, None), "", [], [], "", "Conversation deleted."
+    return store, listing(store, query, None), "", [], [], "", t("chat.conversation_deleted")
 
 
 # --- the model ------------------------------------------------------------------
 def model_line(context: AppContext, loaded_description: str | None) -> str:
     backend = context.chat_backend
     if backend.name != "local":
-        return f"Active: **{backend.default_model or 'remote model'}** via a remote server."
+        return t("chat.active_remote", model=backend.default_model or t("chat.remote_model"))
     name = loaded_description or context.chat_model.ref
-    line = f"Active: **{name}**"
+    line = t("chat.active", model=name)
     if context.chat_model.ref == EMBEDDED_MODEL or context.chat_model.reason.startswith("offline"):
-        line += f" — {context.chat_model.reason}"
-    return line + ("" if loaded_description else " (loads on first message)")
+        line += f" — {in_reader_language(chat_model_reason(context))}"
+    return line + ("" if loaded_description else t("chat.loads_on_first_message"))
+
+
+def chat_model_reason(context: AppContext) -> Message:
+    """Why this chat model is active, as a message (engine/model_choice.py words it in English)."""
+    if context.chat_model.ref != context.settings.chat_model:
+        return Message("app.reason_offline", {"model": context.settings.chat_model})
+    return Message("app.reason_configured")
+
 
 
 def _loaded_model_line(context: AppContext, ref: str | None):
@@ -530,10 +537,10 @@ def _load_model(context: AppContext, ref: str, progress: gr.Progress) -> str:
     ref = (ref or "").strip()
     if not ref:
         raise user_error(Message("chat.choose_a_model_or_type_a_local_folder"))
-    progress(0, desc=f"Loading {ref[:200]}…")
+    progress(0, desc=t("chat.loading_model", model=ref[:200]))
     description = context.chat_backend.prepare(ref, on_status=lambda s: progress(0, desc=s))
-    line = f"Active: **{description}**"
+    line = t("chat.active", model=description)
     if ref == context.chat_model.ref and ref == EMBEDDED_MODEL:
-        line += f" — {context.chat_model.reason}"
+        line += f" — {in_reader_language(chat_model_reason(context))}"
     return line
 

@@ -35,7 +35,7 @@ def whole(value) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
     if value is None or not is_whole(value):
-        raise user_error(f"Expected a whole number, got {value!r}.")
+        raise user_error(Message("errors.not_whole_value", {"value": repr(value)}))
     return int(value)
 
 

@@ -1,4 +1,5 @@
-"""What the explorer's components show, from the tasks' plain values. No model calls."""
+"""What the explorer's components show, from the tasks' plain values. No model calls.
+Sentences are in the reader's language (`t`); table headers stay English (column names)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pandas as pd
 from modules.engine.model_cache import LoadedModel
 from modules.tasks import next_token as nt
 from modules.tasks.explorer import attention, beam_search, compare, logit_lens, sampling_stages, scoring, session
+from modules.ui.i18n import t
 
 SURPRISE_FULL_BITS = 12.0  # a token this surprising (p ≤ 1/4096) is fully red
 CHIP_COLOURS = ("#dbeafe", "#dcfce7", "#fef9c3", "#fce7f3", "#ede9fe", "#ffedd5")
@@ -44,37 +46,32 @@ def chips_html(explorer: nt.ExplorerState, tokenizer) -> str:
         border = "1px dashed #6b7280" if piece.special else (
             "2px solid #4f46e5" if index >= prompt_length else "1px solid #0001")
         background = "#e5e7eb" if piece.special else CHIP_COLOURS[index % len(CHIP_COLOURS)]
-        chips.append(_chip(piece.label, f"token {index} · id {piece.id}", background, border, str(piece.id)))
+        chips.append(_chip(piece.label, t("explorer.token_title", index=index, id=piece.id), background, border, str(piece.id)))
     return f'<div style="line-height:1.1">{"".join(chips)}</div>'
 
 
 def model_note(loaded: LoadedModel) -> str:
     """Which model scored, and in what precision: quantized weights shift probabilities a little."""
-    note = f"  \nScored by {loaded.description}."
+    note = "  \n" + t("explorer.scored_by", model=loaded.description)
     if loaded.quantization:
-        note += " Its weights are quantized: probabilities differ slightly from the float model's."
+        note += t("explorer.quantized_note")
     return note
 
 
 def summary_markdown(explorer: nt.ExplorerState, dist: nt.Distribution) -> str:
     top = dist.candidates[0]
-    return (
-        f"**{len(explorer.ids)} tokens** in the text ({len(explorer.prompt_ids)} from the prompt, "
-        f"context window {explorer.window}) · the model scores **{dist.vocab_size:,}** possible next tokens.  \n"
-        f"Entropy **{dist.entropy_bits:.2f} bits** (as unsure as a fair pick among "
-        f"**{2 ** dist.entropy_bits:.1f}** tokens) at temperature {dist.settings.temperature:g} → "
-        f"**{dist.filtered_entropy_bits:.2f} bits** over the **{dist.kept:,}** token(s) left after "
-        f"top-k / top-p / min-p. Greedy pick: `{top.token}` ({percent(top.probability)})."
-        + _tie_note(dist)
-    )
+    return t("explorer.summary", tokens=len(explorer.ids), prompt_tokens=len(explorer.prompt_ids),
+             window=explorer.window, vocab=dist.vocab_size, entropy=dist.entropy_bits,
+             choices=2 ** dist.entropy_bits, temperature=dist.settings.temperature,
+             filtered_entropy=dist.filtered_entropy_bits, kept=dist.kept, greedy=top.token,
+             probability=percent(top.probability)) + _tie_note(dist)
 
 
 def _tie_note(dist: nt.Distribution) -> str:
     k = dist.settings.top_k
     if not k or dist.kept_by_top_k <= k:
         return ""
-    return (f"  \ntop-k kept {dist.kept_by_top_k} tokens, not {k}: "
-            f"tokens tied with the {k}th score stay, as in transformers.")
+    return "  \n" + t("explorer.top_k_ties", kept=dist.kept_by_top_k, k=k)
 
 
 def _status(c: nt.Candidate) -> str:
@@ -119,26 +116,23 @@ def surprise_views(explorer: nt.ExplorerState, tokenizer) -> tuple[list[tuple[st
     scored = [(label, 0.0 if p is None else min(1.0, -math.log2(max(p, 1e-30)) / SURPRISE_FULL_BITS))
               for label, p in surprise.pieces]
     if surprise.perplexity is None:
-        return scored, "One token: nothing to predict yet, so no perplexity."
+        return scored, t("explorer.one_token_no_perplexity")
     worst = ", ".join(f"`{label}` ({percent(p)})" for label, p in surprise.most_surprising)
-    return scored, (
-        f"Perplexity **{surprise.perplexity:.2f}** (as unsure as choosing among that many tokens, on average). "
-        f"Least expected: {worst}. The first token has nothing before it to predict it from."
-    )
+    return scored, t("explorer.perplexity", perplexity=surprise.perplexity, worst=worst)
 
 
 # --- sampling stages and the temperature sweep ----------------------------------------------
 def stages_html(stages: sampling_stages.SamplingStages) -> str:
     """One row per candidate, one column per stage; a removed token is greyed and struck out."""
     head = "".join(f'<th style="{CELL}">{html.escape(name)}</th>' for name in ["rank", "token", *stages.stages])
-    kept = "".join(f'<td style="{CELL};color:#555">{n:,} left</td>' for n in stages.kept_per_stage)
+    kept = "".join(f'<td style="{CELL};color:#555">{t("explorer.left_count", count=n)}</td>' for n in stages.kept_per_stage)
     rows = []
     for row in stages.rows:
         removed = row.removed_by is not None
         style = "color:#9ca3af;text-decoration:line-through" if removed else ""
         cells = "".join(
-            f'<td style="{CELL};{style}">{"cut" if p is None else percent(p)}</td>' for p in row.probabilities)
-        title = f"removed by {row.removed_by}" if removed else "sampling can pick it"
+            f'<td style="{CELL};{style}">{t("explorer.cut") if p is None else percent(p)}</td>' for p in row.probabilities)
+        title = t("explorer.removed_by", stage=row.removed_by) if removed else t("explorer.sampling_can_pick")
         rows.append(f'<tr title="{title}" class="{"removed" if removed else "kept"}"><td style="{CELL}">{row.rank}</td>'
                     f'<td style="{CELL};{style}">{html.escape(row.token)}</td>{cells}</tr>')
     return (f'<table class="sampling-stages" style="border-collapse:collapse"><tr>{head}</tr>'
@@ -182,10 +176,11 @@ def lens_frame(lens: logit_lens.LogitLens) -> pd.DataFrame:
 def lens_markdown(lens: logit_lens.LogitLens, loaded: LoadedModel) -> str:
     final = lens.layers[-1]
     first_top3 = next((layer.layer for layer in lens.layers if layer.chosen_rank <= 3), None)
-    return (f"Following `{lens.chosen_token}` (id {lens.chosen_id}): rank {final.chosen_rank} "
-            f"({percent(final.chosen_probability)}) at the last layer"
-            + (f", first in the top 3 at layer {first_top3}." if first_top3 is not None else ".")
-            + model_note(loaded))
+    found = {"token": lens.chosen_token, "id": lens.chosen_id, "rank": final.chosen_rank,
+             "probability": percent(final.chosen_probability)}
+    line = (t("explorer.lens_summary", **found) if first_top3 is None
+            else t("explorer.lens_summary_top3", **found, layer=first_top3))
+    return line + model_note(loaded)
 
 
 # --- attention --------------------------------------------------------------------------------
@@ -201,9 +196,10 @@ def attention_html(attended: attention.AttentionMap) -> str:
 
 
 def attention_markdown(attended: attention.AttentionMap, loaded: LoadedModel) -> str:
-    which = "averaged over its heads" if attended.head is None else f"head {attended.head}"
-    return (f"{attended.layers} layers × {attended.heads} heads; each row is one layer, {which}: "
-            f"how much the last token attends to each token of the text (rows sum to 1)." + model_note(loaded))
+    shape = {"layers": attended.layers, "heads": attended.heads}
+    line = (t("explorer.attention_summary_mean", **shape) if attended.head is None
+            else t("explorer.attention_summary_head", **shape, head=attended.head))
+    return line + model_note(loaded)
 
 
 # --- beam search ------------------------------------------------------------------------------
@@ -227,9 +223,8 @@ def beam_tree_html(result: beam_search.BeamSearch) -> str:
 
 def beams_markdown(result: beam_search.BeamSearch, loaded: LoadedModel) -> str:
     settings = result.settings
-    return (f"{settings['num_beams']} beam(s), {settings['length']} new tokens, length penalty "
-            f"{settings['length_penalty']:g}; the sample uses the knobs above and seed {settings['seed']}."
-            + model_note(loaded))
+    return t("explorer.beams_summary", beams=settings["num_beams"], length=settings["length"],
+             penalty=settings["length_penalty"], seed=settings["seed"]) + model_note(loaded)
 
 
 def beams_frame(result: beam_search.BeamSearch) -> pd.DataFrame:
@@ -244,8 +239,8 @@ def beams_frame(result: beam_search.BeamSearch) -> pd.DataFrame:
 def score_views(
     result: scoring.ContinuationScore, loaded: LoadedModel
 ) -> tuple[str, list[tuple[str, float]], pd.DataFrame]:
-    summary = (f"p = **{result.probability:.3g}** ({result.surprise_bits:.2f} bits of surprise over "
-               f"{len(result.tokens)} token(s); perplexity {result.perplexity:.2f})." + model_note(loaded))
+    summary = t("explorer.score_summary", probability=result.probability, bits=result.surprise_bits,
+                tokens=len(result.tokens), perplexity=result.perplexity) + model_note(loaded)
     surprise = [(t.token, min(1.0, t.surprise_bits / SURPRISE_FULL_BITS)) for t in result.tokens]
     table = pd.DataFrame([[t.token, t.id, round(t.probability, 6), t.rank, round(t.surprise_bits, 2)]
                           for t in result.tokens], columns=SCORE_HEADERS)
@@ -260,11 +255,11 @@ def compare_views(
         return pd.DataFrame([[c.rank, c.token, c.id, round(c.probability, 5)] for c in dist.candidates],
                             columns=COMPARE_HEADERS)
 
-    left_name, right_name = ("prompt A", "prompt B") if left is right else (left.name, right.name)
-    summary = (f"KL({left_name} ‖ {right_name}) = **{result.kl_left_right_bits:.3f} bits**, "
-               f"KL({right_name} ‖ {left_name}) = **{result.kl_right_left_bits:.3f} bits** "
-               "(0 = the same distribution; KL is not symmetric)." + model_note(left)
-               + ("" if left is right else model_note(right)))
+    left_name, right_name = ((t("explorer.prompt_a"), t("explorer.prompt_b")) if left is right
+                             else (left.name, right.name))
+    summary = (t("explorer.compare_summary", left=left_name, right=right_name,
+                 left_right=result.kl_left_right_bits, right_left=result.kl_right_left_bits)
+               + model_note(left) + ("" if left is right else model_note(right)))
     return summary, frame(result.left), frame(result.right)
 
 
@@ -274,9 +269,9 @@ def branches_markdown(walk: session.ExplorerSession, loaded: LoadedModel) -> str
 
     def add(name: str, depth: int) -> None:
         branch = walk.branches[name]
-        text = nt.visible_text(session.branch_text(loaded, walk, name)) or "(prompt only)"
-        marker = " ← active" if name == walk.active else ""
-        where = f" (forks after step {branch.fork_at})" if branch.parent else ""
+        text = nt.visible_text(session.branch_text(loaded, walk, name)) or t("explorer.prompt_only")
+        marker = t("explorer.active_marker") if name == walk.active else ""
+        where = t("explorer.forks_after", step=branch.fork_at) if branch.parent else ""
         lines.append(f"{'  ' * depth}- **{name}**{where}: `{text[-80:]}`{marker}")
         for child in (b.name for b in walk.branches.values() if b.parent == name):
             add(child, depth + 1)
