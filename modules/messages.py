@@ -39,7 +39,10 @@ def text(key: str, language: str = DEFAULT_LANGUAGE, **params: object) -> str:
     lacks the key (a unit test keeps the tables in step), the key itself if both do."""
     template = table(supported(language)).get(key) or table(DEFAULT_LANGUAGE).get(key, key)
     if not params:
-        return template
+        try:
+            return template.format()  # literal braces are written doubled: {{ }}
+        except (KeyError, IndexError, ValueError):
+            return template  # a parameter missing: visible, not a crash
     return template.format(**{name: _in(language, value) for name, value in params.items()})
 
 

@@ -32,6 +32,7 @@ from transformers import (
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from modules.errors import InvalidInputError
+from modules.messages import message
 from modules.engine.model_cache import LoadedModel
 from modules.tasks.validation import is_number, is_whole
 
@@ -60,16 +61,14 @@ class SamplingSettings:
         """Itself, or an InvalidInputError naming the bad knob and its range."""
         temperature, top_k, top_p, min_p = self.temperature, self.top_k, self.top_p, self.min_p
         if not is_number(temperature) or not 0 < temperature <= MAX_TEMPERATURE:
-            raise InvalidInputError(
-                f"Temperature must be above 0 and at most {MAX_TEMPERATURE:g} (got {temperature})."
-            )
+            raise InvalidInputError(message("explorer.temperature_range", limit=MAX_TEMPERATURE, value=temperature))
         upper = vocab_size if vocab_size else "the vocabulary size"
         if not is_whole(top_k) or top_k < 0 or (vocab_size and top_k > vocab_size):
-            raise InvalidInputError(f"top-k must be a whole number from 0 (off) to {upper} (got {top_k}).")
+            raise InvalidInputError(message("explorer.top_k_range", limit=upper, value=top_k))
         if not is_number(top_p) or not 0 < top_p <= 1:
-            raise InvalidInputError(f"top-p must be above 0 and at most 1 (got {top_p}).")
+            raise InvalidInputError(message("explorer.top_p_range", value=top_p))
         if not is_number(min_p) or not 0 <= min_p <= 1:
-            raise InvalidInputError(f"min-p must be from 0 (off) to 1 (got {min_p}).")
+            raise InvalidInputError(message("explorer.min_p_range", value=min_p))
         return SamplingSettings(float(temperature), int(top_k), float(top_p), float(min_p))
 
     def warpers(self) -> LogitsProcessorList:
@@ -86,7 +85,7 @@ class SamplingSettings:
 
 def validate_shown(shown: int) -> int:
     if not is_whole(shown) or not 1 <= shown <= MAX_SHOWN:
-        raise InvalidInputError(f"The number of candidates shown must be from 1 to {MAX_SHOWN} (got {shown}).")
+        raise InvalidInputError(message("explorer.shown_range", limit=MAX_SHOWN, value=shown))
     return int(shown)
 
 
@@ -159,15 +158,15 @@ def encode_prompt(
     tokenizer = loaded.tokenizer
     if isinstance(prompt, str):
         if not prompt.strip():
-            raise InvalidInputError("Type a prompt first.")
+            raise InvalidInputError(message("explorer.type_a_prompt"))
         messages = [{"role": "user", "content": prompt}] if use_chat_template else None
     else:
         messages = list(prompt)
         if not messages or not all(isinstance(m, Mapping) and "content" in m for m in messages):
-            raise InvalidInputError("Messages must be a non-empty list of {role, content} dicts.")
+            raise InvalidInputError(message("explorer.messages_shape"))
     if messages is not None:
         if not tokenizer.chat_template:
-            raise InvalidInputError(f"{loaded.name} has no chat template: use raw text.")
+            raise InvalidInputError(message("explorer.no_chat_template", model=loaded.name))
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
@@ -177,12 +176,10 @@ def encode_prompt(
 
 def check_fits(loaded: LoadedModel, ids: list[int], max_input_tokens: int | None = None) -> list[int]:
     if not ids:
-        raise InvalidInputError("The prompt has no tokens.")
+        raise InvalidInputError(message("explorer.prompt_no_tokens"))
     window = context_window(loaded, max_input_tokens)
     if len(ids) > window:
-        raise InvalidInputError(
-            f"The prompt is {len(ids)} tokens; {loaded.name} reads at most {window} here. Shorten it."
-        )
+        raise InvalidInputError(message("explorer.prompt_too_long", count=len(ids), model=loaded.name, window=window))
     return ids
 
 
@@ -352,12 +349,10 @@ def next_token_distribution(
     elif _is_token_ids(text_or_ids):
         vocab = loaded.model.get_input_embeddings().num_embeddings
         if any(not 0 <= int(i) < vocab for i in text_or_ids):
-            raise InvalidInputError(f"Token ids must be from 0 to {vocab - 1}.")
+            raise InvalidInputError(message("explorer.token_ids_range", last=vocab - 1))
         ids = check_fits(loaded, [int(i) for i in text_or_ids], max_input_tokens)
     else:
-        raise InvalidInputError(
-            "The prompt must be text, a list of token ids, or a list of {role, content} messages."
-        )
+        raise InvalidInputError(message("explorer.prompt_shape"))
     logits = next_token_logits(loaded, ids)
     return distribution_from_logits(logits, loaded.tokenizer, settings, shown)
 
@@ -451,9 +446,9 @@ def append_token(
     """Add one token: record how likely it was, then one forward pass over it alone."""
     settings, token_id = settings.validated(), int(token_id)
     if not 0 <= token_id < state.logits.shape[-1]:
-        raise InvalidInputError(f"No token with id {token_id} in this vocabulary.")
+        raise InvalidInputError(message("explorer.no_such_token_id", id=token_id))
     if state.room <= 0:
-        raise InvalidInputError(f"The text fills the context window ({state.window} tokens): undo or start over.")
+        raise InvalidInputError(message("explorer.window_full", window=state.window))
     tempered = (state.logits / settings.temperature).softmax(-1)
     top = torch.topk(tempered, min(ALTERNATIVES_KEPT, tempered.shape[-1]))
     alternatives = tuple((int(i), token_label(loaded.tokenizer, int(i)), float(p))
@@ -474,7 +469,7 @@ def choose_token(state: ExplorerState, how: str, settings: SamplingSettings, see
         return greedy_token(state.logits)
     if how == "sample":
         return sample_token(state.logits, settings, seed + len(state.ids))
-    raise InvalidInputError(f"Unknown strategy {how!r}: use one of {', '.join(STRATEGIES)}.")
+    raise InvalidInputError(message("explorer.unknown_strategy", how=how, known=", ".join(STRATEGIES)))
 
 
 def take_steps(
@@ -488,12 +483,12 @@ def take_steps(
 ) -> list[Step]:
     """Up to `count` greedy or sampled steps; stops at a stop token or a full window."""
     if not is_whole(count) or not 1 <= count <= MAX_STEPS_AT_ONCE:
-        raise InvalidInputError(f"Steps must be from 1 to {MAX_STEPS_AT_ONCE} (got {count}).")
+        raise InvalidInputError(message("explorer.steps_range", limit=MAX_STEPS_AT_ONCE, value=count))
     if not is_whole(seed):
-        raise InvalidInputError(f"The seed must be a whole number (got {seed}).")
+        raise InvalidInputError(message("explorer.seed_whole", value=seed))
     settings = settings.validated(state.logits.shape[-1])
     if state.room <= 0:
-        raise InvalidInputError(f"The text fills the context window ({state.window} tokens): undo or start over.")
+        raise InvalidInputError(message("explorer.window_full", window=state.window))
     taken = []
     for _ in range(min(int(count), state.room)):
         token_id = choose_token(state, how, settings, int(seed))
@@ -507,7 +502,7 @@ def take_steps(
 def undo(loaded: LoadedModel, state: ExplorerState) -> Step:
     """Drop the last step: crop the cache and re-read the (new) last token."""
     if not state.steps:
-        raise InvalidInputError("Nothing to undo: no step taken yet.")
+        raise InvalidInputError(message("explorer.nothing_to_undo"))
     step = state.steps.pop()
     state.ids.pop()
     cache = state.past_key_values

@@ -17,6 +17,7 @@ import torch
 from modules.engine.kernels.fused_llama import fused_layers, recording_attention
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError
+from modules.messages import Message, message
 from modules.tasks import next_token as nt
 from modules.tasks.validation import is_whole
 
@@ -33,11 +34,8 @@ class AttentionMap:
         return asdict(self)
 
 
-def no_attentions_message(loaded: LoadedModel) -> str:
-    return (
-        f"{loaded.name} returned no attention weights (its attention implementation does not "
-        "expose them)."
-    )
+def no_attentions_message(loaded: LoadedModel) -> Message:
+    return message("explorer.no_attention_weights", model=loaded.name)
 
 
 @torch.inference_mode()
@@ -67,7 +65,7 @@ def _eager_attention_weights(loaded: LoadedModel, ids: Sequence[int]) -> torch.T
         try:
             model.set_attn_implementation("eager")
         except (ValueError, ImportError) as error:
-            raise InvalidInputError(f"{loaded.name} has no eager attention to read weights from: {error}") from error
+            raise InvalidInputError(message("explorer.no_eager_attention", model=loaded.name, problem=error)) from error
         try:
             out = model(input_ids=input_ids, use_cache=False, output_attentions=True)
         finally:
@@ -84,7 +82,7 @@ def attention(loaded: LoadedModel, ids: Sequence[int], head: int | None = None) 
     weights = attention_weights(loaded, ids)
     layers, heads, _ = weights.shape
     if head is not None and (not is_whole(head) or not 0 <= head < heads):
-        raise InvalidInputError(f"Heads are numbered 0 to {heads - 1} (got {head}).")
+        raise InvalidInputError(message("explorer.head_range", last=heads - 1, value=head))
     picked = weights.mean(1) if head is None else weights[:, int(head)]
     return AttentionMap(
         tokens=[nt.token_label(loaded.tokenizer, i) for i in ids],

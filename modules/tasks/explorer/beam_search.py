@@ -15,6 +15,7 @@ import torch
 
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError
+from modules.messages import message
 from modules.tasks import next_token as nt
 from modules.tasks.validation import is_number, is_whole
 
@@ -56,11 +57,11 @@ class BeamSearch:
 
 def validate_beam_request(num_beams: object, length: object, length_penalty: object) -> tuple[int, int, float]:
     if not is_whole(num_beams) or not 1 <= num_beams <= MAX_BEAMS:
-        raise InvalidInputError(f"Beams must be a whole number from 1 to {MAX_BEAMS} (got {num_beams}).")
+        raise InvalidInputError(message("explorer.beams_range", limit=MAX_BEAMS, value=num_beams))
     if not is_whole(length) or not 1 <= length <= MAX_BEAM_TOKENS:
-        raise InvalidInputError(f"Length must be from 1 to {MAX_BEAM_TOKENS} new tokens (got {length}).")
+        raise InvalidInputError(message("explorer.beam_length_range", limit=MAX_BEAM_TOKENS, value=length))
     if not is_number(length_penalty) or not -5 <= length_penalty <= 5:
-        raise InvalidInputError(f"Length penalty must be from -5 to 5 (got {length_penalty}).")
+        raise InvalidInputError(message("explorer.length_penalty_range", value=length_penalty))
     return int(num_beams), int(length), float(length_penalty)
 
 
@@ -123,11 +124,11 @@ def beam_search(
     num_beams, length, length_penalty = validate_beam_request(num_beams, length, length_penalty)
     settings = settings.validated()
     if not is_whole(seed):
-        raise InvalidInputError(f"The seed must be a whole number (got {seed}).")
+        raise InvalidInputError(message("explorer.seed_whole", value=seed))
     ids = nt.check_fits(loaded, list(ids))
     room = nt.context_window(loaded) - len(ids)
     if room < length:
-        raise InvalidInputError(f"Only {max(room, 0)} tokens fit after this text: ask for fewer.")
+        raise InvalidInputError(message("explorer.only_room_for", room=max(room, 0)))
     input_ids = torch.tensor([ids], dtype=torch.long, device=loaded.device)
     common = {"max_new_tokens": length, "min_new_tokens": 0}
     with loaded.lock:

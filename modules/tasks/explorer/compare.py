@@ -12,6 +12,7 @@ import torch
 
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError
+from modules.messages import message
 from modules.tasks import next_token as nt
 
 @dataclass(frozen=True)
@@ -39,10 +40,7 @@ def compare(
 ) -> Comparison:
     """Top candidates of both, and the KL divergence both ways between the raw distributions."""
     if not same_vocabulary(left, right):
-        raise InvalidInputError(
-            f"{left.name} and {right.name} use different vocabularies: "
-            "their distributions cannot be compared token by token."
-        )
+        raise InvalidInputError(message("explorer.different_vocabularies", left=left.name, right=right.name))
     left_logits, right_logits = nt.next_token_logits(left, left_ids), nt.next_token_logits(right, right_ids)
     size = min(left_logits.shape[-1], right_logits.shape[-1])  # heads may be padded past the vocabulary
     left_logits, right_logits = left_logits[:size], right_logits[:size]

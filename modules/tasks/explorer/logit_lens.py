@@ -18,6 +18,7 @@ from torch import nn
 
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError
+from modules.messages import message
 from modules.tasks import next_token as nt
 from modules.tasks.validation import is_whole
 
@@ -54,7 +55,7 @@ def decoder_parts(model: nn.Module) -> tuple[Sequence[nn.Module], nn.Module, nn.
     norm = next((getattr(base, name) for name in ("norm", "final_layernorm", "ln_f") if hasattr(base, name)), None)
     head = model.get_output_embeddings()
     if layers is None or norm is None or head is None:
-        raise InvalidInputError(f"The logit lens does not know where {type(model).__name__} keeps its layers.")
+        raise InvalidInputError(message("explorer.lens_no_layers", model=type(model).__name__))
     return layers, norm, head
 
 
@@ -105,7 +106,7 @@ def logit_lens(
     `chosen_id` defaults to the final layer's top token (what greedy would pick).
     """
     if not is_whole(top) or not 1 <= top <= MAX_LENS_CANDIDATES:
-        raise InvalidInputError(f"The logit lens shows 1 to {MAX_LENS_CANDIDATES} candidates (got {top}).")
+        raise InvalidInputError(message("explorer.lens_candidates_range", limit=MAX_LENS_CANDIDATES, value=top))
     ids = nt.check_fits(loaded, list(ids))
     logits = layer_logits(loaded, ids)
     vocab = logits.shape[-1]
@@ -113,7 +114,7 @@ def logit_lens(
     if chosen_id is None:
         chosen_id = columns[0]
     if not is_whole(chosen_id) or not 0 <= chosen_id < vocab:
-        raise InvalidInputError(f"No token with id {chosen_id} in this vocabulary.")
+        raise InvalidInputError(message("explorer.no_such_token_id", id=chosen_id))
     chosen_id, tokenizer = int(chosen_id), loaded.tokenizer
     probabilities = logits.softmax(-1)
     layers = []

@@ -15,6 +15,7 @@ import torch
 
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError
+from modules.messages import message
 from modules.tasks import next_token as nt
 
 
@@ -43,7 +44,7 @@ def continuation_ids(loaded: LoadedModel, continuation: str | Sequence[str]) -> 
     """Token ids of a continuation; a list of pieces is tokenized piece by piece (' Par' + 'is')."""
     pieces = [continuation] if isinstance(continuation, str) else list(continuation)
     if not pieces or not all(isinstance(piece, str) for piece in pieces) or not "".join(pieces):
-        raise InvalidInputError("Type a continuation to score (for example ' Paris').")
+        raise InvalidInputError(message("explorer.type_a_continuation"))
     ids: list[int] = []
     for piece in pieces:
         ids += loaded.tokenizer(piece, add_special_tokens=False)["input_ids"]
@@ -87,10 +88,8 @@ def score_continuation(
     added = continuation_ids(loaded, continuation)
     window = nt.context_window(loaded, max_input_tokens)
     if len(prompt_ids) + len(added) > window:
-        raise InvalidInputError(
-            f"Prompt and continuation are {len(prompt_ids) + len(added)} tokens; "
-            f"{loaded.name} reads at most {window} here. Shorten them."
-        )
+        raise InvalidInputError(message("explorer.prompt_and_continuation_too_long",
+                                        count=len(prompt_ids) + len(added), model=loaded.name, window=window))
     return _summary(score_tokens(loaded, [*prompt_ids, *added], first=len(prompt_ids)))
 
 
@@ -98,5 +97,5 @@ def text_surprise(loaded: LoadedModel, text: str, max_input_tokens: int | None =
     """Per-token surprise of a pasted text: every token after the first, given those before it."""
     ids = nt.encode_prompt(loaded, text, max_input_tokens=max_input_tokens)
     if len(ids) < 2:
-        raise InvalidInputError("Paste at least two tokens of text: the first has nothing before it.")
+        raise InvalidInputError(message("explorer.paste_two_tokens"))
     return _summary(score_tokens(loaded, ids, first=1))

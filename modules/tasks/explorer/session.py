@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError
+from modules.messages import message
 from modules.tasks import next_token as nt
 
 FORMAT = "transformers-playground/explorer-session"
@@ -64,7 +65,7 @@ def _sync(session: ExplorerSession) -> None:
 def fork(loaded: LoadedModel, session: ExplorerSession, token_id: int, settings: nt.SamplingSettings) -> Branch:
     """A new branch: the active text plus `token_id`; the old branch stays as it was."""
     if len(session.branches) >= MAX_BRANCHES:
-        raise InvalidInputError(f"At most {MAX_BRANCHES} branches: export the session and start over.")
+        raise InvalidInputError(message("explorer.too_many_branches", limit=MAX_BRANCHES))
     _sync(session)
     parent = session.active
     shared = len(session.explorer.steps)
@@ -78,7 +79,7 @@ def fork(loaded: LoadedModel, session: ExplorerSession, token_id: int, settings:
 def switch(loaded: LoadedModel, session: ExplorerSession, name: str) -> None:
     """Make another branch active: its text is read once, in one prefill."""
     if name not in session.branches:
-        raise InvalidInputError(f"No branch named {name!r}: choose one of {', '.join(session.branches)}.")
+        raise InvalidInputError(message("explorer.no_such_branch", name=name, known=", ".join(session.branches)))
     _sync(session)
     branch, explorer = session.branches[name], session.explorer
     ids = [*explorer.prompt_ids, *(step.token_id for step in branch.steps)]
@@ -114,20 +115,20 @@ def export_session(session: ExplorerSession) -> str:
 def read_session(text: str) -> dict:
     """The parsed JSON of an exported session, or a clear error."""
     if not isinstance(text, str) or not text.strip():
-        raise InvalidInputError("Paste or upload an exported session (JSON).")
+        raise InvalidInputError(message("explorer.session_missing"))
     if len(text) > MAX_SESSION_CHARS:
-        raise InvalidInputError(f"That session is over {MAX_SESSION_CHARS:,} characters.")
+        raise InvalidInputError(message("explorer.session_too_big", limit=MAX_SESSION_CHARS))
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise InvalidInputError(f"That is not JSON: {error.msg} (line {error.lineno}).") from error
+        raise InvalidInputError(message("explorer.session_not_json", problem=error.msg, line=error.lineno)) from error
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise InvalidInputError("That JSON is not an exported explorer session.")
+        raise InvalidInputError(message("explorer.session_wrong_format"))
     if data.get("version") != VERSION:
-        raise InvalidInputError(f"Session version {data.get('version')} is not supported (this app reads {VERSION}).")
+        raise InvalidInputError(message("explorer.session_version", version=data.get("version"), supported=VERSION))
     branches = data.get("branches")
     if not isinstance(branches, list) or not branches or not all(isinstance(b, dict) for b in branches):
-        raise InvalidInputError("The session has no branches.")
+        raise InvalidInputError(message("explorer.session_no_branches"))
     return data
 
 
@@ -137,14 +138,12 @@ def _replay_step(loaded: LoadedModel, explorer: nt.ExplorerState, record: dict, 
         settings = nt.SamplingSettings(**record.get("settings", {})).validated()
         seed = record.get("seed")
     except (KeyError, TypeError, ValueError) as error:
-        raise InvalidInputError(f"Step {number} of the session is malformed: {error}.") from error
+        raise InvalidInputError(message("explorer.session_step_malformed", number=number, problem=error)) from error
     if how in nt.STRATEGIES:
         chosen = nt.choose_token(explorer, how, settings, int(seed or 0))
         if chosen != token_id:
-            raise InvalidInputError(
-                f"Replay differs at step {number}: {how} gives id {chosen}, the session recorded {token_id} "
-                "(another model, or other weights?)."
-            )
+            raise InvalidInputError(message("explorer.replay_differs", number=number, how=how, chosen=chosen,
+                                            recorded=token_id))
     nt.append_token(loaded, explorer, token_id, how, settings, seed)
 
 
@@ -152,7 +151,7 @@ def replay_session(loaded: LoadedModel, text: str, max_input_tokens: int | None 
     """Rebuild an exported session step by step; each branch is checked as it is replayed."""
     data = read_session(text)
     if data.get("model") != loaded.ref.text:
-        raise InvalidInputError(f"The session was recorded with {data.get('model')}; load that model to replay it.")
+        raise InvalidInputError(message("explorer.session_other_model", model=data.get("model")))
     session = new_session(loaded, str(data.get("prompt", "")), bool(data.get("chat_template")), max_input_tokens)
     start = session.explorer
     for number, raw in enumerate(data["branches"]):
@@ -161,7 +160,7 @@ def replay_session(loaded: LoadedModel, text: str, max_input_tokens: int | None 
         explorer = nt.start(loaded, session.prompt, session.chat_template, max_input_tokens) if steps else start
         for index, record in enumerate(steps, start=1):
             if not isinstance(record, dict):
-                raise InvalidInputError(f"Step {index} of branch {name} is not an object.")
+                raise InvalidInputError(message("explorer.session_step_not_object", number=index, branch=name))
             _replay_step(loaded, explorer, record, index)
         session.branches[name] = Branch(name, raw.get("parent"), int(raw.get("fork_at") or 0), explorer.steps)
         if name == data.get("active"):
