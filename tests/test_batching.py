@@ -183,3 +183,28 @@ def test_a_failing_consumer_ends_only_its_own_sequence(tiny_model, scheduler):
     assert all(s.wait(60) for s in batch)
     assert isinstance(batch[0].error, RuntimeError) and len(batch[0].tokens) == 1
     assert batch[1].tokens == expected
+
+
+def test_growing_layer_holds_what_concatenation_would_and_grows_in_place():
+    """GrowingLayer == DynamicLayer's concatenation, step after step, also after the batch
+    replaces its tensors from outside (row selection); between doublings a step writes in
+    place instead of copying the whole cache."""
+    from transformers.cache_utils import DynamicLayer
+
+    from modules.engine.batching import GrowingLayer
+
+    torch.manual_seed(0)
+    growing, plain = GrowingLayer(), DynamicLayer()
+    pointers = set()
+    for step in range(150):
+        rows = 3 if step < 100 else 2
+        new = 7 if step == 0 else 1
+        key, value = torch.randn(rows, 2, new, 4), torch.randn(rows, 2, new, 4)
+        got, want = growing.update(key, value), plain.update(key, value)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+        pointers.add(growing.keys.data_ptr())
+        if step == 99:  # the batch keeps rows 0 and 2 (as _BatchCache.keep does)
+            for layer in (growing, plain):
+                layer.keys = layer.keys.index_select(0, torch.tensor([0, 2]))
+                layer.values = layer.values.index_select(0, torch.tensor([0, 2]))
+    assert len(pointers) <= 6  # 150 steps: a handful of buffers, not one per step

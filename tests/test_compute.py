@@ -1,4 +1,4 @@
-"""Generation jobs run on the main thread when the app lends it, on threads otherwise.
+"""Jobs run on one compute thread: the main thread when the app lends it, else a daemon thread.
 
 pytest runs tests on the process's main thread, so these tests lend it
 (`lend_main_thread_while`) and submit work from another thread, as the app's
@@ -10,9 +10,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 
 from modules.tasks.chat import GenerationParams, live_generation_threads, stream_chat
-from modules.engine.compute import lend_main_thread_while, live_jobs, start_job
+from modules.engine.compute import compute_thread, lend_main_thread_while, live_jobs, start_job
 from modules.engine.model_cache import ModelKind
 
 
@@ -36,12 +37,65 @@ def test_jobs_run_in_order_on_the_main_thread_and_survive_a_failing_one():
     assert live_jobs("test-job") == 0
 
 
-def test_without_the_loop_each_job_gets_its_own_thread():
+def test_without_a_lent_main_thread_jobs_share_one_compute_thread():
+    """One thread runs every job, one after another: each thread that runs torch in
+    parallel keeps an OpenMP team, and two teams slow decoding (compute.py)."""
     where: list[threading.Thread] = []
-    job = start_job(lambda: where.append(threading.current_thread()), "test-job")
-    job.join(timeout=10)
-    assert where and where[0] is not threading.main_thread()
+    running = threading.Lock()
+    overlaps: list[bool] = []
+
+    def record() -> None:
+        overlaps.append(not running.acquire(blocking=False))
+        where.append(threading.current_thread())
+        threading.Event().wait(0.02)
+        running.release()
+
+    jobs = [start_job(record, "test-job") for _ in range(3)]
+    for job in jobs:
+        job.join(timeout=10)
+    assert len(where) == 3 and len(set(where)) == 1
+    assert where[0] is not threading.main_thread() and where[0] is compute_thread()
+    assert overlaps == [False, False, False]
     assert live_jobs("test-job") == 0
+
+
+def test_lending_the_main_thread_takes_the_role_and_hands_it_back():
+    """A daemon compute thread already exists (earlier jobs): while the main thread is
+    lent, jobs run there, and afterwards on the daemon again."""
+    start_job(lambda: None, "test-job").join(timeout=10)
+    daemon = compute_thread()
+    assert daemon is not None and daemon is not threading.main_thread()
+    ran: list[threading.Thread] = []
+
+    def submit() -> None:
+        for _ in range(3):
+            start_job(lambda: ran.append(threading.current_thread()), "test-job").join(timeout=10)
+
+    lend_main_thread_while(submit)
+    assert ran == [threading.main_thread()] * 3
+    start_job(lambda: ran.append(threading.current_thread()), "test-job").join(timeout=10)
+    assert ran[-1] is daemon and compute_thread() is daemon
+
+
+def test_giving_up_the_role_frees_the_openmp_team():
+    """The thread that stops running jobs frees its team (omp_pause_resource_all), so it
+    does not count against the next holder's; a later parallel region makes a new one."""
+    from modules.engine.compute import OPENMP as omp
+    from modules.engine.compute import release_openmp_team
+
+    if omp is None or not hasattr(omp, "omp_pause_resource_all"):
+        pytest.skip("no OpenMP 5 runtime beside torch")
+    calls: list[threading.Thread] = []
+    real = omp.omp_pause_resource_all
+    omp.omp_pause_resource_all = lambda kind: calls.append(threading.current_thread()) or real(kind)
+    try:
+        lend_main_thread_while(lambda: start_job(lambda: None, "test-job").join(timeout=10))
+    finally:
+        omp.omp_pause_resource_all = real
+    assert threading.main_thread() in calls
+    release_openmp_team()  # and torch still works afterwards, in parallel
+    a = torch.randn(256, 256)
+    assert torch.allclose((a @ a)[0], sum(a[0, k] * a[k] for k in range(256)), atol=1e-3)
 
 
 def test_a_reply_generated_on_the_main_thread_is_the_same_reply(shared_cache, tiny_causal_lm_dir):
@@ -63,7 +117,7 @@ def test_a_reply_generated_on_the_main_thread_is_the_same_reply(shared_cache, ti
     assert live_generation_threads() == 0
 
 
-def test_request_threads_leave_the_cores_to_the_main_thread(shared_cache, tiny_causal_lm_dir):
+def test_request_threads_leave_the_cores_to_the_compute_thread(shared_cache, tiny_causal_lm_dir):
     """While the main thread generates, a request handler marked `on_request_thread` runs
     torch on one core (its own OpenMP team would halve the main thread's speed)."""
     from modules.engine.compute import OPENMP as omp

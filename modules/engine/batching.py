@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache, LogitsProcessorList
+from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import (
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
@@ -139,6 +140,60 @@ class Sequence:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
+
+
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values live in buffers with room to grow.
+
+    transformers' DynamicLayer concatenates the whole cache with each new token (60
+    copies of every cached row per step for a 30-layer model); here a step writes one
+    column in place and `keys` / `values` are views of the filled part. The buffers
+    double when full. Code that assigns `keys` / `values` itself (the batch's padding and
+    row selection) hands over a new tensor, which becomes the buffer at the next update.
+    """
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if self._buffers is None or self._buffers[0].data_ptr() != self.keys.data_ptr() \
+                or self._buffers[1].data_ptr() != self.values.data_ptr():
+            self._buffers = (self.keys, self.values)  # fresh, or replaced from outside
+        length, new = self.keys.shape[-2] if self.keys.dim() == 4 else 0, key_states.shape[-2]
+        if length == 0:
+            self._buffers = (key_states.clone(), value_states.clone())
+        elif self._buffers[0].shape[-2] < length + new or not self._fits(key_states):
+            self._buffers = tuple(self._grown(old, length, length + new)
+                                  for old in (self.keys, self.values))
+        if length:
+            self._buffers[0][..., length:length + new, :] = key_states
+            self._buffers[1][..., length:length + new, :] = value_states
+        self.keys = self._buffers[0][..., : length + new, :]
+        self.values = self._buffers[1][..., : length + new, :]
+        return self.keys, self.values
+
+    def _fits(self, states: torch.Tensor) -> bool:
+        """The buffer's other dimensions still match (rows may have been selected or joined)."""
+        return self._buffers[0].shape[:-2] == states.shape[:-2]
+
+    @staticmethod
+    def _grown(filled: torch.Tensor, length: int, needed: int) -> torch.Tensor:
+        shape = list(filled.shape)
+        shape[-2] = max(needed, 2 * length, 64)
+        buffer = filled.new_empty(shape)
+        buffer[..., :length, :] = filled
+        return buffer
+
+
+def growing_cache(config) -> DynamicCache:
+    """A DynamicCache for `config` whose full-attention layers grow in place (GrowingLayer)."""
+    cache = DynamicCache(config=config)
+    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
 
 
 class _BatchCache:
@@ -320,7 +375,7 @@ class BatchScheduler:
         sequence.started_at = time.perf_counter()
         sequence._processors = sequence.sampling.processors()
         sequence._generator = sequence.sampling.generator()
-        cache = DynamicCache(config=self.model.config)
+        cache = growing_cache(self.model.config)
         try:
             ids = torch.tensor([sequence.prompt_ids], device=self.model.device)
             output = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)

@@ -1,13 +1,23 @@
-"""Where generation runs: on the process's main thread when the app owns it.
+"""Where model work runs: on one compute thread per process, whichever thread that is.
 
-Measured on this project's 2-core machines (benchmarks/decode_speed.py): torch's
-OpenMP-parallel kernels run about twice as slowly on any thread but the process's
-initial one (torch's bundled libgomp), so a reply generated on a fresh thread decodes
-at half speed. `python app.py` therefore serves HTTP from a background thread and
-lends its main thread to `run_jobs`; `start_job` hands generation to it. Where
-nothing runs that loop (code that imports `demo` and launches it itself, the tests) each job gets a thread
-of its own, as before. Jobs run one after another (a model's batch scheduler is one
-job while it has sequences); a job whose request was cancelled while it waited returns at once.
+Why (measured, benchmarks/decode_speed.py's "thread" rows): torch's CPU build uses GNU
+OpenMP (libgomp). Every OS thread that enters a parallel region becomes the master of
+an OpenMP team of its own and keeps that team's threads until it exits. libgomp counts
+the threads of all teams together, and once they outnumber the CPUs it treats the
+machine as oversubscribed: its threads stop spin-waiting between parallel regions (a
+throttled spin of ~100 iterations instead of ~300,000) and sleep on a futex instead.
+A decode step is ~600 small parallel regions, each now paying a wake-up, so a second
+team on a 2-core machine slows decoding by a third to a half, on whichever thread. It
+is the number of teams that matters, not which thread works.
+
+So the process keeps one team:
+* all jobs (model loads, the batch schedulers' decode loops) run one after another on
+  one compute thread: the main thread while `python app.py` lends it
+  (`lend_main_thread_while`), otherwise one long-lived daemon thread started by the
+  first job (code that imports `demo` and launches it itself, the tests);
+* request threads run torch on one core (`on_request_thread`: no team of their own)
+  and free any team they made before;
+* a thread that gives the compute role up frees its team (`omp_pause_resource_all`).
 
 The main thread is a resource of the whole process, so the job queue is too: it is
 the one piece of module-level state here, and it only ever holds pending jobs.
@@ -21,8 +31,8 @@ import functools
 import inspect
 import itertools
 import logging
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 from pathlib import Path
@@ -34,14 +44,18 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable)
 
 _numbers = itertools.count(1)
-_pending: queue.SimpleQueue[Job] = queue.SimpleQueue()
-_loop_running = threading.Event()
 _live_lock = threading.Lock()
 _live: set[Job] = set()
+# Who runs jobs now (the lent main thread, the daemon compute thread, or nobody yet),
+# and the jobs waiting for it; both guarded by `_role`.
+_role = threading.Condition()
+_pending: deque[Job] = deque()
+_holder: threading.Thread | None = None
+_daemon: threading.Thread | None = None
 
 
 class Job:
-    """A function to run once, on the main thread's loop or on its own thread."""
+    """A function to run once, on the compute thread."""
 
     def __init__(self, target: Callable[[], None], name: str) -> None:
         self.target = target
@@ -66,35 +80,86 @@ class Job:
 
 
 def start_job(target: Callable[[], None], name: str) -> Job:
-    """Run `target` on the main thread's loop if it is running, else on a new thread."""
+    """Queue `target` for the compute thread (starting the daemon one if nobody holds the role)."""
     job = Job(target, name)
     with _live_lock:
         _live.add(job)
-    if _loop_running.is_set():
-        _pending.put(job)
-    else:
-        _on_own_thread(job)
+    with _role:
+        _pending.append(job)
+        if _holder is None:
+            _hand_role_to_daemon()
+        _role.notify_all()
     return job
 
 
-def _on_own_thread(job: Job) -> None:
-    threading.Thread(target=job.run, name=job.name, daemon=True).start()
+def compute_thread() -> threading.Thread | None:
+    """The thread that runs jobs now (None before the first job or lend)."""
+    return _holder
 
 
-def leave_the_cores_to_the_main_thread() -> None:
-    """On a request thread, while the main thread generates: run torch on one core here.
+def _hand_role_to_daemon() -> None:
+    """Give the compute role to the daemon thread, starting it on first use. Holds `_role`."""
+    global _holder, _daemon
+    if _daemon is None:
+        _daemon = threading.Thread(target=_daemon_loop, name="compute", daemon=True)
+        _holder = _daemon
+        _daemon.start()
+    else:
+        _holder = _daemon
+        _role.notify_all()
 
-    Every thread that runs torch keeps its own OpenMP team; once more team threads
-    live than there are cores, the runtime stops spinning between parallel regions and
-    the main thread's decoding halves (measured). One thread per request thread keeps
-    the teams to the main thread's own. Request paths call it through `on_request_thread`.
+
+def _daemon_loop() -> None:
+    me = threading.current_thread()
+    while True:
+        with _role:
+            while _holder is not me:
+                _role.wait()
+        _take_jobs(me, threading.Event())
+
+
+def _take_jobs(me: threading.Thread, stop: threading.Event) -> None:
+    """Run queued jobs while `me` holds the compute role and `stop` is not set; then free
+    this thread's OpenMP team, since the next holder will make its own."""
+    try:
+        while (job := _next_job(me, stop)) is not None:
+            job.run()
+    finally:
+        release_openmp_team()
+
+
+def _next_job(me: threading.Thread, stop: threading.Event) -> Job | None:
+    """The next queued job, while `me` holds the role; None once it does not or `stop` is set."""
+    with _role:
+        while not stop.is_set() and _holder is me:
+            if _pending:
+                return _pending.popleft()
+            _role.wait(timeout=0.1)  # `stop` is an Event of its own: look again now and then
+        return None
+
+
+def release_openmp_team() -> None:
+    """Free this thread's OpenMP team (libgomp keeps one per thread that ever ran torch in
+    parallel until the thread exits); the next parallel region here makes a new one."""
+    pause = getattr(OPENMP, "omp_pause_resource_all", None)
+    if pause is not None:
+        pause(OMP_PAUSE_SOFT)
+
+
+def leave_the_cores_to_the_compute_thread() -> None:
+    """On a request thread: run torch on one core here, with no OpenMP team of its own.
+
+    A second team would halve the compute thread's decoding (module docstring). Request
+    paths call it through `on_request_thread`; on the compute thread it does nothing.
     """
-    if (not _loop_running.is_set() or threading.current_thread() is threading.main_thread()
+    holder = _holder
+    if (holder is None or threading.current_thread() is holder
             or getattr(_single_threaded, "done", False)):
         return
     _single_threaded.done = True
     if OPENMP is not None:
         OPENMP.omp_set_num_threads(1)
+        release_openmp_team()
 
 
 def on_request_thread(function: F) -> F:
@@ -102,17 +167,17 @@ def on_request_thread(function: F) -> F:
 
     Before the call, and before each step of a generator (a server may move a
     generator between pool threads), the current thread leaves the cores to the
-    main thread (`leave_the_cores_to_the_main_thread`). Explicit, so that asking the
-    model cache for a model changes no thread's settings behind the caller's back.
+    compute thread (`leave_the_cores_to_the_compute_thread`). Explicit, so that asking
+    the model cache for a model changes no thread's settings behind the caller's back.
     """
     if inspect.isgeneratorfunction(function):
         @functools.wraps(function)
         def steps(*args, **kwargs):
-            leave_the_cores_to_the_main_thread()
+            leave_the_cores_to_the_compute_thread()
             generator = function(*args, **kwargs)
             try:
                 while True:
-                    leave_the_cores_to_the_main_thread()
+                    leave_the_cores_to_the_compute_thread()
                     try:
                         item = next(generator)
                     except StopIteration as finished:
@@ -125,7 +190,7 @@ def on_request_thread(function: F) -> F:
 
     @functools.wraps(function)
     def call(*args, **kwargs):
-        leave_the_cores_to_the_main_thread()
+        leave_the_cores_to_the_compute_thread()
         return function(*args, **kwargs)
 
     return call  # type: ignore[return-value]
@@ -147,6 +212,7 @@ def _find_openmp() -> ctypes.CDLL | None:
 
 _single_threaded = threading.local()
 OPENMP = _find_openmp()
+OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: omp_pause_soft
 
 
 @contextlib.contextmanager
@@ -174,16 +240,17 @@ def live_jobs(prefix: str) -> int:
 
 
 def lend_main_thread_while(work: Callable[[], T]) -> T:
-    """Run `work` on a helper thread while this (the main) thread runs jobs; its result.
+    """Run `work` on a helper thread while this (the main) thread holds the compute role
+    and runs jobs; its result. The daemon compute thread, if any, waits meanwhile.
 
     How `python app.py` serves (work: the HTTP server), and how tests and benchmarks
     run a request as the app would. An exception from `work` is raised here.
     """
+    global _holder
     stop = threading.Event()
     outcome: list[tuple[bool, object]] = []
 
     def helper() -> None:
-        _loop_running.wait()  # jobs submitted by `work` must find the loop
         try:
             outcome.append((True, work()))
         except BaseException as error:  # handed to the main thread below
@@ -191,32 +258,19 @@ def lend_main_thread_while(work: Callable[[], T]) -> T:
         finally:
             stop.set()
 
+    me = threading.current_thread()
+    with _role:
+        _holder = me
+        _role.notify_all()
     threading.Thread(target=helper, name="main-thread-lender", daemon=True).start()
-    run_jobs(stop)
+    try:
+        _take_jobs(me, stop)
+    finally:
+        with _role:
+            _holder = None
+            if _daemon is not None or _pending:
+                _hand_role_to_daemon()  # jobs still queued, or the daemon had the role before
     succeeded, value = outcome[0]
     if not succeeded:
         raise value
     return value
-
-
-def run_jobs(stop: threading.Event) -> None:
-    """Run submitted jobs on this (the main) thread until `stop` is set.
-
-    Jobs still queued when it stops are handed to threads of their own.
-    """
-    _loop_running.set()
-    try:
-        while not stop.is_set():
-            try:
-                job = _pending.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            job.run()
-    finally:
-        _loop_running.clear()
-        while True:
-            try:
-                job = _pending.get_nowait()
-            except queue.Empty:
-                break
-            _on_own_thread(job)
