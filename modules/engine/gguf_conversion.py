@@ -18,6 +18,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from modules.engine.callbacks import StatusCallback
+from modules.messages import message
 
 
 def converted_folder(gguf_file: Path, cache_dir: str | Path) -> Path:
@@ -44,7 +45,7 @@ def ensure_converted(
     if is_converted(target):
         return target
     if on_status:
-        on_status(f"Converting {gguf_file.name} to a fast-loading copy (first start only)…")
+        on_status(message("models.converting_gguf", file=gguf_file.name).english())
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     try:

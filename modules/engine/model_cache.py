@@ -45,6 +45,7 @@ from modules.errors import (
     ModelOfflineError,
     ModelOutOfMemoryError,
 )
+from modules.messages import message
 from modules.engine.kernels.fast_decode import Prepared, prepare_chat_model
 from modules.engine.gguf_conversion import ensure_converted
 from modules.engine.callbacks import StatusCallback
@@ -157,7 +158,7 @@ class ModelCache:
                 future = self._loading[key] = Future()
         if not owner:
             if on_status:
-                on_status(f"Waiting for {key[0]} to finish loading…")
+                on_status(message("models.waiting_for_load", model=key[0]).english())
             return future.result()
         try:
             loaded = self._load(key[0], kind, on_status)
@@ -253,16 +254,13 @@ class ModelCache:
         dtype = pick_dtype(self.settings.dtype, self.device, generative=generative)
         source, options = self._source(ref, on_status)
         if on_status:
-            on_status(f"Loading {ref.display_name}…")
+            on_status(message("models.loading", model=ref.display_name).english())
         log.info("Loading %s as %s on %s", ref.text, kind.name, self.device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **options)
             model = kind.value.from_pretrained(source, dtype=dtype, **options)
         except (torch.OutOfMemoryError, MemoryError) as error:
-            raise ModelOutOfMemoryError(
-                f"Not enough memory to load {ref.display_name}: try a smaller model "
-                "or lower PLAYGROUND_MAX_LOADED_MODELS."
-            ) from error
+            raise ModelOutOfMemoryError(message("models.out_of_memory", model=ref.display_name)) from error
         except Exception as error:
             raise self._explain(ref, error) from error
         model.to(self.device).eval()
@@ -293,14 +291,12 @@ class ModelCache:
             try:
                 folder = ensure_converted(ref.gguf_file, self.settings.cache_dir, on_status)
             except Exception as error:
-                raise InvalidModelError(
-                    f"Could not read the GGUF file {ref.text}: {error}"
-                ) from error
+                raise InvalidModelError(message("models.gguf_unreadable", path=ref.text, problem=error)) from error
             return str(folder), {}
         if ref.folder is not None:
             return str(ref.folder), {"trust_remote_code": ref.text in self.settings.trust_remote_code}
         if on_status and not in_hub_cache(ref):
-            on_status(f"Downloading {ref.hub_id} from the Hugging Face Hub…")
+            on_status(message("models.downloading", model=ref.hub_id).english())
         return ref.hub_id, {
             "revision": ref.revision,
             "local_files_only": self.settings.offline,
@@ -316,31 +312,22 @@ class ModelCache:
         chain = _exception_chain(error)
         text = " ".join(str(e) for e in chain)
         if any(isinstance(e, GatedRepoError) for e in chain):
-            return GatedModelError(
-                f"{name} is gated: accept its licence on huggingface.co and set HF_TOKEN."
-            )
+            return GatedModelError(message("models.gated", model=name))
         if any(isinstance(e, RevisionNotFoundError) for e in chain):
-            return ModelNotFoundError(f"{name}: no such revision on the Hub.")
+            return ModelNotFoundError(message("models.no_such_revision", model=name))
         if any(isinstance(e, RepositoryNotFoundError) for e in chain) or "is not a local folder and is not a valid model identifier" in text:
-            return ModelNotFoundError(f"No model called '{name}' on the Hub (or it is private).")
+            return ModelNotFoundError(message("models.not_on_hub", model=name))
         offline = self.settings.offline or any(
             isinstance(e, LocalEntryNotFoundError) for e in chain
         ) or "couldn't connect" in text.lower() or "offline" in text.lower()
         if ref.hub_id and offline:
-            return ModelOfflineError(
-                f"{name} is not on this machine and the Hugging Face Hub cannot be reached. "
-                "Download it where there is a network ('hf download "
-                f"{ref.hub_id}') or point the setting at a local model folder."
-            )
+            return ModelOfflineError(message("models.offline", model=name, repo=ref.hub_id))
         if "trust_remote_code" in text:
-            return InvalidModelError(
-                f"{name} runs its own code from the Hub; allow it explicitly with "
-                f"PLAYGROUND_TRUST_REMOTE_CODE={ref.hub_id or ref.text} if you trust it."
-            )
+            return InvalidModelError(message("models.remote_code", model=name, allowed=ref.hub_id or ref.text))
         if "Unrecognized" in text or "does not appear to have" in text or "not supported" in text:
-            return InvalidModelError(f"{name} is not a model this tab can use: {_first_line(error)}")
+            return InvalidModelError(message("models.unusable", model=name, problem=_first_line(error)))
         log.exception("Unexpected error loading %s", ref.text)
-        return ModelError(f"Could not load {name}: {_first_line(error)}")
+        return ModelError(message("models.load_failed", model=name, problem=_first_line(error)))
 
 
 def _exception_chain(error: BaseException) -> list[BaseException]:

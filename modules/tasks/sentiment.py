@@ -80,9 +80,7 @@ def validated_text(text: str | None) -> str:
     if not text.strip():
         raise InvalidInputError(message("sentiment.empty_text"))
     if len(text) > MAX_TEXT_CHARS:
-        raise InvalidInputError(
-            f"The text is {len(text):,} characters long; the limit is {MAX_TEXT_CHARS:,}."
-        )
+        raise InvalidInputError(message("sentiment.text_too_long", count=len(text), limit=MAX_TEXT_CHARS))
     return text
 
 
@@ -103,16 +101,12 @@ def load_classifier(
     try:
         loaded = cache.get(ref, ModelKind.CLASSIFIER, on_status)
     except ModelOfflineError as error:
-        raise ModelOfflineError(
-            f"{error} Or switch to zero-shot mode: it uses the chat model and works offline."
-        ) from error
+        raise ModelOfflineError(message("sentiment.offline_try_zero_shot", problem=error)) from error
     architectures = getattr(loaded.model.config, "architectures", None) or []
     if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
         cache.evict(ref, ModelKind.CLASSIFIER)  # its classification head would be random
-        raise InvalidModelError(
-            f"{loaded.name} is a {architectures[0]}, not a text classifier: pick a "
-            "sequence-classification model, or use zero-shot mode for a chat model."
-        )
+        raise InvalidModelError(message("sentiment.not_a_classifier", model=loaded.name,
+                                        architecture=architectures[0]))
     return loaded
 
 
@@ -128,7 +122,7 @@ def _windows(loaded: LoadedModel, texts: Sequence[str], window: int) -> tuple[li
             return_overflowing_tokens=True,
         )
     except Exception as error:  # a tokenizer that cannot split into windows
-        raise ModelError(f"{loaded.name} could not tokenize the text: {error}") from error
+        raise ModelError(message("sentiment.tokenize_failed", model=loaded.name, problem=error)) from error
     owners = encoded.get("overflow_to_sample_mapping") or list(range(len(texts)))
     return list(encoded["input_ids"]), [int(o) for o in owners]
 
@@ -283,9 +277,7 @@ def split_lines(text: str | None) -> list[str]:
 
 def _check_rows(count: int) -> None:
     if count > MAX_BATCH_ROWS:
-        raise InvalidInputError(
-            f"{count:,} texts is too many for one batch; the limit is {MAX_BATCH_ROWS:,}."
-        )
+        raise InvalidInputError(message("sentiment.too_many_texts", count=count, limit=MAX_BATCH_ROWS))
 
 
 def read_csv(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -294,9 +286,7 @@ def read_csv(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     try:
         content = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise InvalidInputError(
-            "The file is not UTF-8 text. Save it as CSV (UTF-8) and upload it again."
-        ) from None
+        raise InvalidInputError(message("sentiment.csv_not_utf8")) from None
     if not content.strip():
         raise InvalidInputError(message("sentiment.csv_empty"))
     try:
@@ -323,9 +313,7 @@ def guess_text_column(header: Sequence[str], rows: Sequence[dict[str, str]]) -> 
     wordy = {name: _mean_words(rows, name) for name in header}
     best = max(wordy, key=wordy.get)
     if wordy[best] < 1:
-        raise InvalidInputError(
-            "No column of the CSV file holds text; add one (e.g. a 'text' column)."
-        )
+        raise InvalidInputError(message("sentiment.csv_no_text_column"))
     return best
 
 
@@ -340,9 +328,7 @@ def csv_texts(path: str | Path, column: str | None = None) -> tuple[str, list[st
     header, rows = read_csv(path)
     column = column or guess_text_column(header, rows)
     if column not in header:
-        raise InvalidInputError(
-            f"The CSV file has no column '{column}'. Its columns: {', '.join(header)}."
-        )
+        raise InvalidInputError(message("sentiment.csv_no_such_column", column=column, known=", ".join(header)))
     texts = [str(r.get(column) or "").strip() for r in rows]
     texts = [t for t in texts if t]
     if not texts:

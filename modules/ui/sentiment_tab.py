@@ -132,7 +132,7 @@ class _Handlers:
         return classify_texts(
             self.context.cache, self.context.chat_model.ref, texts, request,
             max_text_tokens=self.context.settings.max_input_tokens,
-            on_status=lambda status: progress(None, desc=status),
+            on_status=lambda status: progress(None, desc=in_reader_language(status)),
             on_progress=lambda done, total: progress((done, total), desc=t("sentiment.scoring"), unit=t("sentiment.texts_unit")),
         )
 

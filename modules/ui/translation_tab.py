@@ -13,7 +13,7 @@ from modules.engine.gpu import gpu
 from modules.messages import text
 from modules.tasks import translation
 from modules.ui.errors import shows_user_errors
-from modules.ui.i18n import LanguageSwitch, _, t
+from modules.ui.i18n import LanguageSwitch, _, in_reader_language, t
 from modules.ui.i18n import reader_language as i18n_language
 
 BATCH_HEADER_KEYS = ["translation.header_source", "translation.header_translation"]
@@ -75,7 +75,7 @@ def build(context: AppContext, switch: LanguageSwitch) -> None:
     def translate(text: str, direction: str, progress=gr.Progress()) -> Iterator[str]:
         yield from translation.load_and_stream_translation(
             context.cache, settings, text, direction,
-            on_status=lambda status: progress(None, desc=status),
+            on_status=lambda status: progress(None, desc=in_reader_language(status)),
             on_progress=_progress_reporter(progress),
         )
 
@@ -85,7 +85,7 @@ def build(context: AppContext, switch: LanguageSwitch) -> None:
     def translate_all(lines: str, file_path: str | None, direction: str, progress=gr.Progress()):
         result = translation.translate_all(
             context.cache, settings, lines, file_path, direction,
-            on_status=lambda status: progress(None, desc=status),
+            on_status=lambda status: progress(None, desc=in_reader_language(status)),
             on_progress=_progress_reporter(progress),
         )
         if not result.sources:

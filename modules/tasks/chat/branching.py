@@ -9,6 +9,7 @@ JSON-ready, so they travel with the conversation in the browser.
 from __future__ import annotations
 
 from modules.errors import InvalidInputError
+from modules.messages import message as keyed
 
 DEFAULT_ALTERNATIVES = 5
 
@@ -37,10 +38,9 @@ def reply_tokens(tokenizer, token_ids: list[int], alternatives: list[list[tuple[
 def alternatives_at(tokens: list, position: int) -> list[tuple[str, float]]:
     """(text, probability) of the model's top choices at `position` of a reply."""
     if not tokens:
-        raise InvalidInputError("This reply has no recorded alternatives (it was written before "
-                                "they were recorded, edited, or by a remote server).")
+        raise InvalidInputError(keyed("chat.no_alternatives"))
     if not isinstance(position, int) or not 0 <= position < len(tokens):
-        raise InvalidInputError(f"Choose a token between 0 and {len(tokens) - 1}.")
+        raise InvalidInputError(keyed("chat.choose_token_between", last=len(tokens) - 1))
     return [(text, probability) for text, probability in tokens[position][2]]
 
 
@@ -48,5 +48,5 @@ def branch_prefix(tokens: list, position: int, choice: str) -> str:
     """The reply cut before `position`, then `choice` (one of the alternatives there)."""
     options = [text for text, _ in alternatives_at(tokens, position)]
     if choice not in options:
-        raise InvalidInputError(f"{choice!r} is not one of the alternatives at token {position}.")
+        raise InvalidInputError(keyed("chat.not_an_alternative", choice=choice, position=position))
     return "".join(piece[0] for piece in tokens[:position]) + choice

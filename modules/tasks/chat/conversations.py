@@ -175,9 +175,9 @@ def edit_message(messages: list[Message], index: int, text: str) -> tuple[list[M
     """(messages, regenerate): a user message edited cuts the conversation after it
     (the caller writes a new reply); a reply edited is kept as the model's own words."""
     if not isinstance(index, int) or not 0 <= index < len(messages):
-        raise InvalidInputError(f"There is no message {index} to edit.")
+        raise InvalidInputError(keyed("chat.no_message_to_edit", index=index))
     if not isinstance(text, str) or not text.strip():
-        raise InvalidInputError("An edited message cannot be empty: type some text, or use Undo.")
+        raise InvalidInputError(keyed("chat.edited_empty"))
     edited = copy.deepcopy(messages[index])
     edited["content"] = text
     if edited["role"] == "user":
@@ -191,7 +191,7 @@ def edit_message(messages: list[Message], index: int, text: str) -> tuple[list[M
 
 def _reply_at(messages: list[Message], index: int) -> Message:
     if not isinstance(index, int) or not 0 <= index < len(messages) or messages[index]["role"] != "assistant":
-        raise InvalidInputError("Choose a reply of the model (an assistant message).")
+        raise InvalidInputError(keyed("chat.choose_a_reply"))
     return messages[index]
 
 
@@ -243,10 +243,10 @@ def find_conversation(store: dict | None, conversation_id: str | None) -> dict |
 def rename_conversation(store: dict | None, conversation_id: str, title: str) -> dict:
     title = " ".join((title or "").split())[:200]
     if not title:
-        raise InvalidInputError("Type a new name for the conversation first.")
+        raise InvalidInputError(keyed("chat.rename_missing"))
     store = _valid_store(store)
     if find_conversation(store, conversation_id) is None:
-        raise InvalidInputError("Choose a saved conversation to rename.")
+        raise InvalidInputError(keyed("chat.choose_to_rename"))
     return {**store, "conversations": [{**c, "title": title} if c["id"] == conversation_id else c
                                        for c in store["conversations"]]}
 
@@ -324,13 +324,13 @@ def import_json(text: str | bytes) -> dict:
     import json
 
     if len(text) > MAX_IMPORT_BYTES:
-        raise InvalidInputError(f"The file is {len(text):,} bytes; the limit is {MAX_IMPORT_BYTES:,}.")
+        raise InvalidInputError(keyed("chat.import_bytes", count=len(text), limit=MAX_IMPORT_BYTES))
     try:
         document = json.loads(text)
     except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidInputError(f"The file is not valid JSON ({str(error)[:120]}).") from error
+        raise InvalidInputError(keyed("chat.import_not_json", problem=str(error)[:120])) from error
     if not isinstance(document, dict) or document.get("format") != EXPORT_FORMAT:
-        raise InvalidInputError("This is not a conversation exported from Transformers Playground.")
+        raise InvalidInputError(keyed("chat.import_wrong_format"))
     messages = _clean_messages(document.get("messages"), depth=0)
     settings = document.get("settings") if isinstance(document.get("settings"), dict) else {}
     settings = {k: v for k, v in settings.items() if isinstance(k, str) and isinstance(v, (str, int, float, bool))}
@@ -349,9 +349,7 @@ def import_into(store: dict | None, text: str | bytes) -> tuple[dict, dict]:
 
 def _bounded(text: str) -> str:
     if len(text) > MAX_EXPORT_CHARS:
-        raise InvalidInputError(
-            f"This conversation is too large to export ({len(text):,} characters; the limit is "
-            f"{MAX_EXPORT_CHARS:,}). Delete some variants or start a new chat.")
+        raise InvalidInputError(keyed("chat.export_too_large", count=len(text), limit=MAX_EXPORT_CHARS))
     return text
 
 
@@ -359,16 +357,16 @@ def _clean_messages(messages, depth: int) -> list[Message]:
     from modules.tasks.chat.prompt import MAX_MESSAGE_CHARS
 
     if not isinstance(messages, list):
-        raise InvalidInputError("The file has no list of messages.")
+        raise InvalidInputError(keyed("chat.import_no_messages"))
     if len(messages) > MAX_IMPORT_MESSAGES:
-        raise InvalidInputError(f"The file has {len(messages):,} messages; the limit is {MAX_IMPORT_MESSAGES:,}.")
+        raise InvalidInputError(keyed("chat.import_too_many_messages", count=len(messages), limit=MAX_IMPORT_MESSAGES))
     if depth > MAX_VARIANT_DEPTH:
-        raise InvalidInputError("The file's variants are nested too deeply.")
+        raise InvalidInputError(keyed("chat.import_too_deep"))
     clean = []
     for number, message in enumerate(messages, 1):
         if not isinstance(message, dict) or message.get("role") not in ("user", "assistant") \
                 or not isinstance(message.get("content"), str) or len(message["content"]) > MAX_MESSAGE_CHARS:
-            raise InvalidInputError(f"Message {number} in the file is not a user or assistant message with text.")
+            raise InvalidInputError(keyed("chat.import_bad_message", number=number))
         kept = {"role": message["role"], "content": message["content"]}
         if message["role"] == "assistant":
             kept["stats"] = _clean_stats(message.get("stats"))

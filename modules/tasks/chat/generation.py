@@ -33,6 +33,7 @@ from modules.engine.batching import (
 )
 from modules.engine.model_cache import LoadedModel
 from modules.errors import ModelError, ModelOutOfMemoryError, PlaygroundError
+from modules.messages import message as keyed
 from modules.tasks.chat.params import (
     FINISH_CANCELLED,
     FINISH_LENGTH,
@@ -191,9 +192,9 @@ def _explain(error: BaseException) -> PlaygroundError:
     if isinstance(error, PlaygroundError):
         return error
     if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
-        return ModelOutOfMemoryError("Ran out of memory while generating: try fewer tokens or a smaller model.")
+        return ModelOutOfMemoryError(keyed("chat.out_of_memory"))
     log.error("Generation failed", exc_info=error)
-    return ModelError(f"Generation failed: {type(error).__name__}: {str(error)[:300]}")
+    return ModelError(keyed("chat.generation_failed", kind=type(error).__name__, problem=str(error)[:300]))
 
 
 class _StopScanner:

@@ -7,6 +7,7 @@ browser's store, under "presets"). Plain values in and out.
 from __future__ import annotations
 
 from modules.errors import InvalidInputError
+from modules.messages import message as keyed
 from modules.tasks.chat.params import CHAT_TAB_REPETITION_PENALTY, GenerationParams
 
 DEFAULTS = GenerationParams()
@@ -41,7 +42,7 @@ def preset_values(store: dict | None, name: str) -> dict:
     """The settings `name` sets (only the fields it names)."""
     found = BUILT_IN.get(name) or _user_presets(store).get(name)
     if found is None:
-        raise InvalidInputError(f"There is no preset called {name!r}.")
+        raise InvalidInputError(keyed("chat.no_such_preset", name=name))
     return {key: found[key] for key in PRESET_FIELDS if key in found}
 
 
@@ -49,22 +50,22 @@ def save_preset(store: dict | None, name: str, values: dict) -> dict:
     """The store with the user's preset `name` set to `values` (built-in names are kept as shipped)."""
     name = " ".join((name or "").split())[:80]
     if not name:
-        raise InvalidInputError("Type a name for the preset first.")
+        raise InvalidInputError(keyed("chat.preset_name_missing"))
     if name in BUILT_IN:
-        raise InvalidInputError(f"{name!r} is a built-in preset: choose another name.")
+        raise InvalidInputError(keyed("chat.preset_built_in_name", name=name))
     presets = _user_presets(store)
     if name not in presets and len(presets) >= MAX_USER_PRESETS:
-        raise InvalidInputError(f"There are already {MAX_USER_PRESETS} presets: delete one first.")
+        raise InvalidInputError(keyed("chat.too_many_presets", limit=MAX_USER_PRESETS))
     presets[name] = {key: values[key] for key in PRESET_FIELDS if key in values}
     return {**(store or {}), "presets": presets}
 
 
 def delete_preset(store: dict | None, name: str) -> dict:
     if name in BUILT_IN:
-        raise InvalidInputError(f"{name!r} is a built-in preset and cannot be deleted.")
+        raise InvalidInputError(keyed("chat.preset_built_in_delete", name=name))
     presets = _user_presets(store)
     if presets.pop(name, None) is None:
-        raise InvalidInputError(f"There is no preset called {name!r}.")
+        raise InvalidInputError(keyed("chat.no_such_preset", name=name))
     return {**(store or {}), "presets": presets}
 
 

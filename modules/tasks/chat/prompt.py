@@ -57,28 +57,24 @@ def conversation_messages(past: list[dict], system_prompt: str, text: str) -> li
 def validate_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """OpenAI-style messages, checked and copied to plain {role, content} dicts."""
     if not isinstance(messages, (list, tuple)) or not messages:
-        raise InvalidInputError("The conversation is empty: send a message first.")
+        raise InvalidInputError(keyed("chat.conversation_empty_send"))
     clean = []
     for number, message in enumerate(messages, 1):
         role = message.get("role") if isinstance(message, dict) else None
         content = message.get("content") if isinstance(message, dict) else None
         if role not in ROLES:
-            raise InvalidInputError(
-                f"Message {number} has role {role!r}; use one of {', '.join(ROLES)}."
-            )
+            raise InvalidInputError(keyed("chat.bad_role", number=number, role=role, known=", ".join(ROLES)))
         if not isinstance(content, str):
-            raise InvalidInputError(f"Message {number} has no text content.")
+            raise InvalidInputError(keyed("chat.message_no_text", number=number))
         if len(content) > MAX_MESSAGE_CHARS:
-            raise InvalidInputError(
-                f"Message {number} is {len(content):,} characters; the limit is "
-                f"{MAX_MESSAGE_CHARS:,}."
-            )
+            raise InvalidInputError(keyed("chat.message_too_long", number=number, count=len(content),
+                                          limit=MAX_MESSAGE_CHARS))
         clean.append({"role": role, "content": content})
     if not any(m["role"] == "user" for m in clean):
-        raise InvalidInputError("The conversation has no user message.")
+        raise InvalidInputError(keyed("chat.no_user_message"))
     last_user = [m for m in clean if m["role"] == "user"][-1]
     if not last_user["content"].strip():
-        raise InvalidInputError("The message is empty: type something first.")
+        raise InvalidInputError(keyed("chat.message_empty"))
     return clean
 
 
@@ -107,11 +103,7 @@ def prepare_prompt(
     if len(ids) > budget:
         dropped, ids = _fewest_drops(ids_without, len(turns), budget)
     if dropped is None:
-        raise PromptTooLongError(
-            f"The message is too long for this model: with the system prompt it takes "
-            f"{len(ids):,} tokens, and the context window leaves room for {budget:,}. "
-            "Shorten it or start a new chat."
-        )
+        raise PromptTooLongError(keyed("chat.prompt_too_long", count=len(ids), budget=budget))
     return PreparedPrompt(ids, dropped, max(1, min(max_new_tokens, window - len(ids))))
 
 
@@ -161,7 +153,7 @@ def render_prompt_ids(tokenizer, messages: list[dict[str, str]],
     for marker, message in zip(markers, messages):
         found = text.find(marker, position)
         if found < 0:
-            raise ModelError("This model's chat template rewrites message text; it cannot be used here.")
+            raise ModelError(keyed("chat.template_rewrites"))
         ids += _encode(tokenizer, text[position:found], plain=False)
         ids += _encode(tokenizer, message["content"], plain=True)
         position = found + len(marker)
@@ -176,7 +168,7 @@ def render_template(tokenizer, messages: list[dict[str, str]],
     options = dict(template_options or {})
     options.setdefault("continue_final_message", False)
     if options["continue_final_message"] and messages[-1]["role"] != "assistant":
-        raise InvalidInputError("There is no reply to continue: the last message is not the model's.")
+        raise InvalidInputError(keyed("chat.nothing_to_continue"))
     try:
         return tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=not options["continue_final_message"],
@@ -184,7 +176,7 @@ def render_template(tokenizer, messages: list[dict[str, str]],
         )
     except Exception as error:  # e.g. "System role not supported": fold it into the first user turn
         if not any(m["role"] == "system" for m in messages):
-            raise ModelError(f"This model's chat template failed: {error}") from error
+            raise ModelError(keyed("chat.template_failed", problem=error)) from error
         return render_template(tokenizer, _fold_system(messages), template_options)
 
 

@@ -21,6 +21,7 @@ import httpx
 from modules.engine.callbacks import StatusCallback
 from modules.tasks.chat.params import ChatChunk, GenerationParams, Usage
 from modules.errors import InvalidInputError, ModelError, ModelNotFoundError
+from modules.messages import message as keyed
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 300.0  # a long prompt on a busy server can take minutes before its first token
@@ -39,7 +40,8 @@ class RemoteChatBackend:
 
     @property
     def description(self) -> str:
-        return f"{self.model or 'the remote model'} via {_where(self.base_url)}"
+        return keyed("chat.remote_description", model=self.model or keyed("chat.the_remote_model"),
+                     where=_where(self.base_url)).english()
 
     @property
     def default_model(self) -> str:
@@ -104,27 +106,20 @@ def served_models(base_url: str, headers: dict[str, str]) -> list[str]:
     try:
         response = httpx.get(url, headers=headers, timeout=CONNECT_TIMEOUT_S)
     except httpx.HTTPError as error:
-        raise ModelError(
-            f"Cannot reach the remote model server at {_where(url)} ({type(error).__name__})."
-        ) from None
+        raise ModelError(keyed("chat.remote_unreachable", where=_where(url), kind=type(error).__name__)) from None
     if response.status_code >= 400:
         raise _http_error(response, "")
     listed = (_json_or_none(response) or {}).get("data") or []
     ids = [str(m["id"]) for m in listed if isinstance(m, dict) and m.get("id")]
     if not ids:
-        raise ModelNotFoundError(
-            f"The remote server at {_where(url)} lists no models: set PLAYGROUND_REMOTE_MODEL."
-        )
+        raise ModelNotFoundError(keyed("chat.remote_no_models", where=_where(url)))
     return ids
 
 
 def chat_completions_url(base_url: str) -> str:
     base = (base_url or "").strip().rstrip("/")
     if not base.startswith(("http://", "https://")):
-        raise InvalidInputError(
-            "The remote server URL must start with http:// or https:// "
-            "(for example http://localhost:8000/v1)."
-        )
+        raise InvalidInputError(keyed("chat.remote_url_scheme"))
     return base + "/chat/completions"
 
 
@@ -134,7 +129,7 @@ def build_request_body(
     """The OpenAI request for these settings. Only standard fields: strict servers
     (OpenAI itself) reject unknown ones, so top_k and repetition_penalty are not sent."""
     if not messages:
-        raise InvalidInputError("The conversation is empty: type a message first.")
+        raise InvalidInputError(keyed("chat.conversation_empty_type"))
     body: dict[str, Any] = {
         "model": model.strip(),
         "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
@@ -220,16 +215,12 @@ def _read_events(
                 events.put(("event", json.loads(data)))
         events.put(("done", None))
     except httpx.TimeoutException:
-        events.put(("error", ModelError(f"The remote model server at {_where(url)} timed out.")))
+        events.put(("error", ModelError(keyed("chat.remote_timed_out", where=_where(url)))))
     except httpx.HTTPError as error:
         events.put(("error", ModelError(
-            f"Cannot reach the remote model server at {_where(url)} ({type(error).__name__})."
-        )))
+            keyed("chat.remote_unreachable", where=_where(url), kind=type(error).__name__))))
     except json.JSONDecodeError:
-        events.put(("error", ModelError(
-            f"The remote server at {_where(url)} sent something that is not an "
-            "OpenAI-compatible stream."
-        )))
+        events.put(("error", ModelError(keyed("chat.remote_not_a_stream", where=_where(url)))))
 
 
 def _sse_data(line: str) -> str | None:
@@ -242,9 +233,9 @@ def _sse_data(line: str) -> str | None:
 def _parse_event(event: Any) -> tuple[str, str | None, dict | None]:
     """(text delta, finish reason, usage) from one chat.completion.chunk."""
     if not isinstance(event, dict):
-        raise ModelError("The remote server sent a malformed stream event.")
+        raise ModelError(keyed("chat.remote_malformed_event"))
     if event.get("error"):
-        raise ModelError(f"The remote server failed: {_error_message(event)}")
+        raise ModelError(keyed("chat.remote_failed", problem=_error_message(event)))
     choices = event.get("choices") or []
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
     delta = choice.get("delta") or {}
@@ -280,20 +271,14 @@ def _http_error(response: httpx.Response, model: str) -> Exception:
     detail = _error_message(_json_or_none(response)) or response.text.strip()
     detail = detail[:SERVER_ERROR_CHARS] or response.reason_phrase
     if status in (401, 403):
-        return ModelError(
-            f"The remote model server at {where} refused the request (HTTP {status}): "
-            "check PLAYGROUND_REMOTE_API_KEY."
-        )
+        return ModelError(keyed("chat.remote_refused", where=where, status=status))
     if status == 404 and model and "model" in detail.lower():
-        return ModelNotFoundError(f"The remote server at {where} has no model '{model}': {detail}")
+        return ModelNotFoundError(keyed("chat.remote_no_such_model", where=where, model=model, problem=detail))
     if status == 404:
-        return ModelError(
-            f"The remote server at {where} answered 404 Not Found for "
-            f"{response.request.url.path}: check the base URL (it usually ends in /v1)."
-        )
+        return ModelError(keyed("chat.remote_not_found", where=where, path=response.request.url.path))
     if 400 <= status < 500:
-        return InvalidInputError(f"The remote server rejected the request: {detail}")
-    return ModelError(f"The remote model server at {where} failed (HTTP {status}): {detail}")
+        return InvalidInputError(keyed("chat.remote_rejected", problem=detail))
+    return ModelError(keyed("chat.remote_http_failed", where=where, status=status, problem=detail))
 
 
 def _json_or_none(response: httpx.Response) -> Any:

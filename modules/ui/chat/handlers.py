@@ -538,7 +538,7 @@ def _load_model(context: AppContext, ref: str, progress: gr.Progress) -> str:
     if not ref:
         raise user_error(Message("chat.choose_a_model_or_type_a_local_folder"))
     progress(0, desc=t("chat.loading_model", model=ref[:200]))
-    description = context.chat_backend.prepare(ref, on_status=lambda s: progress(0, desc=s))
+    description = context.chat_backend.prepare(ref, on_status=lambda s: progress(0, desc=in_reader_language(s)))
     line = t("chat.active", model=description)
     if ref == context.chat_model.ref and ref == EMBEDDED_MODEL:
         line += f" — {in_reader_language(chat_model_reason(context))}"

@@ -20,6 +20,7 @@ from modules.tasks.validation import is_whole
 from modules.tasks.explorer import attention, beam_search, compare, logit_lens, sampling_stages, scoring, session
 from modules.ui.errors import shows_user_errors, user_error
 from modules.ui.explorer import views
+from modules.ui.i18n import in_reader_language
 from modules.messages import Message
 
 Walk = session.ExplorerSession | None
@@ -48,7 +49,7 @@ class ExplorerHandlers:
 
     # --- state ------------------------------------------------------------------------
     def load(self, ref: str, progress: gr.Progress | None = None) -> LoadedModel:
-        status = (lambda message: progress(0, desc=message)) if progress else None
+        status = (lambda message: progress(0, desc=in_reader_language(message))) if progress else None
         return self.context.cache.get(ref, ModelKind.CAUSAL_LM, on_status=status)
 
     def session_for(self, walk: Walk, prompt, chat, ref, progress=None) -> tuple[session.ExplorerSession, LoadedModel]:
