@@ -187,7 +187,8 @@ def _layout(context: AppContext) -> ChatControls:
                 info=_("chat.same_seed_and_settings_give"),
             )
             thinking = gr.Radio(
-                THINKING_CHOICES, value=THINKING_CHOICES[0], label=_("chat.thinking"),
+                [(_(f"chat.thinking_{choice.split()[-1]}"), choice) for choice in THINKING_CHOICES],
+                value=THINKING_CHOICES[0], label=_("chat.thinking"),
                 info=_("chat.for_templates_that_read_enable"),
             )
     settings_inputs = [system_prompt, model, max_new_tokens, temperature, top_p, top_k,

@@ -67,7 +67,8 @@ def build(context: AppContext) -> None:
 # --- layout ------------------------------------------------------------------------
 def _layout(context: AppContext, start_mode: str, classifier_missing: bool) -> Components:
     zero = start_mode == ZERO_SHOT
-    mode = gr.Radio([CLASSIFIER, ZERO_SHOT], value=start_mode, label=_("sentiment.mode"))
+    mode = gr.Radio([(_("sentiment.mode_classifier"), CLASSIFIER), (_("sentiment.mode_zero_shot"), ZERO_SHOT)],
+                    value=start_mode, label=_("sentiment.mode"))
     gr.Markdown(lambda: _mode_note(context, classifier_missing),  # per page: its language
                 elem_id="sentiment-mode-note")
     with gr.Row():

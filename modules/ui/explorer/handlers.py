@@ -20,7 +20,7 @@ from modules.tasks.validation import is_whole
 from modules.tasks.explorer import attention, beam_search, compare, logit_lens, sampling_stages, scoring, session
 from modules.ui.errors import shows_user_errors, user_error
 from modules.ui.explorer import views
-from modules.ui.i18n import in_reader_language
+from modules.ui.i18n import in_reader_language, t
 from modules.messages import Message
 
 Walk = session.ExplorerSession | None
@@ -164,7 +164,7 @@ class ExplorerHandlers:
         walk, loaded = self.active_walk(walk)
         picked = None if head in (None, "", ALL_HEADS) else whole(head)
         result = attention.attention(loaded, walk.explorer.ids, picked)
-        heads = [ALL_HEADS, *map(str, range(result.heads))]
+        heads = [(t("explorer.mean_of_heads"), ALL_HEADS), *((str(n), str(n)) for n in range(result.heads))]
         return (views.attention_markdown(result, loaded), views.attention_html(result),
                 gr.update(choices=heads, value=head or ALL_HEADS))
 

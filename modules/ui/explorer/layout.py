@@ -166,7 +166,8 @@ def _lens_and_attention() -> dict:
             lens_line = gr.LinePlot(x="layer", y="probability", tooltip="all", label=_("explorer.the_followed_token_by_layer"))
     with gr.Accordion(_("explorer.attention_what_the_last_token"), open=False) as attention_open:
         with gr.Row():
-            attention_head = gr.Dropdown([ALL_HEADS], value=ALL_HEADS, label=_("explorer.head"), allow_custom_value=True)
+            attention_head = gr.Dropdown([(_("explorer.mean_of_heads"), ALL_HEADS)], value=ALL_HEADS, label=_("explorer.head"),
+                                         allow_custom_value=True)
             attention_run = gr.Button(_("explorer.show_attention"))
         attention_summary = gr.Markdown()
         attention_heatmap = gr.HTML()
