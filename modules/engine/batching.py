@@ -46,6 +46,7 @@ from transformers.generation.logits_process import (
 
 from modules.engine.compute import start_job
 from modules.errors import ModelError
+from modules.messages import message
 
 log = logging.getLogger(__name__)
 
@@ -293,9 +294,7 @@ class BatchScheduler:
         """Queue `sequence`; it starts as soon as the batch and the budget allow."""
         with self._state:
             if len(self._waiting) >= self.max_waiting:
-                raise SchedulerBusyError(
-                    f"The model is busy: {len(self._waiting)} requests are already waiting. "
-                    "Try again in a moment.")
+                raise SchedulerBusyError(message("models.busy", waiting=len(self._waiting)))
             sequence.ahead = len(self._waiting)
             self._waiting.append(sequence)
             _live.add(sequence)
