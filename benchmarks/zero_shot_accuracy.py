@@ -1,16 +1,19 @@
-"""Zero-shot sentiment accuracy on real review sentences: which methods from the literature help.
+"""Zero-shot accuracy on real review sentences and on 3 issue labels: which methods help.
 
-Run: `HF_HUB_OFFLINE=1 python -m benchmarks.zero_shot_accuracy [--limit N] [--threads 2]`.
+Run: `HF_HUB_OFFLINE=1 python -m benchmarks.zero_shot_accuracy [--limit N] [--threads 1]`.
 
 The embedded SmolLM2-135M-Instruct, labels "positive, negative", on
 tests/data/movie_review_sentences.csv (400 Rotten Tomatoes sentences rated by people, from the
 vaderSentiment package; see tests/data/README.md) and on our own smoke set
 tests/data/sentiment_labelled.csv. Each prompt layout (chat template or plain frame; label
 name only or several label words; with or without k fixed demonstrations written here, never
-taken from the evaluation data) is scored once, and three read-outs come from that pass:
-raw, contextual calibration (prior from "N/A", "", "[MASK]", averaged; Zhao et al., 2021)
-and domain-conditional PMI (prior from the answer's words alone; Holtzman et al., 2021).
-Accuracy with a 95 % Wilson interval.
+taken from the evaluation data) is scored once, and four read-outs come from that pass:
+raw, contextual calibration (prior from "N/A", "", "[MASK]", averaged; Zhao et al., 2021),
+domain-conditional PMI (prior from the answer's words alone; Holtzman et al., 2021) and
+generative calibration (prior averaged over texts the model writes in the prompt; Jiang et
+al., 2023). Then the same for "bug report, feature request, praise" on
+tests/data/issue_labels.csv (36 texts written here, 12 per label). Accuracy with a 95 %
+Wilson interval.
 """
 
 from __future__ import annotations
@@ -32,13 +35,24 @@ import torch  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
 from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind  # noqa: E402
 from modules.tasks import zero_shot  # noqa: E402
-from modules.tasks.zero_shot import CHAT_FRAME, REVIEW_FRAME, Frame, Label, Method  # noqa: E402
+from modules.tasks.zero_shot import (  # noqa: E402
+    CHAT_FRAME, FORMAT_DEMONSTRATIONS, LABELS_FRAME, REVIEW_FRAME, Demonstration, Frame, Label,
+    Method,
+)
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "tests" / "data"
 DATASETS = ("movie_review_sentences.csv", "sentiment_labelled.csv")
 HOLDOUT = "movie_review_sentences_holdout.csv"  # looked at only to confirm the choice
 NAMES_ONLY = [Label("positive", ("positive",)), Label("negative", ("negative",))]
 DEMOS = zero_shot.SENTIMENT.demonstrations  # written here, never from evaluation data
+DEMOS_8 = DEMOS + (  # 4 more, written here too, still balanced
+    Demonstration("Sharp dialogue and a final act that earns every tear.", "positive"),
+    Demonstration("A lazy sequel that mistakes noise for excitement.", "negative"),
+    Demonstration("The performances are so natural you forget you are watching actors.", "positive"),
+    Demonstration("Even the gorgeous scenery cannot hide how empty the script is.", "negative"),
+)
+ISSUES = "issue_labels.csv"
+ISSUE_LABELS = "bug report, feature request, praise"
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,15 @@ LAYOUTS = (
     Layout("plain 'Review: … Sentiment:', label words", "positive, negative", REVIEW_FRAME),
     Layout("chat, label words, 4 demos", "positive, negative", CHAT_FRAME, DEMOS),
     Layout("plain 'Review:', label words, 4 demos", "positive, negative", REVIEW_FRAME, DEMOS),
+    Layout("plain 'Review:', label words, 8 demos", "positive, negative", REVIEW_FRAME, DEMOS_8),
+    Layout("'Labels:…Label:', 3 format demos (any labels)", "positive, negative", LABELS_FRAME,
+           FORMAT_DEMONSTRATIONS),
+)
+ISSUE_LAYOUTS = (
+    Layout("chat 'The text is' (before)", ISSUE_LABELS, CHAT_FRAME),
+    Layout("plain 'Labels:…Label:'", ISSUE_LABELS, LABELS_FRAME),
+    Layout("'Labels:…Label:', 3 format demos (now)", ISSUE_LABELS, LABELS_FRAME,
+           FORMAT_DEMONSTRATIONS),
 )
 
 
@@ -73,22 +96,48 @@ def rows_of(name: str, limit: int | None) -> list[dict[str, str]]:
 
 
 def readouts(loaded: LoadedModel, layout: Layout, texts: list[str]) -> dict[str, torch.Tensor]:
-    """Label probabilities (texts, labels), in label order, for raw / calibrated / PMI."""
+    """Label probabilities (texts, labels), in label order, raw and with each prior divided out."""
     labels = zero_shot.parse_labels(layout.labels)
     method = Method(layout.frame, layout.demonstrations, zero_shot.CONTENT_FREE)
-    results = zero_shot.zero_shot(loaded, texts, labels, method=method)
+    results = zero_shot.zero_shot(loaded, texts, labels, method=method, calibrate=False)
     names = zero_shot.label_names(labels)
     raw = torch.tensor([[r.raw_scores[n] for n in names] for r in results])
-    calibrated = torch.tensor([[r.scores[n] for n in names] for r in results])
-    pmi = zero_shot.divide_out_prior(raw, zero_shot.domain_prior(loaded, labels, layout.frame))
-    return {"raw": raw, "calibrated (content-free)": calibrated, "domain PMI": pmi}
+    priors = {
+        "content-free": zero_shot.content_free_distribution(loaded, labels, method),
+        "domain PMI": zero_shot.domain_prior(loaded, labels, layout.frame),
+        "generative": zero_shot.generated_prior(loaded, labels, method),
+    }
+    return {"raw": raw} | {name: zero_shot.divide_out_prior(raw, prior)
+                           for name, prior in priors.items()}
 
 
 def report(label: str, predictions: torch.Tensor, gold: list[int], seconds: float | None) -> str:
-    right = int((predictions.argmax(-1) == torch.tensor(gold)).sum())
+    """One table row; `answers` counts how often each label was chosen (a collapse shows)."""
+    chosen = predictions.argmax(-1)
+    right = int((chosen == torch.tensor(gold)).sum())
     low, high = wilson(right, len(gold))
     speed = f"{len(gold) / seconds:.1f}" if seconds else ""
-    return f"| {label:<66} | {right / len(gold):>6.1%} | {low:.1%}–{high:.1%} | {speed:>7} |"
+    answers = "/".join(str(n) for n in torch.bincount(chosen, minlength=predictions.shape[1]).tolist())
+    return (f"| {label:<66} | {right:>3}/{len(gold):<3} {right / len(gold):>6.1%} | "
+            f"{low:.1%}–{high:.1%} | {answers:>9} | {speed:>7} |")
+
+
+def table(loaded: LoadedModel, dataset: str, layouts: Sequence[Layout], limit: int | None) -> None:
+    rows = rows_of(dataset, limit)
+    names = zero_shot.label_names(zero_shot.parse_labels(layouts[0].labels))
+    gold = [names.index(r["label"]) for r in rows]
+    counts = "/".join(str(gold.count(i)) for i in range(len(names)))
+    print(f"\n{dataset}: {len(rows)} texts ({'/'.join(names)}: {counts})\n")
+    print(f"| {'prompt layout → read-out':<66} | {'right':>14} | {'95 % CI':<11} | "
+          f"{'answers':>9} | {'texts/s':>7} |")
+    print(f"|{'-' * 68}|{'-' * 16}|{'-' * 13}|{'-' * 11}|{'-' * 9}|")
+    for layout in layouts:
+        started = time.perf_counter()
+        outs = readouts(loaded, layout, [r["text"] for r in rows])
+        seconds = time.perf_counter() - started  # includes the three priors, once each
+        for index, (name, probs) in enumerate(outs.items()):
+            print(report(f"{layout.name} → {name}", probs, gold, seconds if index == 0 else None),
+                  flush=True)
 
 
 def main() -> None:
@@ -105,19 +154,9 @@ def main() -> None:
     print(f"\n{loaded.description}, {torch.get_num_threads()} thread(s), "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     for dataset in [HOLDOUT] if args.holdout else DATASETS:
-        rows = rows_of(dataset, args.limit)
-        texts = [r["text"] for r in rows]
-        gold = [0 if r["label"] == "positive" else 1 for r in rows]
-        print(f"\n{dataset}: {len(rows)} sentences, {sum(g == 0 for g in gold)} positive\n")
-        print(f"| {'prompt layout → read-out':<66} | {'acc':>6} | {'95 % CI':<11} | {'texts/s':>7} |")
-        print(f"|{'-' * 68}|{'-' * 8}|{'-' * 13}|{'-' * 9}|")
-        for layout in chosen:
-            started = time.perf_counter()
-            outs = readouts(loaded, layout, texts)
-            seconds = time.perf_counter() - started
-            for index, (name, probs) in enumerate(outs.items()):
-                print(report(f"{layout.name} → {name}", probs, gold, seconds if index == 0 else None),
-                      flush=True)
+        table(loaded, dataset, chosen, args.limit)
+    if not args.holdout and not args.layouts:
+        table(loaded, ISSUES, ISSUE_LAYOUTS, args.limit)
 
 
 if __name__ == "__main__":
