@@ -39,6 +39,7 @@ import torch
 from modules.engine.callbacks import ProgressCallback
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError, ModelError
+from modules.messages import message
 from modules.tasks.sentiment import Classification, validated_text
 
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
@@ -161,17 +162,13 @@ def parse_labels(text: str | Sequence[str] | Sequence[Label] | None) -> list[Lab
         if words and words[0].lower() not in {seen.name.lower() for seen in labels}:
             labels.append(_label(words))
     if len(labels) < 2:
-        raise InvalidInputError(
-            "Zero-shot needs at least two labels, separated by commas "
-            "(e.g. 'positive, negative, neutral')."
-        )
+        raise InvalidInputError(message("sentiment.zero_shot_two_labels"))
     if len(labels) > MAX_LABELS:
-        raise InvalidInputError(f"At most {MAX_LABELS} labels, please ({len(labels)} given).")
+        raise InvalidInputError(message("sentiment.zero_shot_too_many_labels", limit=MAX_LABELS, count=len(labels)))
     too_long = [w for label in labels for w in label.words if len(w) > MAX_LABEL_CHARS]
     if too_long:
-        raise InvalidInputError(
-            f"Labels are short names (at most {MAX_LABEL_CHARS} characters): '{too_long[0][:80]}…'"
-        )
+        raise InvalidInputError(message("sentiment.zero_shot_label_too_long", limit=MAX_LABEL_CHARS,
+                                        label=too_long[0][:80]))
     return labels
 
 
@@ -186,7 +183,7 @@ def _label(words: list[str]) -> Label:
             if form not in forms:
                 forms.append(form)
     if len(words) > MAX_WORDS_PER_LABEL:
-        raise InvalidInputError(f"At most {MAX_WORDS_PER_LABEL} words per label ('{name}').")
+        raise InvalidInputError(message("sentiment.zero_shot_too_many_words", limit=MAX_WORDS_PER_LABEL, label=name))
     return Label(name, tuple(forms))
 
 
@@ -236,7 +233,7 @@ def _prompt_halves(
     rendered = _render(loaded, frame, labels, demonstrations)
     before, slot, after = rendered.partition(" " + TEXT_SLOT)
     if not slot:
-        raise ModelError(f"{loaded.name}'s chat template dropped the prompt text.")
+        raise ModelError(message("sentiment.zero_shot_template_dropped_text", model=loaded.name))
     return _encode(loaded, before), _encode(loaded, after)
 
 
@@ -244,9 +241,7 @@ def _text_ids(loaded: LoadedModel, text: str, max_tokens: int) -> tuple[list[int
     ids = _encode(loaded, " " + text, split_special=True) if text else []
     if len(ids) <= max_tokens:
         return ids, None
-    return ids[:max_tokens], (
-        f"The text is {len(ids):,} tokens long: only its first {max_tokens:,} were scored."
-    )
+    return ids[:max_tokens], message("sentiment.zero_shot_text_cut", count=len(ids), limit=max_tokens).english()
 
 
 # --- scoring ---------------------------------------------------------------------
