@@ -149,3 +149,46 @@ def test_the_api_description_names_translated_fields_in_english():
     assert endpoints["/shout"]["returns"][0]["label"] == text("translation.output", "en")
     assert endpoints["/plain"]["parameters"][0]["label"] == "Plain label"
     assert "__i18n__" not in repr(endpoints)
+
+
+# Errors only the HTTP API can raise keep plain English (its clients read English anyway).
+API_ONLY = {"modules/tasks/structured.py", "modules/tasks/completion.py", "modules/tasks/chat/params.py"}
+API_ONLY_MESSAGES = ("max_text_tokens must be",)  # a zero-shot argument no page sets
+
+
+def literal_user_errors(source: str, where: str) -> list[str]:
+    """`SomeError("plain text")` / `SomeError(f"...")` calls of the app's user-facing errors."""
+    import ast
+
+    import modules.errors as errors
+
+    names = {name for name, value in vars(errors).items()
+             if isinstance(value, type) and issubclass(value, errors.PlaygroundError)}
+    names.add("SchedulerBusyError")
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) in names and node.args):
+            continue
+        problem = node.args[1] if node.func.id == "InvalidParameterError" and len(node.args) > 1 else node.args[0]
+        if isinstance(problem, (ast.Constant, ast.JoinedStr, ast.BinOp)):
+            text_ = ast.unparse(problem)
+            if not any(allowed in text_ for allowed in API_ONLY_MESSAGES):
+                found.append(f"{where}:{node.lineno}: {text_[:80]}")
+    return found
+
+
+def test_errors_the_page_can_show_are_keyed_not_plain_english():
+    """Every user-facing error below the UI is built from a key (so the page can show it in
+    Chinese); only errors of the API-only code stay plain English."""
+    files = [path for folder in ("modules/tasks", "modules/engine") for path in (ROOT / folder).rglob("*.py")
+             if str(path.relative_to(ROOT)) not in API_ONLY]
+    assert len(files) > 20
+    found = [line for path in files
+             for line in literal_user_errors(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))]
+    assert found == []
+
+
+def test_the_literal_error_finder_finds_one():
+    sample = ('raise InvalidInputError(f"No {thing}.")\nraise ModelError(message("x.y"))\n'
+              'raise InvalidParameterError("stop", "Too many.")\n')
+    assert len(literal_user_errors(sample, "sample.py")) == 2
