@@ -68,8 +68,8 @@ def prompt_prefix_rates(chat, texts: list[str]) -> tuple[float, float]:
     """Texts/s for positive/negative (4 demonstrations: a long shared prefix), the prefix's
     KV cache computed once per batch vs the whole prompt run for every text."""
     labels = zero_shot.parse_labels("positive, negative")
-    method = zero_shot.method_for(labels)
-    before, after = zero_shot._prompt_halves(chat, labels, method.frame, method.demonstrations)
+    layout = zero_shot.method_for(labels).layouts[0]  # the 4-demo layout
+    before, after = zero_shot._prompt_halves(chat, labels, layout.frame, layout.demonstrations)
 
     def probabilities(batch: list[str], reuse: bool):
         prompts = [zero_shot._text_ids(chat, t, zero_shot.MAX_TEXT_TOKENS)[0] + after for t in batch]

@@ -75,9 +75,10 @@ def _unpadded_logprob(model, prompt: list[int], continuation: list[int]) -> floa
 def test_positive_negative_gets_the_sentiment_method_other_labels_the_generic_one():
     assert zero_shot.method_for(zero_shot.parse_labels("Negative, positive")) is zero_shot.SENTIMENT
     assert zero_shot.method_for(zero_shot.parse_labels("positive, negative, neutral")) is zero_shot.GENERIC
-    demo_labels = [demo.label for demo in zero_shot.SENTIMENT.demonstrations]
-    assert sorted(demo_labels) == ["negative", "negative", "positive", "positive"]  # balanced
-    for demo in zero_shot.GENERIC.demonstrations:  # they teach the format on labels of their own
+    for layout in zero_shot.SENTIMENT.layouts:
+        demo_labels = [demo.label for demo in layout.demonstrations]
+        assert demo_labels.count("positive") == demo_labels.count("negative") > 0  # balanced
+    for demo in zero_shot.GENERIC.layouts[0].demonstrations:  # the format, on labels of their own
         assert demo.labels and demo.label in demo.labels.split(", ")
 
 
@@ -92,11 +93,12 @@ def test_format_demonstrations_show_their_own_labels_and_the_users_last(tiny_lm)
 
 def test_the_generated_prior_comes_from_seeded_samples(tiny_lm):
     labels = zero_shot.parse_labels("good, bad, so so")
-    texts = zero_shot.sampled_texts(tiny_lm, labels, zero_shot.GENERIC)
+    layout = zero_shot.GENERIC.layouts[0]
+    texts = zero_shot.sampled_texts(tiny_lm, labels, layout)
     assert len(texts) == zero_shot.GENERATED_TEXTS and all("\n" not in t for t in texts)
-    assert zero_shot.sampled_texts(tiny_lm, labels, zero_shot.GENERIC) == texts  # fixed seed
+    assert zero_shot.sampled_texts(tiny_lm, labels, layout) == texts  # fixed seed
     assert len(set(texts)) > 1  # sampled, not greedy
-    prior = zero_shot.generated_prior(tiny_lm, labels, zero_shot.GENERIC)
+    prior = zero_shot.generated_prior(tiny_lm, labels, layout)
     assert prior.shape == (3,) and prior.sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
@@ -125,8 +127,9 @@ def test_a_cached_prefix_scores_like_the_whole_sequence(tiny_lm):
 
 def test_the_prior_is_kept_on_the_loaded_model(tiny_lm):
     labels = zero_shot.parse_labels("good, bad, so so")
-    first = zero_shot.label_prior(tiny_lm, labels, zero_shot.GENERIC)
-    assert zero_shot.label_prior(tiny_lm, labels, zero_shot.GENERIC) is first
+    layout = zero_shot.GENERIC.layouts[0]
+    first = zero_shot.label_prior(tiny_lm, labels, layout)
+    assert zero_shot.label_prior(tiny_lm, labels, layout) is first
     assert any(prior is first for prior in tiny_lm.extras[zero_shot.PRIOR_CACHE_KEY].values())
     assert first.sum().item() == pytest.approx(1.0, abs=1e-5)
 
@@ -183,7 +186,7 @@ def test_calibration_helps_the_chat_prompt_and_the_generic_method_on_the_smoke_s
     rows = _rows(LABELLED)
     assert sum(r["label"] == "positive" for r in rows) == sum(r["label"] == "negative" for r in rows)
     texts = [r["text"] for r in rows]
-    chat = zero_shot.Method(zero_shot.CHAT_FRAME, (), zero_shot.CONTENT_FREE)
+    chat = zero_shot.Method((zero_shot.Layout(zero_shot.CHAT_FRAME, (), zero_shot.CONTENT_FREE),))
     results = zero_shot.zero_shot(embedded_chat_model, texts, "positive, negative", method=chat)
     calibrated, raw = _accuracy(results, rows), _accuracy(results, rows, lambda r: r.raw_scores)
     assert calibrated >= 0.8
@@ -200,6 +203,31 @@ def test_sentiment_method_on_real_review_sentences(embedded_chat_model):
     results = zero_shot.zero_shot(embedded_chat_model, [r["text"] for r in rows], "positive, negative")
     assert _accuracy(results, rows) >= 0.75
 
+
+
+def test_the_sentiment_ensemble_averages_its_layouts_calibrated_probabilities(embedded_chat_model):
+    """positive/negative: the 4-demo and 8-demo layouts, each divided by its own prior, then
+    averaged (raw scores: the mean of the raw ones)."""
+    texts = [r["text"] for r in _rows(MOVIE_REVIEWS)[:6]]
+    labels = zero_shot.parse_labels("positive, negative")
+    layouts = zero_shot.SENTIMENT.layouts
+    assert len(layouts) == 2
+    ensemble = zero_shot.zero_shot(embedded_chat_model, texts, labels)
+    alone = [zero_shot.zero_shot(embedded_chat_model, texts, labels, method=zero_shot.Method((layout,)))
+             for layout in layouts]
+
+    def tensor(results, scores_of) -> torch.Tensor:
+        return torch.tensor([[scores_of(r)[name] for name in ("positive", "negative")] for r in results])
+
+    raws = [tensor(results, lambda r: r.raw_scores) for results in alone]
+    calibrated = [zero_shot.divide_out_prior(raw, zero_shot.label_prior(embedded_chat_model, labels, layout))
+                  for raw, layout in zip(raws, layouts)]
+    for single, expected in zip(alone, calibrated):
+        assert torch.allclose(tensor(single, lambda r: r.scores), expected, atol=1e-5)
+    assert torch.allclose(tensor(ensemble, lambda r: r.scores), (calibrated[0] + calibrated[1]) / 2, atol=1e-4)
+    assert torch.allclose(tensor(ensemble, lambda r: r.raw_scores), (raws[0] + raws[1]) / 2, atol=1e-4)
+    assert (calibrated[0] - calibrated[1]).abs().max() > 1e-3  # two layouts, not one twice
+    assert (calibrated[0] - raws[0]).abs().max() > 1e-3  # the prior was divided out
 
 ISSUE_LABELS = pathlib.Path(__file__).parent / "data" / "issue_labels.csv"
 THREE_LABEL_CASES = [

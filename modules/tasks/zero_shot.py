@@ -7,16 +7,18 @@ bad/terrible for negative, or words typed as 'praise | a compliment'). Multi-tok
 get their full probability (log-probabilities summed, not length-normalised): calibration
 divides by a prior scored the same way, so a long label's lower probability cancels out.
 The prompt's shared start (instructions, demonstrations) is run once and its KV cache
-reused, so a text costs one short sequence.
+reused, so a text costs one short sequence per layout (`Method.layouts`).
 
 A small LM prefers some labels whatever the text says, so calibration divides out the
 model's prior over the labels and renormalises. Which prompt and which prior depends on
 the labels (`method_for`), as measured by benchmarks/zero_shot_accuracy.py (embedded
 SmolLM2-135M-Instruct):
 
-* positive/negative: a plain "Review: … Sentiment:" frame after 4 fixed demonstrations
-  written here, prior = the answer's words alone (domain-conditional PMI, Holtzman et al.,
-  2021): 85.2 % on 400 real review sentences (holdout 84.2 %);
+* positive/negative: two layouts of a plain "Review: … Sentiment:" frame, after 4 and after
+  8 fixed demonstrations written here, each calibrated by its own prior = the answer's words
+  alone (domain-conditional PMI, Holtzman et al., 2021), their calibrated probabilities
+  averaged: 87.0 % on 400 real review sentences (holdout 88.2 %), against 85.0 % (84.2 %)
+  for the 4-demo layout alone, at about half its speed;
 * any other labels: a plain "Labels: … Text: … Label:" frame after 3 demonstrations of the
   format on unrelated label sets, prior = the labels' mean probability over texts the model
   itself writes in that prompt (generative calibration, Jiang et al., 2023). Content-free
@@ -106,12 +108,20 @@ GENERATED = "generated"  # prior: texts the model writes in the prompt (Jiang et
 
 
 @dataclass(frozen=True)
-class Method:
-    """How a label set is prompted and which prior calibration divides out."""
+class Layout:
+    """One way to prompt a label set, and the prior calibration divides out of it."""
 
     frame: Frame
     demonstrations: tuple[Demonstration, ...] = ()
     prior: str = CONTENT_FREE
+
+
+@dataclass(frozen=True)
+class Method:
+    """Layouts whose calibrated label probabilities are averaged (an ensemble when several):
+    each layout has its own prompt, reused KV prefix and prior."""
+
+    layouts: tuple[Layout, ...]
 
 
 # Any labels: demonstrations of the format only (their own, unrelated label sets, written
@@ -124,15 +134,25 @@ FORMAT_DEMONSTRATIONS = (
     Demonstration("The ferry to the island leaves every hour, so buy the ticket at the port.",
                   "travel tip", "recipe, travel tip, news"),
 )
-GENERIC = Method(LABELS_FRAME, FORMAT_DEMONSTRATIONS, GENERATED)
-# Positive/negative, the best of the layouts measured on real review sentences: k=4 fixed,
-# balanced demonstrations written here (never from evaluation data) and domain PMI.
-SENTIMENT = Method(REVIEW_FRAME, (
+GENERIC = Method((Layout(LABELS_FRAME, FORMAT_DEMONSTRATIONS, GENERATED),))
+# Positive/negative: fixed, balanced demonstrations written here (never from evaluation data).
+SENTIMENT_DEMONSTRATIONS = (
     Demonstration("A warm, funny film with a cast that clearly loves the material.", "positive"),
     Demonstration("The plot drags and the jokes fall flat.", "negative"),
     Demonstration("I would happily watch it again tomorrow.", "positive"),
     Demonstration("Two hours of my life I will never get back.", "negative"),
-), DOMAIN)
+)
+MORE_SENTIMENT_DEMONSTRATIONS = SENTIMENT_DEMONSTRATIONS + (
+    Demonstration("Sharp dialogue and a final act that earns every tear.", "positive"),
+    Demonstration("A lazy sequel that mistakes noise for excitement.", "negative"),
+    Demonstration("The performances are so natural you forget you are watching actors.", "positive"),
+    Demonstration("Even the gorgeous scenery cannot hide how empty the script is.", "negative"),
+)
+SENTIMENT_4_DEMOS = Layout(REVIEW_FRAME, SENTIMENT_DEMONSTRATIONS, DOMAIN)
+SENTIMENT_8_DEMOS = Layout(REVIEW_FRAME, MORE_SENTIMENT_DEMONSTRATIONS, DOMAIN)
+# The best measured on real review sentences: the 4- and 8-demo layouts, each with domain
+# PMI, averaged (either alone scored lower; the two err on different sentences).
+SENTIMENT = Method((SENTIMENT_4_DEMOS, SENTIMENT_8_DEMOS))
 
 
 def method_for(labels: Sequence[Label]) -> Method:
@@ -359,23 +379,23 @@ def _ranked(labels: Sequence[Label], probs: torch.Tensor) -> dict[str, float]:
 _prior_lock = threading.Lock()
 
 
-def label_prior(loaded: LoadedModel, labels: Sequence[Label], method: Method) -> torch.Tensor:
-    """The model's prior over the labels, as `method` defines it.
+def label_prior(loaded: LoadedModel, labels: Sequence[Label], layout: Layout) -> torch.Tensor:
+    """The model's prior over the labels, as `layout` defines it.
 
-    Kept on the loaded model (it dies with it), per labels and method, so a single text
+    Kept on the loaded model (it dies with it), per labels and layout, so a single text
     costs one batch, not two."""
-    key = (tuple(labels), method)
+    key = (tuple(labels), layout)
     with _prior_lock:
         priors = loaded.extras.setdefault(PRIOR_CACHE_KEY, OrderedDict())
         if key in priors:
             priors.move_to_end(key)
             return priors[key]
-    if method.prior == DOMAIN:
-        prior = domain_prior(loaded, labels, method.frame)
-    elif method.prior == GENERATED:
-        prior = generated_prior(loaded, labels, method)
+    if layout.prior == DOMAIN:
+        prior = domain_prior(loaded, labels, layout.frame)
+    elif layout.prior == GENERATED:
+        prior = generated_prior(loaded, labels, layout)
     else:
-        prior = content_free_distribution(loaded, labels, method)
+        prior = content_free_distribution(loaded, labels, layout)
     with _prior_lock:
         priors[key] = prior
         while len(priors) > PRIOR_CACHE_SIZE:
@@ -384,28 +404,28 @@ def label_prior(loaded: LoadedModel, labels: Sequence[Label], method: Method) ->
 
 
 def content_free_distribution(
-    loaded: LoadedModel, labels: Sequence[Label], method: Method = GENERIC
+    loaded: LoadedModel, labels: Sequence[Label], layout: Layout
 ) -> torch.Tensor:
     """The label distribution for content-free inputs in the same prompt, averaged."""
-    before, after = _prompt_halves(loaded, labels, method.frame, method.demonstrations)
+    before, after = _prompt_halves(loaded, labels, layout.frame, layout.demonstrations)
     prompts = [_text_ids(loaded, cf, MAX_TEXT_TOKENS)[0] + after for cf in CONTENT_FREE_INPUTS]
     return _label_probabilities(loaded, prompts, labels, before).mean(0)
 
 
-def generated_prior(loaded: LoadedModel, labels: Sequence[Label], method: Method) -> torch.Tensor:
+def generated_prior(loaded: LoadedModel, labels: Sequence[Label], layout: Layout) -> torch.Tensor:
     """The label distribution averaged over texts the model itself writes where the text goes
     (generative calibration, Jiang et al., 2023): an estimate of the labels' marginal over
     texts like the prompt's, where a few content-free inputs can be far from any real text."""
-    texts = sampled_texts(loaded, labels, method)
-    before, after = _prompt_halves(loaded, labels, method.frame, method.demonstrations)
+    texts = sampled_texts(loaded, labels, layout)
+    before, after = _prompt_halves(loaded, labels, layout.frame, layout.demonstrations)
     prompts = [_text_ids(loaded, text, MAX_TEXT_TOKENS)[0] + after for text in texts]
     return _label_probabilities(loaded, prompts, labels, before).mean(0)
 
 
-def sampled_texts(loaded: LoadedModel, labels: Sequence[Label], method: Method) -> list[str]:
+def sampled_texts(loaded: LoadedModel, labels: Sequence[Label], layout: Layout) -> list[str]:
     """GENERATED_TEXTS texts sampled (temperature 1, fixed seed) after the prompt's start,
     each cut at its first line break."""
-    before, _ = _prompt_halves(loaded, labels, method.frame, method.demonstrations)
+    before, _ = _prompt_halves(loaded, labels, layout.frame, layout.demonstrations)
     ids = torch.tensor([before], device=loaded.device)
     eos = loaded.tokenizer.eos_token_id
     with loaded.lock, torch.inference_mode(), torch.random.fork_rng(devices=[]):
@@ -434,6 +454,36 @@ def divide_out_prior(probabilities: torch.Tensor, prior: torch.Tensor) -> torch.
     return calibrated / calibrated.sum(-1, keepdim=True)
 
 
+@dataclass(frozen=True)
+class _PreparedLayout:
+    """A layout's token ids around the text, and its prior (None: no calibration)."""
+
+    before: list[int]
+    after: list[int]
+    prior: torch.Tensor | None
+
+
+def _prepared(loaded: LoadedModel, labels: Sequence[Label], layout: Layout,
+              calibrate: bool) -> _PreparedLayout:
+    before, after = _prompt_halves(loaded, labels, layout.frame, layout.demonstrations)
+    return _PreparedLayout(before, after, label_prior(loaded, labels, layout) if calibrate else None)
+
+
+def _ensemble_probabilities(
+    loaded: LoadedModel, text_ids: list[list[int]], labels: Sequence[Label],
+    layouts: Sequence[_PreparedLayout],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw, calibrated) label probabilities of the texts, each the mean over the layouts."""
+    raw, calibrated = [], []
+    for layout in layouts:
+        probabilities = _label_probabilities(
+            loaded, [ids + layout.after for ids in text_ids], labels, layout.before)
+        raw.append(probabilities)
+        calibrated.append(probabilities if layout.prior is None
+                          else divide_out_prior(probabilities, layout.prior))
+    return torch.stack(raw).mean(0), torch.stack(calibrated).mean(0)
+
+
 def zero_shot(
     loaded: LoadedModel,
     texts: Sequence[str],
@@ -447,22 +497,20 @@ def zero_shot(
 ) -> list[ZeroShotResult]:
     """Label probabilities for each text (same order), calibrated unless told not to.
 
-    `method` defaults to the one measured best for these labels (`method_for`)."""
+    `method` defaults to the one measured best for these labels (`method_for`); with several
+    layouts, `scores` average their calibrated probabilities and `raw_scores` their raw ones."""
     parsed = parse_labels(labels)
     texts = [validated_text(t) for t in texts]
     if max_text_tokens < 1:
         raise InvalidInputError("max_text_tokens must be at least 1.")
     method = method or method_for(parsed)
-    prior = label_prior(loaded, parsed, method) if calibrate else None
-    before, after = _prompt_halves(loaded, parsed, method.frame, method.demonstrations)
+    layouts = [_prepared(loaded, parsed, layout, calibrate) for layout in method.layouts]
     results: list[ZeroShotResult] = []
     for start in range(0, len(texts), texts_per_step):
         encoded = [_text_ids(loaded, t, max_text_tokens) for t in texts[start : start + texts_per_step]]
-        raw = _label_probabilities(loaded, [ids + after for ids, _ in encoded], parsed, before)
-        final = divide_out_prior(raw, prior) if prior is not None else raw
+        raw, final = _ensemble_probabilities(loaded, [ids for ids, _ in encoded], parsed, layouts)
         for (_, notice), cal, unc in zip(encoded, final, raw):
             results.append(ZeroShotResult(_ranked(parsed, cal), notice, _ranked(parsed, unc)))
         if on_progress:
             on_progress(len(results), len(texts))
     return results
-
