@@ -7,7 +7,9 @@ The app is served as `python app.py` serves it (uvicorn on a thread, generation 
 lent main thread). Each row is one configuration of the embedded model's scheduler:
 
 * serial: one sequence at a time (batch size 1), what a per-model lock gives;
-* batched: up to 4 sequences in one batch (modules/engine/batching.py, the default).
+* batched: up to 4 sequences in one batch (modules/engine/batching.py, the default);
+* page: the same batched scheduler reached as browsers do, the Chat tab's streamed /chat
+  through gradio_client (greedy /v1 rows, the page's own sampling settings).
 
 Rows are interleaved (serial, batched, serial, batched …) so background load on a shared
 machine hits both alike; compare ratios within one run. With llama.cpp's `llama-server`
@@ -177,6 +179,51 @@ def crowd(base_url: str, model: str, users: int, tokens: int) -> list[Reply]:
     return replies
 
 
+def page_crowd(page_url: str, tokenizer, users: int, tokens: int) -> list[Reply]:
+    """`users` browser-like clients (gradio_client) sending to the Chat tab's /chat at once.
+
+    The page streams the whole reply so far; a chunk is an update whose text grew, and
+    the token count is the final reply re-tokenized (within a token or two of the model's).
+    """
+    from gradio_client import Client
+
+    clients = [Client(page_url, verbose=False) for _ in range(users)]
+    replies: list[Reply | None] = [None] * users
+    barrier = threading.Barrier(users)
+
+    def user(index: int) -> None:
+        barrier.wait()
+        sent, chunks, text = time.perf_counter(), [], ""
+        job = clients[index].submit(USER_PROMPTS[index % len(USER_PROMPTS)], api_name="/chat",
+                                    max_new_tokens=tokens)
+        for output in job:
+            reply = _last_reply(output[0])
+            if len(reply) > len(text):
+                chunks.append(time.perf_counter())
+                text = reply
+        replies[index] = Reply(sent, chunks, len(tokenizer(text)["input_ids"]), time.perf_counter())
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return replies
+
+
+def _last_reply(chatbot) -> str:
+    """The text of the last assistant message in a Chatbot value."""
+    for message in reversed(chatbot or []):
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):  # the reply, then the stats line once it is done
+                texts = [part.get("text", "") for part in content if isinstance(part, dict)]
+                return texts[0] if texts else ""
+    return ""
+
+
 @dataclass
 class Row:
     server: str
@@ -268,7 +315,11 @@ def run(args, context, loaded) -> list[Row]:
                     print(f"  run {repeat + 1}: {name}, {users} users: "
                           f"{rows[name, users].runs[-1] and sum(r.tokens for r in rows[name, users].runs[-1])}"
                           " tokens", flush=True)
-    use_batch_size(loaded, 4)
+        use_batch_size(loaded, 4)  # the page, as browsers use it (the default batch)
+        page_crowd(url, loaded.tokenizer, 1, 8)
+        for users in args.users:
+            row = rows["page, batched (batch 4)", users] = Row("page, batched (batch 4)", users)
+            row.runs = [page_crowd(url, loaded.tokenizer, users, args.tokens) for _ in range(args.repeats)]
     result = list(rows.values())
     if args.llama_server:
         with llama_server(threads=torch.get_num_threads(), slots=4) as base:
