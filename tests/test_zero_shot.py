@@ -134,6 +134,25 @@ def test_the_prior_is_kept_on_the_loaded_model(tiny_lm):
     assert first.sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_layouts_prefix_is_run_once_and_kept_unchanged(tiny_lm):
+    """The second call for the same labels reads only its own text, not the demonstrations
+    again (hundreds of tokens per layout), and scores the same."""
+    lengths: list[int] = []
+    hook = tiny_lm.model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[-1]), with_kwargs=True)
+    labels = "positive, negative"
+    prefix = len(zero_shot._prepared(tiny_lm, zero_shot.parse_labels(labels),
+                                     zero_shot.SENTIMENT.layouts[0], False).before)
+    try:
+        first = zero_shot.zero_shot(tiny_lm, ["A fine film."], labels, calibrate=False)
+        lengths.clear()
+        again = zero_shot.zero_shot(tiny_lm, ["A fine film."], labels, calibrate=False)
+    finally:
+        hook.remove()
+    assert lengths and max(lengths) < prefix  # no pass over a layout's prefix this time
+    assert again[0].scores == pytest.approx(first[0].scores, abs=1e-6)
+
+
 def test_batch_keeps_order_and_matches_one_by_one(tiny_lm):
     texts = ["The weather is nice today.", "I hated it.", "Numbers like 1, 2, 3 appear in text too."]
     batched = zero_shot.zero_shot(tiny_lm, texts, "good, bad")

@@ -62,6 +62,8 @@ SEQUENCES_PER_FORWARD = 16
 TOKENS_PER_FORWARD = 8192  # bounds memory and how long one forward holds the model lock
 PRIOR_CACHE_SIZE = 64
 PRIOR_CACHE_KEY = "zero_shot_priors"
+PREFIX_CACHE_KEY = "zero_shot_prefix_caches"
+PREFIX_CACHE_SIZE = 8  # layouts × label sets; ~10 MB each for the embedded model
 
 
 @dataclass(frozen=True)
@@ -301,9 +303,24 @@ def _continuation_logprobs(
 
 
 def _prefix_cache(loaded: LoadedModel, prefix: list[int]):
+    """The KV cache of `prefix` (a layout's instructions and demonstrations: hundreds of
+    tokens), computed once and kept on the loaded model, like the priors. Without it a
+    single short text paid a pass over the whole prefix per layout on every call. Callers
+    copy it before use (`_score_batch`), so the kept one is never changed."""
+    key = tuple(prefix)
+    with _prior_lock:
+        caches = loaded.extras.setdefault(PREFIX_CACHE_KEY, OrderedDict())
+        if key in caches:
+            caches.move_to_end(key)
+            return caches[key]
     inputs = torch.tensor([prefix], device=loaded.device)
     with loaded.lock, torch.inference_mode():
-        return loaded.model(input_ids=inputs, use_cache=True, logits_to_keep=1).past_key_values
+        cache = loaded.model(input_ids=inputs, use_cache=True, logits_to_keep=1).past_key_values
+    with _prior_lock:
+        caches[key] = cache
+        while len(caches) > PREFIX_CACHE_SIZE:
+            caches.popitem(last=False)
+    return cache
 
 
 def _forward_batches(pairs: list[tuple[list[int], list[int]]], prefix_length: int = 0):
