@@ -29,6 +29,11 @@ EXAMPLES = [
     "I loved every minute of this film; the cast is wonderful.",
     "The update made the app slow, and support never answered.",
     "The package arrived on Tuesday.",
+    # The same three in Chinese: the default classifier and the embedded model were trained on
+    # English, so these show where a small model's reach ends (the course's readers ask).
+    "这部电影我每一分钟都很喜欢，演员们都很出色。",
+    "更新以后应用变得很慢，客服也一直没有回复。",
+    "包裹周二到了。",
 ]
 ZERO_SHOT_NOTE = _("sentiment.zero_shot_note")  # the text: modules/locales
 
