@@ -197,15 +197,17 @@ def load_int8_only() -> LoadedModel:
     return loaded
 
 
-def llama_bench_binary() -> str | None:
-    """llama-bench from $LLAMA_CPP_BIN, PATH, or the cache ../shared/tools/llama-cpp builds into."""
-    folders = [os.environ.get("LLAMA_CPP_BIN", "")]
-    folders += sorted(glob.glob(str(Path.home() / ".cache/llama-cpp-*/src/vendor/llama.cpp/build/bin")))
-    for folder in folders:
-        candidate = Path(folder) / "llama-bench"
-        if folder and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return shutil.which("llama-bench")
+def llama_bench_binaries() -> list[str]:
+    """Every llama-bench to compare with: those in $LLAMA_CPP_BIN (folders, ':'-separated) when
+    set, else every build under the cache ../shared/tools/llama-cpp builds into (its native
+    `build`, and e.g. a `build-avx2` made with GGML_NATIVE=OFF GGML_AVX2=ON), else PATH's."""
+    if os.environ.get("LLAMA_CPP_BIN"):
+        folders = os.environ["LLAMA_CPP_BIN"].split(":")
+    else:
+        folders = sorted(glob.glob(str(Path.home() / ".cache/llama-cpp-*/src/vendor/llama.cpp/build*/bin")))
+    found = [str(Path(folder) / "llama-bench") for folder in folders
+             if folder and os.access(Path(folder) / "llama-bench", os.X_OK)]
+    return found or [binary for binary in [shutil.which("llama-bench")] if binary]
 
 
 def llama_bench_run(binary: str, threads: int, prompt_tokens: int,
@@ -300,19 +302,18 @@ def main() -> None:
     print(f"\nSpeed: prompt {ids.shape[1]} tokens, {args.tokens} new tokens, "
           f"{args.repeats} interleaved rounds, medians")
     threads = [int(t) for t in args.threads.split(",")]
-    llama_bench = None if args.no_llama else llama_bench_binary()
-    llama_options = llama_bench_options(llama_bench) if llama_bench else None
-    if llama_bench is None and not args.no_llama:
+    # llama.cpp's rows are for the embedded model's GGUF file
+    binaries = [] if args.no_llama or args.qwen_shape else llama_bench_binaries()
+    if not binaries and not args.no_llama and not args.qwen_shape:
         print("(no llama.cpp binaries found: run ../shared/tools/llama-cpp or set LLAMA_CPP_BIN)")
-    if llama_options is None:
-        llama_bench = None
+    llama_benches = [(binary, options) for binary in binaries
+                     if (options := llama_bench_options(binary)) is not None]
     runs: dict[str, Callable[[], tuple[float, float]]] = {}
-    if args.qwen_shape:
-        llama_bench = None  # llama.cpp's row is for the embedded model's GGUF file
     for n in threads:
-        if llama_bench:
-            label = " ".join(("llama.cpp llama-bench", *llama_options, f"{n} thread(s)"))
-            runs[label] = lambda n=n: llama_bench_run(llama_bench, n, ids.shape[1], llama_options)
+        for binary, options in llama_benches:
+            build = Path(binary).parent.parent.name  # "build", "build-avx2", ...
+            label = " ".join(("llama.cpp", build, *options, f"{n} thread(s)"))
+            runs[label] = lambda n=n, b=binary, o=options: llama_bench_run(b, n, ids.shape[1], o)
         for name, loaded in models.items():
             runs[f"generate {name}, {n} thread(s)"] = _with_threads(
                 n, lambda lm=loaded: bare_run(lm, ids, args.tokens))
@@ -378,14 +379,16 @@ def print_speed(runs: dict[str, Callable[[], tuple[float, float]]], repeats: int
             results[name].append(run())
     medians = {name: (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values))
                for name, values in results.items()}
-    llama = next((value for name, value in medians.items() if name.startswith("llama.cpp")), None)
+    llamas = [value for name, value in medians.items() if name.startswith("llama.cpp")]
+    llama = max(llamas, key=lambda value: value[1]) if llamas else None  # its fastest build here
     print(f"{'configuration':<52} {'decode tok/s':>12} {'first token s':>13} "
           f"{'decode vs llama.cpp':>20} {'prefill vs llama.cpp':>21}")
     for name, (ttft, speed) in medians.items():
         ratios = (f"{speed / llama[1]:>20.0%} {llama[0] / ttft:>21.0%}" if llama
                   else f"{'-':>20} {'-':>21}")
         print(f"{name:<52} {speed:>12.1f} {ttft:>13.3f} {ratios}")
-    print("(prefill vs llama.cpp: llama.cpp's prompt time / ours; above 100 % is faster than it."
+    print("(vs llama.cpp: against its fastest build above; prefill: its prompt time / ours, above"
+          " 100 % is faster than it."
           f" Load average now {os.getloadavg()[0]:.1f})")
 
 
