@@ -96,6 +96,15 @@ class LoadedModel:
             dtype += f", {self.quantization}"
         return f"{self.name} ({self.device.type}, {dtype})"
 
+    def end_token_ids(self) -> list[int]:
+        """The tokens that end a reply: the generation config's and the tokenizer's end
+        token (one rule for the batch scheduler and constrained decoding)."""
+        ids = self.model.generation_config.eos_token_id
+        ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        return list(dict.fromkeys(ids))
+
     def context_window(self, fallback: int = DEFAULT_CONTEXT_WINDOW) -> int:
         """Tokens the model can see at once: the smaller of the config's positions and
         the tokenizer's limit, or `fallback` when neither says (one rule for every task)."""

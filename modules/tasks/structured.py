@@ -134,15 +134,8 @@ def _compiler(loaded: LoadedModel):
         if compiler is None:
             info = xgr.TokenizerInfo.from_huggingface(
                 loaded.tokenizer, vocab_size=loaded.model.config.vocab_size,
-                stop_token_ids=_stop_ids(loaded))
+                stop_token_ids=loaded.end_token_ids())
             compiler = _compilers[loaded.tokenizer] = xgr.GrammarCompiler(info, max_threads=1)
         return compiler
 
 
-def _stop_ids(loaded: LoadedModel) -> list[int]:
-    """The tokens that end a reply (generation config and tokenizer), as the scheduler stops on."""
-    ids = loaded.model.generation_config.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    if loaded.tokenizer.eos_token_id is not None:
-        ids.append(loaded.tokenizer.eos_token_id)
-    return list(dict.fromkeys(ids))

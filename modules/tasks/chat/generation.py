@@ -57,14 +57,6 @@ def live_generation_threads() -> int:
     return live_sequences()
 
 
-def _eos_ids(loaded: LoadedModel) -> list[int]:
-    ids = loaded.model.generation_config.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    if loaded.tokenizer.eos_token_id is not None:
-        ids.append(loaded.tokenizer.eos_token_id)
-    return list(dict.fromkeys(ids))
-
-
 def _sampling(params: GenerationParams) -> Sampling:
     if not params.samples:
         return Sampling(repetition_penalty=params.repetition_penalty)
@@ -107,7 +99,7 @@ def stream_prompt(
     stopped_by_string = False
     try:
         sequence = scheduler_for(loaded).submit(Sequence(
-            prompt.input_ids, prompt.max_new_tokens, frozenset(_eos_ids(loaded)),
+            prompt.input_ids, prompt.max_new_tokens, frozenset(loaded.end_token_ids()),
             with_request_processors(_sampling(params), params.logits_processors),
             on_token=lambda token: _hand_out(token, streamer, params), on_end=streamer.end,
             cancelled=lambda: cancel.is_set() or closed.is_set(),
