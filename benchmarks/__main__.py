@@ -39,7 +39,7 @@ from benchmarks.chat_throughput import (  # noqa: E402
     chat_once,
     concurrent_users,
 )
-from benchmarks.decode_speed import llama_bench_binaries, llama_bench_options, llama_bench_run  # noqa: E402
+from benchmarks.decode_speed import llama_bench_run, runnable_llama_benches  # noqa: E402
 from benchmarks.explorer_step import median_seconds, prompt_of  # noqa: E402
 from benchmarks.sentiment_throughput import accuracy, labelled_rows, one_by_one, texts_per_second  # noqa: E402
 from benchmarks.translation_throughput import corpus_sentences, measure  # noqa: E402
@@ -126,8 +126,7 @@ def llama_cpp_decode() -> float | None:
     """llama.cpp's decode tokens/s on the embedded GGUF file, its fastest build here (None
     when none is built: ../shared/tools/llama-cpp)."""
     speeds = [llama_bench_run(binary, torch.get_num_threads(), 16, options)[1]
-              for binary in llama_bench_binaries()
-              if (options := llama_bench_options(binary)) is not None]
+              for binary, options in runnable_llama_benches()]
     return max(speeds, default=None)
 
 

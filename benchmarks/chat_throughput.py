@@ -35,9 +35,11 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TypeVar  # noqa: E402
 
 import httpx  # noqa: E402
 import torch  # noqa: E402
@@ -59,6 +61,7 @@ USER_PROMPTS = [
     "Describe a day in the life of a lighthouse keeper.",
     "Write a long letter to a friend about your travels in Italy.",
 ]
+T = TypeVar("T")
 LLAMA_SERVER = Path.home() / ".cache/llama-cpp-0.3.36/src/vendor/llama.cpp/build/bin/llama-server"
 
 
@@ -106,19 +109,8 @@ def concurrent_users(loaded, users: int, tokens: int) -> dict:
 
 
 def _concurrent_users(loaded, users: int, tokens: int) -> dict:
-    results: list[dict] = [{} for _ in range(users)]
-    barrier = threading.Barrier(users)
-
-    def user(index: int) -> None:
-        barrier.wait()
-        results[index] = _chat_once(loaded, USER_PROMPTS[index % len(USER_PROMPTS)], tokens)
-
-    threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
     start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = at_once(users, lambda index: _chat_once(loaded, prompt_of(index), tokens))
     return {"wall": time.perf_counter() - start, "tokens": sum(r["tokens"] for r in results),
             "ttfts": sorted(r["ttft"] for r in results)}
 
@@ -163,13 +155,18 @@ def stream_one(base_url: str, model: str, prompt: str, tokens: int) -> Reply:
 
 
 def crowd(base_url: str, model: str, users: int, tokens: int) -> list[Reply]:
-    """`users` clients sending at the same moment."""
-    replies: list[Reply | None] = [None] * users
+    """`users` /v1 clients sending at the same moment."""
+    return at_once(users, lambda index: stream_one(base_url, model, prompt_of(index), tokens))
+
+
+def at_once(users: int, ask: Callable[[int], T]) -> list[T]:
+    """`ask(index)` for each of `users` users, on threads released together."""
+    replies: list[T | None] = [None] * users
     barrier = threading.Barrier(users)
 
     def user(index: int) -> None:
         barrier.wait()
-        replies[index] = stream_one(base_url, model, USER_PROMPTS[index % len(USER_PROMPTS)], tokens)
+        replies[index] = ask(index)
 
     threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
     for thread in threads:
@@ -177,6 +174,10 @@ def crowd(base_url: str, model: str, users: int, tokens: int) -> list[Reply]:
     for thread in threads:
         thread.join()
     return replies
+
+
+def prompt_of(index: int) -> str:
+    return USER_PROMPTS[index % len(USER_PROMPTS)]
 
 
 def page_crowd(page_url: str, tokenizer, users: int, tokens: int) -> list[Reply]:
@@ -187,28 +188,19 @@ def page_crowd(page_url: str, tokenizer, users: int, tokens: int) -> list[Reply]
     """
     from gradio_client import Client
 
-    clients = [Client(page_url, verbose=False) for _ in range(users)]
-    replies: list[Reply | None] = [None] * users
-    barrier = threading.Barrier(users)
+    clients = [Client(page_url, verbose=False) for _ in range(users)]  # before the clock starts
 
-    def user(index: int) -> None:
-        barrier.wait()
+    def ask(index: int) -> Reply:
         sent, chunks, text = time.perf_counter(), [], ""
-        job = clients[index].submit(USER_PROMPTS[index % len(USER_PROMPTS)], api_name="/chat",
-                                    max_new_tokens=tokens)
+        job = clients[index].submit(prompt_of(index), api_name="/chat", max_new_tokens=tokens)
         for output in job:
             reply = _last_reply(output[0])
             if len(reply) > len(text):
                 chunks.append(time.perf_counter())
                 text = reply
-        replies[index] = Reply(sent, chunks, len(tokenizer(text)["input_ids"]), time.perf_counter())
+        return Reply(sent, chunks, len(tokenizer(text)["input_ids"]), time.perf_counter())
 
-    threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return replies
+    return at_once(users, ask)
 
 
 def _last_reply(chatbot) -> str:

@@ -237,6 +237,15 @@ def llama_bench_options(binary: str) -> tuple[str, ...] | None:
     return None
 
 
+def runnable_llama_benches() -> list[tuple[str, tuple[str, ...]]]:
+    """(llama-bench, the options it runs with here) for every build found that runs."""
+    binaries = llama_bench_binaries()
+    if not binaries:
+        print("(no llama.cpp binaries found: run ../shared/tools/llama-cpp or set LLAMA_CPP_BIN)")
+    return [(binary, options) for binary in binaries
+            if (options := llama_bench_options(binary)) is not None]
+
+
 def embedded_models() -> dict[str, LoadedModel]:
     return {
         "fp32": load("float32", fast_decode=False),
@@ -303,11 +312,7 @@ def main() -> None:
           f"{args.repeats} interleaved rounds, medians")
     threads = [int(t) for t in args.threads.split(",")]
     # llama.cpp's rows are for the embedded model's GGUF file
-    binaries = [] if args.no_llama or args.qwen_shape else llama_bench_binaries()
-    if not binaries and not args.no_llama and not args.qwen_shape:
-        print("(no llama.cpp binaries found: run ../shared/tools/llama-cpp or set LLAMA_CPP_BIN)")
-    llama_benches = [(binary, options) for binary in binaries
-                     if (options := llama_bench_options(binary)) is not None]
+    llama_benches = [] if args.no_llama or args.qwen_shape else runnable_llama_benches()
     runs: dict[str, Callable[[], tuple[float, float]]] = {}
     for n in threads:
         for binary, options in llama_benches:
