@@ -33,8 +33,9 @@ import copy
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
@@ -64,6 +65,7 @@ PRIOR_CACHE_SIZE = 64
 PRIOR_CACHE_KEY = "zero_shot_priors"
 PREFIX_CACHE_KEY = "zero_shot_prefix_caches"
 PREFIX_CACHE_SIZE = 8  # layouts × label sets; ~10 MB each for the embedded model
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -307,20 +309,12 @@ def _prefix_cache(loaded: LoadedModel, prefix: list[int]):
     tokens), computed once and kept on the loaded model, like the priors. Without it a
     single short text paid a pass over the whole prefix per layout on every call. Callers
     copy it before use (`_score_batch`), so the kept one is never changed."""
-    key = tuple(prefix)
-    with _prior_lock:
-        caches = loaded.extras.setdefault(PREFIX_CACHE_KEY, OrderedDict())
-        if key in caches:
-            caches.move_to_end(key)
-            return caches[key]
-    inputs = torch.tensor([prefix], device=loaded.device)
-    with loaded.lock, torch.inference_mode():
-        cache = loaded.model(input_ids=inputs, use_cache=True, logits_to_keep=1).past_key_values
-    with _prior_lock:
-        caches[key] = cache
-        while len(caches) > PREFIX_CACHE_SIZE:
-            caches.popitem(last=False)
-    return cache
+    def run() -> object:
+        inputs = torch.tensor([prefix], device=loaded.device)
+        with loaded.lock, torch.inference_mode():
+            return loaded.model(input_ids=inputs, use_cache=True, logits_to_keep=1).past_key_values
+
+    return _kept(loaded, PREFIX_CACHE_KEY, PREFIX_CACHE_SIZE, tuple(prefix), run)
 
 
 def _forward_batches(pairs: list[tuple[list[int], list[int]]], prefix_length: int = 0):
@@ -393,31 +387,38 @@ def _ranked(labels: Sequence[Label], probs: torch.Tensor) -> dict[str, float]:
 
 
 # --- the model's prior over labels (calibration) ----------------------------------
-_prior_lock = threading.Lock()
+_kept_lock = threading.Lock()
+
+
+def _kept(loaded: LoadedModel, name: str, size: int, key: object, make: Callable[[], T]) -> T:
+    """`make()`'s value, kept on the loaded model (it dies with it) in the table `name`
+    (the `size` most recently used keys): computed once per key, not per call."""
+    with _kept_lock:
+        table = loaded.extras.setdefault(name, OrderedDict())
+        if key in table:
+            table.move_to_end(key)
+            return table[key]
+    value = make()
+    with _kept_lock:
+        table[key] = value
+        while len(table) > size:
+            table.popitem(last=False)
+    return value
 
 
 def label_prior(loaded: LoadedModel, labels: Sequence[Label], layout: Layout) -> torch.Tensor:
     """The model's prior over the labels, as `layout` defines it.
 
-    Kept on the loaded model (it dies with it), per labels and layout, so a single text
-    costs one batch, not two."""
-    key = (tuple(labels), layout)
-    with _prior_lock:
-        priors = loaded.extras.setdefault(PRIOR_CACHE_KEY, OrderedDict())
-        if key in priors:
-            priors.move_to_end(key)
-            return priors[key]
-    if layout.prior == DOMAIN:
-        prior = domain_prior(loaded, labels, layout.frame)
-    elif layout.prior == GENERATED:
-        prior = generated_prior(loaded, labels, layout)
-    else:
-        prior = content_free_distribution(loaded, labels, layout)
-    with _prior_lock:
-        priors[key] = prior
-        while len(priors) > PRIOR_CACHE_SIZE:
-            priors.popitem(last=False)
-    return prior
+    Kept on the loaded model, per labels and layout, so a single text costs one batch,
+    not two."""
+    def measure() -> torch.Tensor:
+        if layout.prior == DOMAIN:
+            return domain_prior(loaded, labels, layout.frame)
+        if layout.prior == GENERATED:
+            return generated_prior(loaded, labels, layout)
+        return content_free_distribution(loaded, labels, layout)
+
+    return _kept(loaded, PRIOR_CACHE_KEY, PRIOR_CACHE_SIZE, (tuple(labels), layout), measure)
 
 
 def content_free_distribution(
