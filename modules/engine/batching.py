@@ -161,21 +161,24 @@ class GrowingLayer(DynamicLayer):
                ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        if self._buffers is None or self._buffers[0].data_ptr() != self.keys.data_ptr() \
-                or self._buffers[1].data_ptr() != self.values.data_ptr():
-            self._buffers = (self.keys, self.values)  # fresh, or replaced from outside
-        length, new = self.keys.shape[-2] if self.keys.dim() == 4 else 0, key_states.shape[-2]
+        length, new = self.get_seq_length(), key_states.shape[-2]
         if length == 0:
             self._buffers = (key_states.clone(), value_states.clone())
-        elif self._buffers[0].shape[-2] < length + new or not self._fits(key_states):
-            self._buffers = tuple(self._grown(old, length, length + new)
-                                  for old in (self.keys, self.values))
-        if length:
+        else:
+            if not self._views_of_buffers():  # replaced from outside: that tensor is the buffer now
+                self._buffers = (self.keys, self.values)
+            if self._buffers[0].shape[-2] < length + new or not self._fits(key_states):
+                self._buffers = tuple(self._grown(old, length, length + new)
+                                      for old in (self.keys, self.values))
             self._buffers[0][..., length:length + new, :] = key_states
             self._buffers[1][..., length:length + new, :] = value_states
         self.keys = self._buffers[0][..., : length + new, :]
         self.values = self._buffers[1][..., : length + new, :]
         return self.keys, self.values
+
+    def _views_of_buffers(self) -> bool:
+        return (self._buffers is not None and self._buffers[0].data_ptr() == self.keys.data_ptr()
+                and self._buffers[1].data_ptr() == self.values.data_ptr())
 
     def _fits(self, states: torch.Tensor) -> bool:
         """The buffer's other dimensions still match (rows may have been selected or joined)."""
