@@ -266,10 +266,11 @@ def test_out_of_range_parameters_are_400(client, tiny_ref, options, param):
     assert caught.value.param == param
 
 
-def test_prompt_over_the_context_window_is_400(client, tiny_ref):
+@pytest.mark.parametrize("n", [1, 2])  # n > 1: the choices' refusals come back together
+def test_prompt_over_the_context_window_is_400(client, tiny_ref, n):
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
-            model=tiny_ref, messages=[{"role": "user", "content": "word " * 2000}], max_tokens=2
+            model=tiny_ref, messages=[{"role": "user", "content": "word " * 2000}], max_tokens=2, n=n
         )
     assert caught.value.code == "context_length_exceeded"
     assert "too long" in caught.value.message

@@ -177,14 +177,15 @@ async def _several_choices(request: Request, backend: ChatBackend, chat: ChatReq
             chunks = runs[index][0]
             lasts[index] = await _read_to_end(await _next_chunk(chunks), chunks)
 
-        async with anyio.create_task_group() as group:
-            for index in range(chat.n):
-                group.start_soon(read, index)
+        try:
+            async with anyio.create_task_group() as group:
+                for index in range(chat.n):
+                    group.start_soon(read, index)
+        except BaseExceptionGroup as errors:  # a refusal from one choice is the answer
+            raise next((e for e in errors.exceptions if isinstance(e, ApiError)), errors) from None
 
     try:
-        await _while_connected(request, cancel, read_all)
-    except BaseExceptionGroup as group:  # a refusal from one choice is the answer
-        raise next((e for e in group.exceptions if isinstance(e, ApiError)), group) from None
+        await _while_connected(request, cancel, read_all)  # which passes an ApiError on as it is
     finally:
         for chunks, _ in runs:
             await _close(chunks, cancel)
