@@ -11,6 +11,9 @@ lent main thread). Each row is one configuration of the embedded model's schedul
 * page: the same batched scheduler reached as browsers do, the Chat tab's streamed /chat
   through gradio_client (greedy /v1 rows, the page's own sampling settings).
 
+Clients run in a process of their own (benchmarks/clients.py), as real users' do: in
+the server's process their Python would compete with the decode loop for the GIL.
+
 Rows are interleaved (serial, batched, serial, batched …) so background load on a shared
 machine hits both alike; compare ratios within one run. With llama.cpp's `llama-server`
 built (tests/test_remote_llama_server.py says where), `-np 4 -t <cores>` on the same GGUF
@@ -30,20 +33,17 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import TypeVar  # noqa: E402
 
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.clients import USER_PROMPTS, Reply, at_once, prompt_of, users_at_once  # noqa: E402
 from modules.app_context import AppContext  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
 from modules.engine.batching import BatchScheduler  # noqa: E402
@@ -54,15 +54,7 @@ from modules.serving.launch import create_app, serve_in_thread  # noqa: E402
 from modules.tasks.chat import GenerationParams, render_prompt_ids, stream_chat  # noqa: E402
 from modules.ui.layout import build_demo  # noqa: E402
 
-PROMPT = "Write a long story about a brave little dragon who learns to fly."
-USER_PROMPTS = [
-    "Write a long story about a brave little dragon who learns to fly.",
-    "Explain how a rainbow forms, in detail.",
-    "Describe a day in the life of a lighthouse keeper.",
-    "Write a long letter to a friend about your travels in Italy.",
-]
-T = TypeVar("T")
-LLAMA_SERVER = Path.home() / ".cache/llama-cpp-0.3.36/src/vendor/llama.cpp/build/bin/llama-server"
+PROMPT = USER_PROMPTS[0]
 
 
 def as_in_the_app(function, *args):
@@ -117,106 +109,6 @@ def _concurrent_users(loaded, users: int, tokens: int) -> dict:
 
 # --- through the server ----------------------------------------------------------------
 @dataclass
-class Reply:
-    sent: float
-    chunks: list[float]  # arrival times of content chunks
-    tokens: int
-    done: float
-
-    @property
-    def ttft(self) -> float:
-        return (self.chunks[0] if self.chunks else self.done) - self.sent
-
-    @property
-    def e2e(self) -> float:
-        return self.done - self.sent
-
-    @property
-    def tpot(self) -> float:
-        return (self.e2e - self.ttft) / max(1, self.tokens - 1)
-
-
-def stream_one(base_url: str, model: str, prompt: str, tokens: int) -> Reply:
-    """One streamed /v1 chat completion, greedy, timed chunk by chunk."""
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
-    sent, chunks, used = time.perf_counter(), [], 0
-    with httpx.stream("POST", f"{base_url}/chat/completions", json=body, timeout=600) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            if event.get("usage"):
-                used = event["usage"]["completion_tokens"]
-            if any((c.get("delta") or {}).get("content") for c in event.get("choices") or []):
-                chunks.append(time.perf_counter())
-    return Reply(sent, chunks, used or len(chunks), time.perf_counter())
-
-
-def crowd(base_url: str, model: str, users: int, tokens: int) -> list[Reply]:
-    """`users` /v1 clients sending at the same moment."""
-    return at_once(users, lambda index: stream_one(base_url, model, prompt_of(index), tokens))
-
-
-def at_once(users: int, ask: Callable[[int], T]) -> list[T]:
-    """`ask(index)` for each of `users` users, on threads released together."""
-    replies: list[T | None] = [None] * users
-    barrier = threading.Barrier(users)
-
-    def user(index: int) -> None:
-        barrier.wait()
-        replies[index] = ask(index)
-
-    threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return replies
-
-
-def prompt_of(index: int) -> str:
-    return USER_PROMPTS[index % len(USER_PROMPTS)]
-
-
-def page_crowd(page_url: str, tokenizer, users: int, tokens: int) -> list[Reply]:
-    """`users` browser-like clients (gradio_client) sending to the Chat tab's /chat at once.
-
-    The page streams the whole reply so far; a chunk is an update whose text grew, and
-    the token count is the final reply re-tokenized (within a token or two of the model's).
-    """
-    from gradio_client import Client
-
-    clients = [Client(page_url, verbose=False) for _ in range(users)]  # before the clock starts
-
-    def ask(index: int) -> Reply:
-        sent, chunks, text = time.perf_counter(), [], ""
-        job = clients[index].submit(prompt_of(index), api_name="/chat", max_new_tokens=tokens)
-        for output in job:
-            reply = _last_reply(output[0])
-            if len(reply) > len(text):
-                chunks.append(time.perf_counter())
-                text = reply
-        return Reply(sent, chunks, len(tokenizer(text)["input_ids"]), time.perf_counter())
-
-    return at_once(users, ask)
-
-
-def _last_reply(chatbot) -> str:
-    """The text of the last assistant message in a Chatbot value."""
-    for message in reversed(chatbot or []):
-        if isinstance(message, dict) and message.get("role") == "assistant":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):  # the reply, then the stats line once it is done
-                texts = [part.get("text", "") for part in content if isinstance(part, dict)]
-                return texts[0] if texts else ""
-    return ""
-
-
-@dataclass
 class Row:
     server: str
     users: int
@@ -252,16 +144,27 @@ def use_batch_size(loaded, size: int) -> None:
     loaded.scheduler = BatchScheduler(loaded.model, loaded.lock, max_sequences=size)
 
 
+def llama_servers() -> list[tuple[str, list[str]]]:
+    """(name, command line minus the port) of every llama.cpp build's llama-server that runs
+    here, beside the llama-bench that decode_speed finds, with the options it runs under."""
+    from benchmarks.decode_speed import runnable_llama_benches  # it imports this module
+
+    servers = []
+    for bench, options in runnable_llama_benches():
+        server = Path(bench).with_name("llama-server")
+        if os.access(server, os.X_OK):
+            extra = ["--no-repack"] if options == ("--repack", "0") else []
+            servers.append((server.parent.parent.name, [str(server), *extra]))
+    return servers
+
+
 @contextmanager
-def llama_server(threads: int, slots: int):
-    """llama.cpp's server on the same GGUF file, or None when it is not built."""
-    if not (LLAMA_SERVER.is_file() and os.access(LLAMA_SERVER, os.X_OK)):
-        yield None
-        return
+def llama_server(command: list[str], threads: int, slots: int):
+    """llama.cpp's server on the same GGUF file; yields its /v1 URL."""
     port = 18000 + os.getpid() % 1000
     process = subprocess.Popen(
-        [str(LLAMA_SERVER), "-m", str(embedded_gguf_path()), "-t", str(threads), "-np", str(slots),
-         "-c", str(2048 * slots), "--jinja", "--no-repack", "--host", "127.0.0.1", "--port", str(port)],
+        [*command, "-m", str(embedded_gguf_path()), "-t", str(threads), "-np", str(slots),
+         "-c", str(2048 * slots), "--jinja", "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -278,17 +181,26 @@ def llama_server(threads: int, slots: int):
 
 
 def print_table(rows: list[Row], baseline: float) -> None:
-    header = ("server", "users", "aggregate tok/s", "× 1 user serial", "per-user tok/s",
-              "TTFT s (each user)", "TPOT ms", "ITL p50/p99 ms")
+    """One line per row; ratios against /v1 serial with 1 user and against the row's own path
+    with 1 user (the page samples as its tab does, so its own 1-user row is its baseline)."""
+    alone = {row.server: row for row in rows if row.users == 1}
+    header = ("server", "users", "aggregate tok/s", "× 1 user serial", "× same path 1 user",
+              "per-user tok/s (× same path 1 user)", "TTFT s (each user)", "TPOT ms", "ITL p50/p99 ms")
     table = [header] + [(
         row.server, str(row.users), f"{row.aggregate:.1f}", f"{row.aggregate / baseline:.2f}",
-        f"{row.per_user:.1f}", " / ".join(f"{t:.2f}" for t in row.ttfts), f"{row.tpot_ms:.0f}",
+        _ratio(row.aggregate, alone.get(row.server, row).aggregate),
+        f"{row.per_user:.1f} ({_ratio(row.per_user, alone.get(row.server, row).per_user)})",
+        " / ".join(f"{t:.2f}" for t in row.ttfts), f"{row.tpot_ms:.0f}",
         f"{row.itl_ms(0.5):.0f} / {row.itl_ms(0.99):.0f}") for row in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for number, line in enumerate(table):
         print("| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths)) + " |")
         if number == 0:
             print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+
+
+def _ratio(value: float, baseline: float) -> str:
+    return f"{value / baseline:.2f}" if baseline else "-"
 
 
 def run(args, context, loaded) -> list[Row]:
@@ -298,28 +210,28 @@ def run(args, context, loaded) -> list[Row]:
     with serve_in_thread(create_app(build_demo(context), context)) as url:
         for size in configurations.values():  # warm-up: first-call costs out of the way
             use_batch_size(loaded, size)
-            crowd(url + "/v1", model, 2, 8)
+            users_at_once("v1", url + "/v1", model, 2, 8)
         for repeat in range(args.repeats):
             for users in args.users:
                 for name, size in configurations.items():
                     use_batch_size(loaded, size)
-                    rows[name, users].runs.append(crowd(url + "/v1", model, users, args.tokens))
+                    rows[name, users].runs.append(users_at_once("v1", url + "/v1", model, users, args.tokens))
                     print(f"  run {repeat + 1}: {name}, {users} users: "
-                          f"{rows[name, users].runs[-1] and sum(r.tokens for r in rows[name, users].runs[-1])}"
-                          " tokens", flush=True)
+                          f"{sum(r.tokens for r in rows[name, users].runs[-1])} tokens", flush=True)
         use_batch_size(loaded, 4)  # the page, as browsers use it (the default batch)
-        page_crowd(url, loaded.tokenizer, 1, 8)
+        users_at_once("page", url, model, 1, 8)
         for users in args.users:
             row = rows["page, batched (batch 4)", users] = Row("page, batched (batch 4)", users)
-            row.runs = [page_crowd(url, loaded.tokenizer, users, args.tokens) for _ in range(args.repeats)]
+            row.runs = [users_at_once("page", url, model, users, args.tokens) for _ in range(args.repeats)]
     result = list(rows.values())
     if args.llama_server:
-        with llama_server(threads=torch.get_num_threads(), slots=4) as base:
-            if base is not None:
-                crowd(base, model, 2, 8)
+        for build, command in llama_servers():
+            with llama_server(command, threads=torch.get_num_threads(), slots=4) as base:
+                users_at_once("v1", base, model, 2, 8)
                 for users in args.users:
-                    row = Row("llama-server -np 4", users)
-                    row.runs = [crowd(base, model, users, args.tokens) for _ in range(args.repeats)]
+                    row = Row(f"llama-server -np 4 ({build})", users)
+                    row.runs = [users_at_once("v1", base, model, users, args.tokens)
+                                for _ in range(args.repeats)]
                     result.append(row)
     return result
 

@@ -1,7 +1,9 @@
 """The batch scheduler: batched replies equal replies alone; stop, budget and queue order.
 
-References are computed with transformers' own `model.generate` (greedy, or seeded
-sampling with the global RNG), so "the same as alone" means the same as generate.
+Greedy references are computed with transformers' own `model.generate`, so "the same
+as alone" means the same as generate. A seeded sampled reply is compared with the same
+sequence run alone through the scheduler (its sampler's random stream is its own:
+tests/test_sampling.py checks it against transformers' warpers).
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from modules.engine.batching import (
     FINISH_CANCELLED,
     FINISH_LENGTH,
     BatchScheduler,
-    Sampling,
     SchedulerBusyError,
     Sequence,
     live_sequences,
 )
+from modules.engine.sampling import Sampling
 
 SAMPLED = dict(temperature=0.7, top_p=0.9, top_k=50)
 PROMPTS = [  # different lengths, so rows are left-padded
@@ -36,15 +38,12 @@ def prompt_ids(loaded, text: str) -> list[int]:
         return_dict=False)
 
 
-def generate_alone(loaded, ids: list[int], tokens: int, seed: int | None = None) -> list[int]:
-    """transformers' generate, ending at the model's end token, as the reference."""
+def generate_alone(loaded, ids: list[int], tokens: int) -> list[int]:
+    """transformers' greedy generate as the reference."""
     inputs = torch.tensor([ids])
-    sampling = dict(do_sample=True, **SAMPLED) if seed is not None else dict(do_sample=False)
-    if seed is not None:
-        torch.manual_seed(seed)
     with torch.inference_mode():
         out = loaded.model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=tokens,
-                                    pad_token_id=0, **sampling)
+                                    pad_token_id=0, do_sample=False)
     return out[0, len(ids):].tolist()
 
 
@@ -95,15 +94,18 @@ def test_sequences_joining_and_leaving_mid_batch_are_unchanged(tiny_model, sched
 def test_seeded_sampling_in_a_batch_gives_the_same_text_as_alone(embedded_chat_model):
     loaded = embedded_chat_model
     ids = [prompt_ids(loaded, p) for p in PROMPTS[:3]]
-    expected = generate_alone(loaded, ids[1], 10, seed=7)
     scheduler = BatchScheduler(loaded.model, loaded.lock)
     eos = end_tokens(loaded)
+    alone = scheduler.submit(sequence(ids[1], 10, seed=7, eos=eos))
+    assert alone.wait(120)
     batch = [scheduler.submit(sequence(ids[0], 10, seed=1, eos=eos)),
              scheduler.submit(sequence(ids[1], 10, seed=7, eos=eos)),
              scheduler.submit(sequence(ids[2], 10, eos=eos))]
     assert all(s.wait(120) for s in batch)
-    assert batch[1].tokens == expected
-    assert loaded.tokenizer.decode(batch[1].tokens) == loaded.tokenizer.decode(expected)
+    assert batch[1].tokens == alone.tokens
+    others = [scheduler.submit(sequence(ids[1], 10, seed=seed, eos=eos)) for seed in (8, 9, 10)]
+    assert all(s.wait(120) for s in others)
+    assert any(s.tokens != alone.tokens for s in others)  # the seed really decides the text
 
 
 def test_greedy_on_the_real_model_equals_generate(embedded_chat_model):
@@ -208,3 +210,30 @@ def test_growing_layer_holds_what_concatenation_would_and_grows_in_place():
                 layer.keys = layer.keys.index_select(0, torch.tensor([0, 2]))
                 layer.values = layer.values.index_select(0, torch.tensor([0, 2]))
     assert len(pointers) <= 6  # 150 steps: a handful of buffers, not one per step
+
+
+class ForbidEverythingFromTheThirdToken:
+    """A constraint that allows no token after two (a broken grammar, say)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, input_ids, scores):
+        self.calls += 1
+        return scores if self.calls < 3 else torch.full_like(scores, -torch.inf)
+
+
+def test_a_row_whose_pick_fails_ends_alone_and_the_batch_goes_on(tiny_model, scheduler):
+    from modules.tasks.chat.processors import with_request_processors
+
+    ids = [prompt_ids(tiny_model, p) for p in PROMPTS[:2]]
+    expected = generate_alone(tiny_model, ids[0], 12)
+    fine = sequence(ids[0], 12)
+    broken = Sequence(ids[1], 12, frozenset(), sampling=with_request_processors(
+        Sampling(do_sample=True, top_k=50, seed=0), [ForbidEverythingFromTheThirdToken()]))
+    batch = [scheduler.submit(fine), scheduler.submit(broken)]
+    assert all(s.wait(60) for s in batch)
+    assert isinstance(broken.error, ValueError) and "-inf" in str(broken.error)
+    assert len(broken.tokens) == 2  # it failed in a decode step, beside `fine`
+    assert fine.error is None and fine.tokens == expected
+    assert live_sequences() == 0

@@ -17,8 +17,8 @@ The batch keeps one DynamicCache with left padding: row i's first `pads[i]` cach
 positions are padding, masked out of attention, and its position ids count only its
 own tokens, so each row computes what it would alone. Greedy replies match
 generation alone token for token; seeded sampling draws from a per-sequence
-torch.Generator with transformers' logits processors, so the same seed gives the
-same text whatever else runs.
+torch.Generator (modules/engine/sampling.py), so the same seed gives the same text
+whatever else runs.
 
 A KV-cache budget (tokens reserved per sequence: prompt + max new tokens) and a
 maximum batch size decide how many run at once; the rest wait in order and can see
@@ -35,16 +35,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache, LogitsProcessorList
+from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
-from transformers.generation.logits_process import (
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from modules.engine.compute import start_job
+from modules.engine.sampling import Sampling, TokenPicker
 from modules.errors import ModelError
 from modules.messages import message
 
@@ -61,42 +56,6 @@ FINISH_EOS, FINISH_LENGTH, FINISH_CANCELLED = "stop", "length", "cancelled"
 
 class SchedulerBusyError(ModelError):
     """Too many requests are already waiting for this model."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How to pick each token: greedy unless `do_sample`."""
-
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-
-    def processors(self) -> LogitsProcessorList:
-        """The same processors, in the same order, as `generate` builds for these values."""
-        chain = LogitsProcessorList()
-        if self.repetition_penalty != 1.0:
-            chain.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
-        if self.do_sample:
-            if self.temperature != 1.0:
-                chain.append(TemperatureLogitsWarper(self.temperature))
-            if self.top_k:
-                chain.append(TopKLogitsWarper(self.top_k))
-            if self.top_p < 1.0:
-                chain.append(TopPLogitsWarper(self.top_p))
-        return chain
-
-    def generator(self) -> torch.Generator | None:
-        if not self.do_sample:
-            return None
-        generator = torch.Generator()
-        if self.seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(self.seed)
-        return generator
 
 
 @dataclass(eq=False)
@@ -128,8 +87,7 @@ class Sequence:
     top_alternatives: int = 0
     alternatives: list[list[tuple[int, float]]] = field(default_factory=list)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
-    _processors: LogitsProcessorList | None = field(default=None, repr=False)
-    _generator: torch.Generator | None = field(default=None, repr=False)
+    _picker: TokenPicker | None = field(default=None, repr=False)
 
     @property
     def reserved_tokens(self) -> int:
@@ -375,8 +333,7 @@ class BatchScheduler:
 
     def _prefill(self, sequence: Sequence) -> None:
         sequence.started_at = time.perf_counter()
-        sequence._processors = sequence.sampling.processors()
-        sequence._generator = sequence.sampling.generator()
+        sequence._picker = TokenPicker(sequence.sampling)
         cache = growing_cache(self.model.config)
         try:
             ids = torch.tensor([sequence.prompt_ids], device=self.model.device)
@@ -402,22 +359,24 @@ class BatchScheduler:
             self._leave(set(range(len(self._running))), None, error)
             return
         logits = output.logits[:, -1, :].float()
-        finished = {row for row, sequence in enumerate(list(self._running))
-                    if self._emit(sequence, self._pick(sequence, logits[row:row + 1]))}
-        if finished:
-            self._leave(finished, None)
+        ended: set[int] = set()
+        for row, sequence in enumerate(list(self._running)):
+            try:
+                token = self._pick(sequence, logits[row:row + 1])
+            except Exception as error:  # e.g. a constraint that allows no token: only this row ends
+                sequence.error = error
+                ended.add(row)
+                continue
+            if self._emit(sequence, token):
+                ended.add(row)
+        if ended:
+            self._leave(ended, None)
 
     def _pick(self, sequence: Sequence, scores: torch.Tensor) -> int:
         if sequence.top_alternatives:
             top = torch.softmax(scores, dim=-1)[0].topk(sequence.top_alternatives)
             sequence.alternatives.append(list(zip(top.indices.tolist(), top.values.tolist())))
-        if sequence._processors:
-            history = torch.tensor([sequence.prompt_ids + sequence.tokens], device=scores.device)
-            scores = sequence._processors(history, scores)
-        if sequence._generator is None:
-            return int(scores.argmax(-1))
-        probabilities = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probabilities, 1, generator=sequence._generator))
+        return sequence._picker.pick(sequence.prompt_ids + sequence.tokens, scores)
 
     def _emit(self, sequence: Sequence, token: int) -> bool:
         """Record and hand out `token`; True when the sequence is finished with it."""

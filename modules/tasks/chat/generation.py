@@ -24,14 +24,9 @@ from dataclasses import dataclass
 import torch
 from transformers import TextIteratorStreamer
 
-from modules.engine.batching import (
-    FINISH_EOS,
-    Sampling,
-    Sequence,
-    live_sequences,
-    scheduler_for,
-)
+from modules.engine.batching import FINISH_EOS, Sequence, live_sequences, scheduler_for
 from modules.engine.model_cache import LoadedModel
+from modules.engine.sampling import Sampling
 from modules.errors import ModelError, ModelOutOfMemoryError, PlaygroundError
 from modules.messages import message as keyed
 from modules.tasks.chat.params import (

@@ -2,9 +2,10 @@
 
 A request may bring its own transformers `LogitsProcessor`s in
 `GenerationParams.logits_processors`. They join the chain the batch scheduler runs
-for that sequence: constraints first (so top-k and top-p choose among allowed tokens
-only), then the sampling knobs, then observers (processors with `token_chosen`, like
-`LogprobRecorder`), which see the final scores and then hear which token was picked.
+for that sequence (modules/engine/sampling.py): constraints first (so top-k and top-p
+choose among allowed tokens only), then the sampling knobs, then observers (processors
+with `token_chosen`, like `LogprobRecorder`), which see the final scores and then hear
+which token was picked.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from modules.engine.batching import Sampling
+from modules.engine.sampling import Sampling
 
 
 def is_observer(processor: LogitsProcessor) -> bool:
@@ -30,8 +31,10 @@ class RequestSampling(Sampling):
     def processors(self) -> LogitsProcessorList:
         chain = LogitsProcessorList(p for p in self.extra if not is_observer(p))
         chain.extend(super().processors())
-        chain.extend(p for p in self.extra if is_observer(p))
         return chain
+
+    def observers(self) -> LogitsProcessorList:
+        return LogitsProcessorList(p for p in self.extra if is_observer(p))
 
 
 def with_request_processors(sampling: Sampling, processors: Iterable[LogitsProcessor]) -> Sampling:

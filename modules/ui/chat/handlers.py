@@ -18,7 +18,13 @@ from modules.config import EMBEDDED_MODEL
 from modules.engine.compute import on_request_thread
 from modules.engine.gpu import gpu
 from modules.errors import PlaygroundError
-from modules.tasks.chat import CancelRegistry, ChatChunk, GenerationParams, params_from_settings
+from modules.tasks.chat import (
+    CancelRegistry,
+    ChatChunk,
+    GenerationParams,
+    live_generation_threads,
+    params_from_settings,
+)
 from modules.tasks.chat.conversations import (
     add_variant,
     delete_conversation,
@@ -46,7 +52,7 @@ THINKING_CHOICES = ["template default", "on", "off"]
 # The page gets the growing reply at most this often: every update costs the server
 # (and the browser) work that competes with generation for the CPU, and 20 updates a
 # second look as smooth as one per token (benchmarks/decode_speed.py measures both).
-UI_UPDATE_INTERVAL_S = 0.05
+UI_UPDATE_INTERVAL_S = 0.05  # one stream alone; more streams share the update rate
 
 
 # --- wiring --------------------------------------------------------------------
@@ -318,10 +324,10 @@ def _generate(context: AppContext, cancels: CancelRegistry, session: str, origin
     backend = context.chat_backend
     model_name = model_ref if backend.name == "local" else (backend.default_model or "remote")
     yield *_view(shown + [{"role": "assistant", "content": prefix or "…"}], original), "", "", gr.skip()
-    loading = not backend.is_ready(model_ref)  # also: the status line says something to clear
-    if loading:
+    if not backend.is_ready(model_ref):
         yield gr.skip(), gr.skip(), gr.skip(), t("chat.loading_first_use", model=model_ref), gr.skip()
     cancel = cancels.begin(session)
+    meter = context_meter(original)  # what the meter shows until the reply is done
     reply: ChatChunk | None = None
     chunks = None
     timer = _ThinkingTimer()
@@ -331,18 +337,19 @@ def _generate(context: AppContext, cancels: CancelRegistry, session: str, origin
         shown_at = 0.0
         for chunk in chunks:
             if chunk.ahead is not None:  # waiting for a place in the model's batch
-                loading = True
                 yield gr.skip(), gr.skip(), gr.skip(), t("chat.waiting_in_line", ahead=chunk.ahead), gr.skip()
                 continue
             reply = chunk
             timer.saw(prefix + chunk.text)
-            if chunk.finish_reason is None and time.monotonic() - shown_at >= UI_UPDATE_INTERVAL_S:
+            if chunk.finish_reason is None and time.monotonic() - shown_at >= _update_interval():
                 shown_at = time.monotonic()
                 partial = shown + [{"role": "assistant", "content": prefix + chunk.text,
                                     "stats": {"thinking_s": timer.seconds}}]
-                status = "" if loading else gr.skip()  # text means the model has loaded
-                loading = False
-                yield *_view(partial, original), gr.skip(), status, gr.skip()
+                # Values, not gr.skip(): Gradio rebuilds a component for every skip, and an
+                # unchanged value costs nothing on the wire. Only the message box is skipped
+                # (the user may be typing the next message).
+                yield *_view(partial, original), gr.skip(), "", meter
+
         stats = reply_stats(reply.usage if reply else None, reply.finish_reason if reply else None,
                             model_name, backend.context_window(model_ref if backend.name == "local" else None))
         if timer.seconds is not None:
@@ -360,6 +367,13 @@ def _generate(context: AppContext, cancels: CancelRegistry, session: str, origin
         if chunks is not None:
             chunks.close()  # a client that went away: stop generating now
         cancels.end(session, cancel)
+
+
+def _update_interval() -> float:
+    """Seconds between a streaming reply's page updates: every update costs the server
+    a few ms of Python that the model's step then waits for, so while several replies
+    stream, each updates less often (4 at once: 5 updates a second each)."""
+    return UI_UPDATE_INTERVAL_S * max(1, live_generation_threads())
 
 
 class _ThinkingTimer:

@@ -1,0 +1,167 @@
+"""Chat clients for the throughput benchmarks, run in a process of their own.
+
+Real users' clients (browsers, OpenAI SDKs) never share the server's interpreter. In
+the server's process, gradio_client's per-update work would hold the GIL that the
+model's decode loop needs between operations, and the page would look slower than it
+is. So `users_at_once` starts this module as a separate process:
+
+    python -m benchmarks.clients {v1,page} URL MODEL USERS TOKENS
+
+and reads one JSON line per reply: send time, chunk arrival times, completion tokens,
+end time (perf_counter seconds in this process; only differences are used).
+Only httpx and gradio_client are imported here, never torch.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TypeVar
+
+import httpx
+
+T = TypeVar("T")
+USER_PROMPTS = [
+    "Write a long story about a brave little dragon who learns to fly.",
+    "Explain how a rainbow forms, in detail.",
+    "Describe a day in the life of a lighthouse keeper.",
+    "Write a long letter to a friend about your travels in Italy.",
+]
+
+
+@dataclass
+class Reply:
+    sent: float
+    chunks: list[float]  # arrival times of content chunks
+    tokens: int
+    done: float
+
+    @property
+    def ttft(self) -> float:
+        return (self.chunks[0] if self.chunks else self.done) - self.sent
+
+    @property
+    def e2e(self) -> float:
+        return self.done - self.sent
+
+    @property
+    def tpot(self) -> float:
+        return (self.e2e - self.ttft) / max(1, self.tokens - 1)
+
+
+def users_at_once(kind: str, url: str, model: str, users: int, tokens: int) -> list[Reply]:
+    """`users` clients of `kind` ("v1" or "page") sending at the same moment, from another process."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.clients", kind, url, model, str(users), str(tokens)],
+        capture_output=True, text=True, check=True, timeout=1800)
+    return [Reply(**json.loads(line)) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def prompt_of(index: int) -> str:
+    return USER_PROMPTS[index % len(USER_PROMPTS)]
+
+
+def stream_one(base_url: str, model: str, prompt: str, tokens: int) -> Reply:
+    """One streamed /v1 chat completion, greedy, timed chunk by chunk."""
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    sent, chunks, used = time.perf_counter(), [], 0
+    with httpx.stream("POST", f"{base_url}/chat/completions", json=body, timeout=600) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if event.get("usage"):
+                used = event["usage"]["completion_tokens"]
+            if any((c.get("delta") or {}).get("content") for c in event.get("choices") or []):
+                chunks.append(time.perf_counter())
+    return Reply(sent, chunks, used or len(chunks), time.perf_counter())
+
+
+def page_replies(page_url: str, users: int, tokens: int) -> list[Reply]:
+    """`users` browser-like clients (gradio_client) sending to the Chat tab's /chat at once,
+    with the tab's own settings (sampling, repetition penalty). A chunk is an update whose
+    text grew; the token count is the one the reply's stats line reports."""
+    from gradio_client import Client
+
+    clients = [Client(page_url, verbose=False) for _ in range(users)]  # before the clock starts
+
+    def ask(index: int) -> Reply:
+        sent, chunks, text, last = time.perf_counter(), [], "", None
+        job = clients[index].submit(prompt_of(index), api_name="/chat", max_new_tokens=tokens)
+        for output in job:
+            last = output
+            reply = _last_reply(output[0])
+            if len(reply) > len(text):
+                chunks.append(time.perf_counter())
+                text = reply
+        return Reply(sent, chunks, _reported_tokens(last[0] if last else None), time.perf_counter())
+
+    return at_once(users, ask)
+
+
+def at_once(users: int, ask: Callable[[int], T]) -> list[T]:
+    """`ask(index)` for each of `users` users, on threads released together."""
+    replies: list[T | None] = [None] * users
+    barrier = threading.Barrier(users)
+
+    def user(index: int) -> None:
+        barrier.wait()
+        replies[index] = ask(index)
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return replies
+
+
+def _assistant_content(chatbot):
+    for message in reversed(chatbot or []):
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            return message.get("content")
+    return None
+
+
+def _last_reply(chatbot) -> str:
+    """The text of the last assistant message in a Chatbot value."""
+    content = _assistant_content(chatbot)
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # the reply, then the stats line once it is done
+        texts = [part.get("text", "") for part in content if isinstance(part, dict)]
+        return texts[0] if texts else ""
+    return ""
+
+
+def _reported_tokens(chatbot) -> int:
+    """Completion tokens from the finished reply's stats line ("<sub>128 tokens · …")."""
+    content = _assistant_content(chatbot)
+    parts = content if isinstance(content, list) else []
+    for part in reversed(parts):
+        text = part.get("text", "") if isinstance(part, dict) else ""
+        words = text.replace("<sub>", " ").split()
+        if len(words) > 1 and words[0].isdigit():
+            return int(words[0])
+    raise ValueError("the finished reply has no stats line with a token count")
+
+
+def main() -> None:
+    kind, url, model, users, tokens = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    if kind == "page":
+        replies = page_replies(url, users, tokens)
+    else:
+        replies = at_once(users, lambda index: stream_one(url, model, prompt_of(index), tokens))
+    for reply in replies:
+        print(json.dumps(asdict(reply)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
