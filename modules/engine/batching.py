@@ -39,6 +39,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from modules.engine.compute import start_job
+from modules.engine.kernels.decode_step import decode_step, supports_decode_step
 from modules.engine.sampling import Sampling, TokenPicker
 from modules.errors import ModelError
 from modules.messages import message
@@ -249,6 +250,8 @@ class BatchScheduler:
         self._running: list[Sequence] = []
         self._batch = _BatchCache()
         self._driving = False
+        # Fused models take a lean path for decode steps (same logits, less overhead).
+        self._lean_steps = supports_decode_step(model)
 
     # --- what callers use ----------------------------------------------------
     def submit(self, sequence: Sequence) -> Sequence:
@@ -353,12 +356,15 @@ class BatchScheduler:
         last = torch.tensor([[s.tokens[-1]] for s in self._running], device=self.model.device)
         positions, mask = self._batch.step_inputs(self.model.config._attn_implementation)
         try:
-            output = self.model(input_ids=last, attention_mask=mask, position_ids=positions,
-                                past_key_values=self._batch.cache, use_cache=True)
+            if self._lean_steps:
+                logits = decode_step(self.model, last, positions, mask, self._batch.cache).float()
+            else:
+                logits = self.model(input_ids=last, attention_mask=mask, position_ids=positions,
+                                    past_key_values=self._batch.cache, use_cache=True
+                                    ).logits[:, -1, :].float()
         except BaseException as error:  # the batch's state is unknown: end every row
             self._leave(set(range(len(self._running))), None, error)
             return
-        logits = output.logits[:, -1, :].float()
         ended: set[int] = set()
         for row, sequence in enumerate(list(self._running)):
             try:

@@ -16,7 +16,8 @@ same cache (`past_key_values.update`), same masks, so `generate`, streaming, the
 explorer's stepping and the zero-shot scorer all run through it unchanged. The
 projections are built by a caller-given factory, so the same layer runs with float,
 int8 or int4 weights (modules/engine/kernels/fast_decode.py). tests/test_fused_llama.py checks it
-against the original layer.
+against the original layer. The batch scheduler's one-token steps call `decode_one`
+instead (modules/engine/kernels/decode_step.py): the same arithmetic, less overhead.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class FusedLlamaLayer(nn.Module):
         # rotate_half(x) * sin == roll(x, half) * [-sin_low, sin_high], exactly: one roll
         # instead of a negation, two slices and a concatenation.
         half = self.head_dim // 2
-        qk = qk * cos.unsqueeze(2) + qk.roll(half, -1) * _signed_sin(sin, half).unsqueeze(2)
+        qk = qk * cos.unsqueeze(2) + qk.roll(half, -1) * signed_sin(sin, half).unsqueeze(2)
         query = qk[:, :, : self.query_heads].transpose(1, 2)
         key = qk[:, :, self.query_heads :].transpose(1, 2)
         value = qkv[:, :, rotated_heads:].transpose(1, 2)
@@ -141,6 +142,28 @@ class FusedLlamaLayer(nn.Module):
         gate, up = self.gate_up(self._norm(hidden_states, self.post_attention_norm)).split(
             self.intermediate, dim=-1)
         return hidden_states + self.down(F.silu(gate) * up)
+
+    def decode_one(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   cache_layer, mask: torch.Tensor | None) -> torch.Tensor:
+        """`forward` for one new token per row ([rows, 1, hidden]), as modules/engine/kernels/
+        decode_step.py drives it: the same arithmetic in the same order, without the
+        generic path's reshapes, no-op casts and cache indirection (`cos` and `sin`, the
+        signed form from `signed_sin`, come unsqueezed for the heads, made once per step)."""
+        rows = hidden.shape[0]
+        rotated_heads = self.query_heads + self.kv_heads
+        qkv = project(self.qkv, self._norm(hidden, self.input_norm).view(rows, -1))
+        qkv = qkv.view(rows, 1, rotated_heads + self.kv_heads, self.head_dim)
+        qk = qkv[:, :, :rotated_heads]
+        if self.head_norm is not None:
+            qk = self.head_norm * torch.rms_norm(qk, (self.head_dim,), eps=self.head_norm_eps)
+        qk = qk * cos + qk.roll(self.head_dim // 2, -1) * sin
+        key, value = cache_layer.update(qk[:, :, self.query_heads:].transpose(1, 2),
+                                        qkv[:, :, rotated_heads:].transpose(1, 2))
+        attended = self._attend_one(qk[:, :, : self.query_heads].transpose(1, 2), key, value, mask)
+        hidden = hidden + project(self.o, attended.view(rows, -1)).view(rows, 1, -1)
+        gate, up = project(self.gate_up, self._norm(hidden, self.post_attention_norm).view(rows, -1)
+                            ).split(self.intermediate, dim=-1)
+        return hidden + project(self.down, F.silu(gate) * up).view(rows, 1, -1)
 
     def _attend(self, query, key, value, mask) -> torch.Tensor:
         length, seen = query.shape[2], key.shape[2]
@@ -178,10 +201,19 @@ class FusedLlamaLayer(nn.Module):
         return attended.to(query.dtype).view(batch, self.query_heads, 1, dim)
 
 
+def project(linear: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """`linear(rows)` for a [rows, in] input: a quantized layer's decode kernel directly."""
+    few_rows = getattr(linear, "few_rows", None)
+    if few_rows is None:
+        return linear(rows)
+    out = few_rows(rows if rows.dtype == linear.compute_dtype else rows.to(linear.compute_dtype))
+    return out if linear.bias is None else out + linear.bias
+
+
 _signed_sins: tuple[torch.Tensor, torch.Tensor] | None = None  # (sin, its signed form)
 
 
-def _signed_sin(sin: torch.Tensor, half: int) -> torch.Tensor:
+def signed_sin(sin: torch.Tensor, half: int) -> torch.Tensor:
     """[-sin_low, sin_high] for `sin`, made once per forward pass: every layer of a pass
     gets the same `sin` tensor (held here, so its identity cannot be reused)."""
     global _signed_sins
