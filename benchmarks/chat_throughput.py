@@ -1,7 +1,7 @@
 """Many users at once: 1/2/4/8 concurrent streamed /v1 chats through the real server.
 
     HF_HUB_OFFLINE=1 python -m benchmarks.chat_throughput [--tokens 64] [--users 1,2,4,8]
-        [--repeats 2] [--no-llama-server]
+        [--repeats 2] [--no-llama-server] [--no-transformers-serve]
 
 The app is served as `python app.py` serves it (uvicorn on a thread, generation on the
 lent main thread). Each row is one configuration of the embedded model's scheduler:
@@ -17,7 +17,9 @@ the server's process their Python would compete with the decode loop for the GIL
 Rows are interleaved (serial, batched, serial, batched …) so background load on a shared
 machine hits both alike; compare ratios within one run. With llama.cpp's `llama-server`
 built (tests/test_remote_llama_server.py says where), `-np 4 -t <cores>` on the same GGUF
-file runs in the same run too.
+file runs in the same run too, for every build found; so does transformers' own server,
+`transformers serve` with and without `--continuous-batching`, on the same weights
+re-saved as a plain bf16 checkpoint (it cannot load this GGUF file itself).
 
 Figures (vLLM's definitions): aggregate tok/s = all completion tokens / wall time;
 TTFT = request sent → first content chunk; TPOT = (e2e − TTFT) / (tokens − 1) per user;
@@ -32,9 +34,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import argparse  # noqa: E402
+import copy  # noqa: E402
 import dataclasses  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -158,14 +163,56 @@ def llama_servers() -> list[tuple[str, list[str]]]:
     return servers
 
 
-@contextmanager
 def llama_server(command: list[str], threads: int, slots: int):
     """llama.cpp's server on the same GGUF file; yields its /v1 URL."""
-    port = 18000 + os.getpid() % 1000
-    process = subprocess.Popen(
-        [*command, "-m", str(embedded_gguf_path()), "-t", str(threads), "-np", str(slots),
-         "-c", str(2048 * slots), "--jinja", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = _port()
+    return _served([*command, "-m", str(embedded_gguf_path()), "-t", str(threads), "-np", str(slots),
+                    "-c", str(2048 * slots), "--jinja", "--host", "127.0.0.1", "--port", str(port)], port)
+
+
+def transformers_servers(folder: Path) -> list[tuple[str, list[str]]]:
+    """(name, command line minus the port) for `transformers serve` on `folder`, without and
+    with its continuous batching, when this environment has the CLI."""
+    cli = Path(sys.executable).with_name("transformers")
+    if not os.access(cli, os.X_OK):
+        return []
+    plain = [str(cli), "serve", str(folder), "--device", "cpu"]
+    return [("transformers serve", plain),
+            ("transformers serve --continuous-batching", [*plain, "--continuous-batching"])]
+
+
+def transformers_checkpoint(folder: Path) -> Path:
+    """The embedded model saved as a plain bf16 checkpoint in `folder`: `transformers serve`
+    cannot serve the GGUF file itself (its config has no `architectures`: a TypeError at load)
+    nor re-save a GGUF-loaded model, so the weights move to a model built from the config."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, name = embedded_gguf_path().parent, embedded_gguf_path().name
+    loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=name, dtype=torch.bfloat16)
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.architectures = [type(loaded).__name__]
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    plain.load_state_dict(loaded.state_dict())
+    plain.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source, gguf_file=name).save_pretrained(folder)
+    return folder
+
+
+def transformers_server(command: list[str]):
+    port = _port()
+    return _served([*command, "--port", str(port)], port)
+
+
+def _port() -> int:
+    return 18000 + os.getpid() % 1000
+
+
+@contextmanager
+def _served(command: list[str], port: int):
+    """Run a server; yield its /v1 URL once /health answers, then stop it."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -203,6 +250,17 @@ def _ratio(value: float, baseline: float) -> str:
     return f"{value / baseline:.2f}" if baseline else "-"
 
 
+def other_server_rows(name: str, base: str, model: str, args) -> list[Row]:
+    """Rows for another OpenAI-compatible server, after a warm-up."""
+    users_at_once("v1", base, model, 2, 8)
+    rows = []
+    for users in args.users:
+        row = Row(name, users)
+        row.runs = [users_at_once("v1", base, model, users, args.tokens) for _ in range(args.repeats)]
+        rows.append(row)
+    return rows
+
+
 def run(args, context, loaded) -> list[Row]:
     model = EMBEDDED_MODEL
     configurations = {"serial (batch 1)": 1, "batched (batch 4)": 4}
@@ -227,12 +285,13 @@ def run(args, context, loaded) -> list[Row]:
     if args.llama_server:
         for build, command in llama_servers():
             with llama_server(command, threads=torch.get_num_threads(), slots=4) as base:
-                users_at_once("v1", base, model, 2, 8)
-                for users in args.users:
-                    row = Row(f"llama-server -np 4 ({build})", users)
-                    row.runs = [users_at_once("v1", base, model, users, args.tokens)
-                                for _ in range(args.repeats)]
-                    result.append(row)
+                result += other_server_rows(f"llama-server -np 4 ({build})", base, model, args)
+    if args.transformers_serve:
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = transformers_checkpoint(Path(folder))
+            for name, command in transformers_servers(checkpoint):
+                with transformers_server(command) as base:
+                    result += other_server_rows(name, base, str(checkpoint), args)
     return result
 
 
@@ -242,6 +301,7 @@ def main() -> None:
     parser.add_argument("--users", default="1,2,4,8")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-llama-server", dest="llama_server", action="store_false")
+    parser.add_argument("--no-transformers-serve", dest="transformers_serve", action="store_false")
     args = parser.parse_args()
     args.users = [int(n) for n in args.users.split(",")]
 
