@@ -34,16 +34,18 @@ def app(tiny_causal_lm_dir, shared_cache):
 
 @contextlib.contextmanager
 def slowed_recording_rows(model):
-    """Each forward pass a little slower, and the most rows any pass carried."""
+    """Each forward pass a little slower, and the most rows any pass carried.
+
+    Hooked on the token embedding, which every pass runs: prompts through `model(...)`,
+    the scheduler's decode steps through the lean path (modules/engine/kernels/decode_step.py).
+    """
     rows = [0]
 
-    def hook(module, args, kwargs, output):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is not None:
-            rows[0] = max(rows[0], ids.shape[0])
+    def hook(module, args, output):
+        rows[0] = max(rows[0], args[0].shape[0])
         time.sleep(SLOW_STEP_S)
 
-    handle = model.register_forward_hook(hook, with_kwargs=True)
+    handle = model.get_input_embeddings().register_forward_hook(hook)
     try:
         yield rows
     finally:

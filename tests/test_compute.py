@@ -104,7 +104,7 @@ def test_a_reply_generated_on_the_main_thread_is_the_same_reply(shared_cache, ti
     params = GenerationParams(do_sample=False, max_new_tokens=12)
     on_a_thread = list(stream_chat(tiny, messages, params))[-1].text
     threads: set[threading.Thread] = set()
-    hook = tiny.model.register_forward_hook(
+    hook = tiny.model.get_input_embeddings().register_forward_hook(  # every pass, decode steps too
         lambda *_: threads.add(threading.current_thread()))
     replies: list[str] = []
     try:

@@ -44,14 +44,17 @@ def running_app(cache, **settings):
 
 @contextlib.contextmanager
 def slowed_and_counted(model, delay_s: float = 0.05):
-    """Count forward passes, each made `delay_s` slower, so a stop shows in the count."""
+    """Count forward passes, each made `delay_s` slower, so a stop shows in the count.
+
+    Hooked on the token embedding, which every pass runs (the scheduler's decode steps
+    skip `model.forward`: modules/engine/kernels/decode_step.py)."""
     calls = [0]
 
     def hook(module, args, output):
         calls[0] += 1
         time.sleep(delay_s)
 
-    handle = model.register_forward_hook(hook)
+    handle = model.get_input_embeddings().register_forward_hook(hook)
     try:
         yield calls
     finally:
