@@ -73,3 +73,25 @@ def test_lean_steps_equal_the_models_forward(prepared, prompts):
 
 def test_unfused_models_keep_the_generic_path(original):
     assert not supports_decode_step(original)
+
+
+@torch.inference_mode()
+def test_one_token_steps_on_a_plain_cache_equal_the_models_forward(prepared):
+    """The explorer's stepping: transformers' own DynamicCache, one sequence."""
+    from transformers import DynamicCache
+
+    from modules.engine.kernels.decode_step import one_token_step
+
+    prompt = torch.tensor([[5, 9, 2, 7, 11]])
+    through_model, lean = DynamicCache(config=prepared.config), DynamicCache(config=prepared.config)
+    prepared(input_ids=prompt, past_key_values=through_model, use_cache=True)
+    prepared(input_ids=prompt, past_key_values=lean, use_cache=True)
+    token = 3
+    for _ in range(STEPS):
+        expected = prepared(input_ids=torch.tensor([[token]]), past_key_values=through_model,
+                            use_cache=True).logits[:, -1, :]
+        got, cache = one_token_step(prepared, token, lean)
+        assert cache is lean and torch.equal(got, expected)
+        token = int(expected.argmax())
+    fresh_logits, fresh_cache = one_token_step(prepared, token, None)  # no cache yet: the model's path
+    assert fresh_cache.get_seq_length() == 1 and fresh_logits.shape == expected.shape

@@ -33,6 +33,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from modules.errors import InvalidInputError
 from modules.messages import message
+from modules.engine.kernels.decode_step import one_token_step
 from modules.engine.model_cache import LoadedModel
 from modules.tasks.validation import is_number, is_whole
 
@@ -455,9 +456,8 @@ def append_token(
                          for p, i in zip(top.values, top.indices, strict=True))
     step = Step(token_id, token_label(loaded.tokenizer, token_id), float(tempered[token_id]),
                 token_rank(state.logits, token_id), how, settings, seed, alternatives)
-    out = _forward(loaded, [token_id], state.past_key_values)
-    state.past_key_values = out.past_key_values
-    state.logits = out.logits[0, -1].float().cpu()
+    logits, state.past_key_values = one_token_step(loaded.model, token_id, state.past_key_values)
+    state.logits = logits[0].float().cpu()
     state.ids.append(token_id)
     state.steps.append(step)
     return step
@@ -508,8 +508,8 @@ def undo(loaded: LoadedModel, state: ExplorerState) -> Step:
     cache = state.past_key_values
     if getattr(cache, "is_croppable", False) and len(state.ids) > 1:
         cache.crop(-(cache.get_seq_length() - (len(state.ids) - 1)))  # negative: tokens to drop
-        out = _forward(loaded, [state.ids[-1]], cache)
-        state.past_key_values, state.logits = out.past_key_values, out.logits[0, -1].float().cpu()
+        logits, state.past_key_values = one_token_step(loaded.model, state.ids[-1], cache)
+        state.logits = logits[0].float().cpu()
     else:  # a cache that cannot be cut back (e.g. recurrent layers): read the text again
         result = prefill(loaded, state.ids)
         state.past_key_values, state.logits = result.past_key_values, result.logits

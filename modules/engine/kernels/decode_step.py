@@ -10,7 +10,8 @@ runs the same modules in the same order (embedding, rotary, each
 (tests/test_decode_step.py), at about 0.8x the time.
 
 The mask is the scheduler's own: None, or [rows, 1, 1, cached + 1] (True or 0 where
-a row may attend, as `FusedLlamaLayer` reads it).
+a row may attend, as `FusedLlamaLayer` reads it). `one_token_step` serves a single
+sequence's step with any cache (the explorer's stepping).
 """
 
 from __future__ import annotations
@@ -42,3 +43,14 @@ def decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
         hidden = layer.decode_one(hidden, cos, sin, cache_layer, mask)
     hidden = inner.norm(hidden)
     return project(model.lm_head, hidden.view(hidden.shape[0], -1))
+
+
+def one_token_step(model: nn.Module, token: int, cache) -> tuple[torch.Tensor, object]:
+    """(logits [1, vocab], the cache) after feeding `token` to a model holding `cache`: the
+    lean step where the model is fused and the cache holds tokens, else `model(...)`."""
+    tokens = torch.tensor([[token]], dtype=torch.long, device=model.device)
+    if cache is None or not supports_decode_step(model):
+        out = model(input_ids=tokens, past_key_values=cache, use_cache=True)
+        return out.logits[:, -1, :], out.past_key_values
+    positions = torch.tensor([[cache.get_seq_length()]], device=model.device)
+    return decode_step(model, tokens, positions, None, cache), cache
