@@ -16,8 +16,8 @@ same cache (`past_key_values.update`), same masks, so `generate`, streaming, the
 explorer's stepping and the zero-shot scorer all run through it unchanged. The
 projections are built by a caller-given factory, so the same layer runs with float,
 int8 or int4 weights (modules/engine/kernels/fast_decode.py). tests/test_fused_llama.py checks it
-against the original layer. The batch scheduler's one-token steps call `decode_one`
-instead (modules/engine/kernels/decode_step.py): the same arithmetic, less overhead.
+against the original layer. One-token steps after cached tokens go through `decode_one`
+(also called straight by modules/engine/kernels/decode_step.py).
 """
 
 from __future__ import annotations
@@ -115,18 +115,21 @@ class FusedLlamaLayer(nn.Module):
         **kwargs,
     ) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
+        cos, sin = position_embeddings
+        half = self.head_dim // 2
+        if length == 1 and past_key_values is not None:  # a decode step: one token per row
+            return self.decode_one(hidden_states, cos.unsqueeze(2), signed_sin(sin, half).unsqueeze(2),
+                                   past_key_values, attention_mask)
         if self.prefill_dtype is not None and length > PREFILL_ROWS:
             hidden_states = hidden_states.to(self.prefill_dtype)
         rotated_heads = self.query_heads + self.kv_heads
         qkv = self.qkv(self._norm(hidden_states, self.input_norm))
         qkv = qkv.view(batch, length, rotated_heads + self.kv_heads, self.head_dim)
-        cos, sin = position_embeddings
         qk = qkv[:, :, :rotated_heads]
         if self.head_norm is not None:
             qk = self.head_norm * torch.rms_norm(qk, (self.head_dim,), eps=self.head_norm_eps)
         # rotate_half(x) * sin == roll(x, half) * [-sin_low, sin_high], exactly: one roll
         # instead of a negation, two slices and a concatenation.
-        half = self.head_dim // 2
         qk = qk * cos.unsqueeze(2) + qk.roll(half, -1) * signed_sin(sin, half).unsqueeze(2)
         query = qk[:, :, : self.query_heads].transpose(1, 2)
         key = qk[:, :, self.query_heads :].transpose(1, 2)
@@ -144,11 +147,12 @@ class FusedLlamaLayer(nn.Module):
         return hidden_states + self.down(F.silu(gate) * up)
 
     def decode_one(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   cache_layer, mask: torch.Tensor | None) -> torch.Tensor:
-        """`forward` for one new token per row ([rows, 1, hidden]), as modules/engine/kernels/
-        decode_step.py drives it: the same arithmetic in the same order, without the
-        generic path's reshapes, no-op casts and cache indirection (`cos` and `sin`, the
-        signed form from `signed_sin`, come unsqueezed for the heads, made once per step)."""
+                   cache, mask: torch.Tensor | None) -> torch.Tensor:
+        """`forward` for one new token per row ([rows, 1, hidden]) after cached ones: the
+        same arithmetic as the many-rows path, without its reshapes and no-op casts, and
+        the projections' decode kernels called directly. `forward` uses it for every such
+        step, and modules/engine/kernels/decode_step.py calls it straight (`cos` and `sin`,
+        the signed form from `signed_sin`, come unsqueezed for the heads)."""
         rows = hidden.shape[0]
         rotated_heads = self.query_heads + self.kv_heads
         qkv = project(self.qkv, self._norm(hidden, self.input_norm).view(rows, -1))
@@ -157,8 +161,8 @@ class FusedLlamaLayer(nn.Module):
         if self.head_norm is not None:
             qk = self.head_norm * torch.rms_norm(qk, (self.head_dim,), eps=self.head_norm_eps)
         qk = qk * cos + qk.roll(self.head_dim // 2, -1) * sin
-        key, value = cache_layer.update(qk[:, :, self.query_heads:].transpose(1, 2),
-                                        qkv[:, :, rotated_heads:].transpose(1, 2))
+        key, value = cache.update(qk[:, :, self.query_heads:].transpose(1, 2),
+                                  qkv[:, :, rotated_heads:].transpose(1, 2), self.layer_idx)
         attended = self._attend_one(qk[:, :, : self.query_heads].transpose(1, 2), key, value, mask)
         hidden = hidden + project(self.o, attended.view(rows, -1)).view(rows, 1, -1)
         gate, up = project(self.gate_up, self._norm(hidden, self.post_attention_norm).view(rows, -1)
