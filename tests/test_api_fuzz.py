@@ -49,3 +49,16 @@ def test_v1_answers_within_its_schema(api_schema, label):
         case.call_and_validate(checks=CHECKS)
 
     answers_within_schema()
+
+
+@pytest.mark.parametrize("label,body", [
+    ("POST /chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "stream": True}),
+    ("POST /completions", {"prompt": "Hi", "stream": True}),
+])
+def test_a_streamed_answer_is_within_its_schema(api_schema, tiny_causal_lm_dir, label, body):
+    """Every event of a stream, checked against the schema (the fuzzing reaches one by chance)."""
+    [operation] = [op for op in operations(api_schema) if op.label == label]
+    case = operation.Case(body={"model": str(tiny_causal_lm_dir), "max_tokens": 3, **body},
+                          media_type="application/json")
+    response = case.call_and_validate(checks=CHECKS)
+    assert response.status_code == 200 and response.text.startswith("data: ")

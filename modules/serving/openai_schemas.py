@@ -81,11 +81,18 @@ MODEL_LIST = {"type": "object", "required": ["object", "data"],
 ERROR_STATUSES = (400, 401, 404, 429, 500, 503)
 
 
+# Before Open API 3.2 an event stream's `schema` describes one event: its SSE fields, where
+# `data` holds a JSON chunk (or "[DONE]").
+SSE_EVENT = {"type": "object", "required": ["data"],
+             "properties": {"data": {"type": "string"}, "event": {"type": "string"},
+                            "id": {"type": "string"}}}
+
+
 def responses(ok: dict[str, Any], streams: bool = False) -> dict[int | str, Any]:
     """FastAPI `responses=`: the 200 body (and event stream) and the error shape."""
     content: dict[str, Any] = {"application/json": {"schema": ok}}
     if streams:
-        content["text/event-stream"] = {"schema": {"type": "string"}}
+        content["text/event-stream"] = {"schema": SSE_EVENT}
     return {200: {"description": "OK", "content": content},
             **{status: {"description": "Error, in OpenAI's shape",
                         "content": {"application/json": {"schema": ERROR}}}
