@@ -7,7 +7,14 @@ import pytest
 import torch
 from transformers import LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
 
-from modules.engine.sampling import Sampling, TokenPicker, exponential_race, nucleus
+from modules.engine.sampling import (
+    Sampling,
+    TokenPicker,
+    exponential_race,
+    nucleus,
+    pick_rows,
+    top_alternatives,
+)
 
 
 def warpers_keep(scores: torch.Tensor, top_k: int, top_p: float) -> set[int]:
@@ -93,3 +100,73 @@ def test_observers_see_the_final_scores_with_removed_tokens_at_minus_infinity():
     finite = set(torch.nonzero(observer.seen[0] > -torch.inf).squeeze(1).tolist())
     assert finite == warpers_keep(scores[0], 20, 0.8) and token in finite
     assert torch.equal(observer.seen[0, list(finite)], scores[0, list(finite)])
+
+
+class Forbid:
+    """A constraint that allows only `allowed` tokens (all others to -inf)."""
+
+    def __init__(self, allowed: list[int]) -> None:
+        self.allowed = allowed
+
+    def __call__(self, input_ids, scores):
+        kept = torch.full_like(scores, -torch.inf)
+        kept[:, self.allowed] = scores[:, self.allowed]
+        return kept
+
+
+class Constrained(Sampling):
+    def __init__(self, constraint, **knobs) -> None:
+        super().__init__(**knobs)
+        object.__setattr__(self, "constraint", constraint)
+
+    def processors(self) -> LogitsProcessorList:
+        return LogitsProcessorList([self.constraint, *super().processors()])
+
+
+ROW_SAMPLINGS = [
+    lambda seed: Sampling(do_sample=True, temperature=0.7, top_k=50, top_p=0.9, seed=seed),  # the page
+    lambda seed: Sampling(do_sample=True, temperature=1.3, top_k=5, top_p=1.0, repetition_penalty=1.1, seed=seed),
+    lambda seed: Sampling(),  # greedy
+    lambda seed: Sampling(do_sample=True, temperature=0.9, top_k=0, top_p=0.8, seed=seed),  # top-p alone
+    lambda seed: Sampling(do_sample=True, top_k=3, seed=seed),  # no temperature, ties planted below
+    lambda seed: WithObserver(Observer(), do_sample=True, top_k=20, top_p=0.8, seed=seed),
+    lambda seed: Constrained(Forbid([7, 8]), do_sample=True, temperature=0.5, top_k=10, seed=seed),
+    lambda seed: Constrained(Forbid([]), do_sample=True, top_k=10, seed=seed),  # nothing allowed
+]
+
+
+def test_picking_all_rows_at_once_gives_each_row_what_it_gets_alone():
+    """The batch step's pick (shared temperature and top-k passes) draws exactly what each
+    row's own picker draws: the same tokens, the same errors, seed for seed, step by step."""
+    generator = torch.Generator().manual_seed(3)
+    together = [TokenPicker(make(seed)) for seed, make in enumerate(ROW_SAMPLINGS)]
+    alone = [TokenPicker(make(seed)) for seed, make in enumerate(ROW_SAMPLINGS)]
+    histories = [[1, 2, 3, row] for row in range(len(ROW_SAMPLINGS))]
+    for step in range(25):
+        scores = torch.randn(len(ROW_SAMPLINGS), 4000, generator=generator) * 4
+        scores[4, :6] = scores[4].max() + 1  # six tokens tie for the top three places
+        scores[3, 100:] = -torch.inf if step % 2 else scores[3, 100:]
+        before = scores.clone()
+        picks = pick_rows(together, lambda row: histories[row], scores)
+        assert torch.equal(scores, before)  # the caller's logits stay as they were
+        for row, picker in enumerate(alone):
+            try:
+                expected = picker.pick(histories[row], scores[row:row + 1].clone())
+            except ValueError as error:
+                expected = error
+            if isinstance(expected, Exception):
+                assert isinstance(picks[row], ValueError) and str(picks[row]) == str(expected)
+            else:
+                assert picks[row] == expected, (step, row)
+                histories[row].append(expected)
+    assert len({tuple(h) for h in histories[:2]}) == 2 and len(set(histories[0][4:])) > 5  # real draws
+
+
+def test_alternatives_are_the_most_likely_tokens_with_their_probabilities():
+    scores = torch.randn(3, 500, generator=torch.Generator().manual_seed(4)) * 3
+    found = top_alternatives(scores, [5, 0, 2])
+    assert found[1] == [] and [len(row) for row in found] == [5, 0, 2]
+    for row in (0, 2):
+        expected = torch.softmax(scores[row], -1).topk(len(found[row]))
+        assert [token for token, _ in found[row]] == expected.indices.tolist()
+        assert torch.allclose(torch.tensor([p for _, p in found[row]]), expected.values, rtol=1e-5)

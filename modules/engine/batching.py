@@ -40,7 +40,7 @@ from transformers.cache_utils import DynamicLayer
 
 from modules.engine.compute import start_job
 from modules.engine.kernels.decode_step import decode_step, supports_decode_step
-from modules.engine.sampling import Sampling, TokenPicker
+from modules.engine.sampling import Sampling, TokenPicker, pick_rows, top_alternatives
 from modules.errors import ModelError
 from modules.messages import message
 
@@ -89,6 +89,11 @@ class Sequence:
     alternatives: list[list[tuple[int, float]]] = field(default_factory=list)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _picker: TokenPicker | None = field(default=None, repr=False)
+
+    @property
+    def history(self) -> list[int]:
+        """The prompt and the reply so far (what the repetition penalty reads)."""
+        return self.prompt_ids + self.tokens
 
     @property
     def reserved_tokens(self) -> int:
@@ -365,24 +370,27 @@ class BatchScheduler:
         except BaseException as error:  # the batch's state is unknown: end every row
             self._leave(set(range(len(self._running))), None, error)
             return
+        running = list(self._running)
+        for sequence, alternatives in zip(running, top_alternatives(
+                logits, [s.top_alternatives for s in running])):
+            if sequence.top_alternatives:
+                sequence.alternatives.append(alternatives)
+        picks = pick_rows([s._picker for s in running], lambda row: running[row].history, logits)
         ended: set[int] = set()
-        for row, sequence in enumerate(list(self._running)):
-            try:
-                token = self._pick(sequence, logits[row:row + 1])
-            except Exception as error:  # e.g. a constraint that allows no token: only this row ends
-                sequence.error = error
+        for row, (sequence, token) in enumerate(zip(running, picks)):
+            if isinstance(token, Exception):  # e.g. a constraint that allows no token: only this row ends
+                sequence.error = token
                 ended.add(row)
-                continue
-            if self._emit(sequence, token):
+            elif self._emit(sequence, token):
                 ended.add(row)
         if ended:
             self._leave(ended, None)
 
     def _pick(self, sequence: Sequence, scores: torch.Tensor) -> int:
+        """The first token, from the prompt's last scores [1, vocab] (decode steps: `pick_rows`)."""
         if sequence.top_alternatives:
-            top = torch.softmax(scores, dim=-1)[0].topk(sequence.top_alternatives)
-            sequence.alternatives.append(list(zip(top.indices.tolist(), top.values.tolist())))
-        return sequence._picker.pick(sequence.prompt_ids + sequence.tokens, scores)
+            sequence.alternatives.extend(top_alternatives(scores, [sequence.top_alternatives]))
+        return sequence._picker.pick(sequence.history, scores)
 
     def _emit(self, sequence: Sequence, token: int) -> bool:
         """Record and hand out `token`; True when the sequence is finished with it."""

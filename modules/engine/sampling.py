@@ -13,10 +13,17 @@ with probability p_i, as `multinomial` does.
 So a seed gives the same text every time, alone or in any batch, but not the same
 random stream as `generate(do_sample=True)`. Top-p without top-k still sorts the
 whole vocabulary (the nucleus may be any size).
+
+A batch step picks for all its rows with `pick_rows`: the same tokens as each row's
+`TokenPicker.pick` (the same random draws too), with the whole-vocabulary passes
+(temperature, top-k, the alternatives' normaliser) done once for every row instead of
+once per row: about 0.9 ms a row on a 2-core CPU, a tenth of a four-row step.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +32,11 @@ from transformers.generation.logits_process import (
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
 )
+
+
+# `pick_rows` takes this many scores past the largest k, so that tokens tying the k-th
+# score (common in bf16 logits) are in its one top-k pass too.
+TIE_MARGIN = 16
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,11 @@ class TokenPicker:
         self.processors = sampling.processors()
         self.observers = sampling.observers()
         self.generator = sampling.generator()
+        # The temperature is always the chain's last step: `pick_rows` applies it to all rows at once.
+        last = self.processors[-1] if self.processors else None
+        self.temperature = last.temperature if isinstance(last, TemperatureLogitsWarper) else None
+        self.before_temperature = LogitsProcessorList(
+            self.processors[:-1] if self.temperature is not None else self.processors)
 
     def pick(self, history: list[int], scores: torch.Tensor) -> int:
         """The next token after `history` (prompt and reply so far), from a [1, vocab] row."""
@@ -89,6 +106,84 @@ class TokenPicker:
         return int(kept[exponential_race(torch.softmax(kept_scores, -1), self.generator)])
 
 
+def pick_rows(pickers: Sequence[TokenPicker], history_of: Callable[[int], list[int]],
+              scores: torch.Tensor) -> list[int | Exception]:
+    """For each row r of `scores` [rows, vocab], what `pickers[r].pick(history_of(r), row r)`
+    returns (an exception where it raises), drawing the same random numbers.
+
+    Sampled rows without observers share the whole-vocabulary passes: one division for
+    their temperatures and one top-k for all their top-k sets. A row whose k-th score
+    ties the next one, or whose set reaches a forbidden token, takes `nucleus` alone.
+    """
+    picks: list = [None] * len(pickers)
+    shared = [row for row, picker in enumerate(pickers) if picker.generator is not None
+              and not picker.observers and 0 < picker.sampling.top_k < scores.shape[-1]]
+    for row in sorted(set(range(len(pickers))) - set(shared)):
+        picks[row] = _pick_alone(pickers[row], history_of, row, scores[row:row + 1])
+    if not shared:
+        return picks
+    rows = _rows_of(scores, shared).clone()  # the processors below write into it
+    usable = []
+    for place, row in enumerate(shared):
+        picker = pickers[row]
+        try:
+            if picker.before_temperature:
+                ids = torch.tensor([history_of(row)], device=scores.device)
+                rows[place] = picker.before_temperature(ids, rows[place:place + 1])[0]
+            usable.append(place)
+        except Exception as error:  # e.g. a processor that fails: only this row ends
+            picks[row] = error
+    temperatures = [pickers[shared[place]].temperature or 1.0 for place in range(len(shared))]
+    if any(t != 1.0 for t in temperatures):  # TemperatureLogitsWarper's scores / t, as scores * (1 / t)
+        rows.mul_(torch.tensor(temperatures, dtype=rows.dtype, device=rows.device).reciprocal_()[:, None])
+    largest_k = max(pickers[shared[place]].sampling.top_k for place in usable) if usable else 0
+    top_values, top_ids = rows.topk(min(largest_k + TIE_MARGIN, rows.shape[-1]), dim=-1)
+    edges = top_values.tolist()
+    for place in usable:
+        picker, row = pickers[shared[place]], shared[place]
+        k, values = picker.sampling.top_k, edges[place]
+        end = bisect_right([-v for v in values], -values[k - 1], lo=k)  # past the k-th's ties
+        try:
+            if values[k - 1] == -torch.inf or end == len(values) < rows.shape[-1]:
+                kept, kept_scores = nucleus(rows[place], k, picker.sampling.top_p)
+            else:  # exactly `nucleus`'s top-k set (ties with the k-th included), in id order
+                kept = top_ids[place, :end].sort().values
+                kept, kept_scores = top_p_cut(kept, rows[place, kept], picker.sampling.top_p)
+            picks[row] = int(kept[exponential_race(torch.softmax(kept_scores, -1), picker.generator)])
+        except Exception as error:
+            picks[row] = error
+    return picks
+
+
+def _pick_alone(picker: TokenPicker, history_of: Callable[[int], list[int]], row: int,
+                scores: torch.Tensor) -> int | Exception:
+    try:
+        return picker.pick(history_of(row) if picker.processors or picker.observers else [], scores)
+    except Exception as error:
+        return error
+
+
+def top_alternatives(scores: torch.Tensor, counts: Sequence[int]) -> list[list[tuple[int, float]]]:
+    """For each row, its `counts[row]` most likely tokens and their probabilities
+    (softmax of the row), from one top-k and one normaliser for all rows."""
+    wanted = [row for row, count in enumerate(counts) if count > 0]
+    found: list[list[tuple[int, float]]] = [[] for _ in counts]
+    if not wanted:
+        return found
+    rows = _rows_of(scores, wanted)
+    top = rows.topk(max(counts[row] for row in wanted), dim=-1)
+    probabilities = (top.values - torch.logsumexp(rows, -1, keepdim=True)).exp_()
+    for place, row in enumerate(wanted):
+        count = counts[row]
+        found[row] = list(zip(top.indices[place, :count].tolist(), probabilities[place, :count].tolist()))
+    return found
+
+
+def _rows_of(scores: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """scores[rows], without a copy when that is every row."""
+    return scores if len(rows) == scores.shape[0] else scores.index_select(0, torch.tensor(rows))
+
+
 def nucleus(scores: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The token ids `TopKLogitsWarper(top_k)` then `TopPLogitsWarper(top_p)` keep, and their scores.
 
@@ -103,7 +198,11 @@ def nucleus(scores: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tenso
         kept = torch.nonzero(scores > -torch.inf).squeeze(1)
     if not len(kept):
         raise ValueError("every token's score is -inf: nothing can be sampled")
-    kept_scores = scores[kept]
+    return top_p_cut(kept, scores[kept], top_p)
+
+
+def top_p_cut(kept: torch.Tensor, kept_scores: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`TopPLogitsWarper(top_p)` over the kept tokens (ids in ascending order) and their scores."""
     if top_p >= 1.0:
         return kept, kept_scores
     ascending, order = torch.sort(kept_scores, stable=True)
