@@ -1,0 +1,81 @@
+"""Picking the next token of every row of a batch step: one row at a time vs `pick_rows`.
+
+    python -m benchmarks.pick_speed [--rows 1,4] [--repeats 300] [--threads 2]
+
+The scores are random rows of the embedded model's vocabulary size (49,152), rounded
+through bf16 as the model's LM head gives them (so ties happen, as in real steps).
+Settings: the page's (temperature 0.7, top-k 50, top-p 0.9, repetition penalty 1.1,
+top-5 alternatives for branching) and `/v1`'s greedy default. Both ways draw the same
+tokens (tests/test_sampling.py); this prints what each costs, median milliseconds per
+step, both measured in one run. Timings on a shared machine are noisy: compare rows of
+one run, and name the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from modules.engine.sampling import Sampling, TokenPicker, pick_rows, top_alternatives
+
+VOCABULARY = 49152
+HISTORY = list(range(200))
+SETTINGS = {
+    "page (sampled, penalty 1.1, 5 alternatives)": (
+        Sampling(do_sample=True, temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.1, seed=0), 5),
+    "/v1 greedy": (Sampling(), 0),
+}
+
+
+def one_by_one(pickers: list[TokenPicker], alternatives: int, scores: torch.Tensor) -> None:
+    """The scheduler's loop before `pick_rows`: each row's alternatives and pick alone."""
+    for row, picker in enumerate(pickers):
+        if alternatives:
+            torch.softmax(scores[row:row + 1], dim=-1)[0].topk(alternatives)
+        picker.pick(HISTORY, scores[row:row + 1])
+
+
+def together(pickers: list[TokenPicker], alternatives: int, scores: torch.Tensor) -> None:
+    top_alternatives(scores, [alternatives] * len(pickers))
+    pick_rows(pickers, lambda row: HISTORY, scores)
+
+
+def median_ms(step: Callable[[], None], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="1,4")
+    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"CPU capability: {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads, "
+          f"median of {args.repeats}")
+    print("| settings | rows | one by one, ms | pick_rows, ms | ratio |")
+    print("|---|---|---|---|---|")
+    generator = torch.Generator().manual_seed(0)
+    for name, (sampling, alternatives) in SETTINGS.items():
+        for rows in (int(r) for r in args.rows.split(",")):
+            scores = (torch.randn(rows, VOCABULARY, generator=generator) * 3).bfloat16().float()
+            pickers = [TokenPicker(sampling) for _ in range(rows)]
+            alone, shared = [], []
+            for _ in range(3):  # interleaved, so background load falls on both
+                alone.append(median_ms(lambda: one_by_one(pickers, alternatives, scores), args.repeats // 3))
+                shared.append(median_ms(lambda: together(pickers, alternatives, scores), args.repeats // 3))
+            a, b = statistics.median(alone), statistics.median(shared)
+            print(f"| {name} | {rows} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
