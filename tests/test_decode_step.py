@@ -3,8 +3,9 @@
 Each fused family (the Llama test model, Qwen2 with q/k/v biases, Qwen3 with q/k norms,
 a Llama with every bias) is prepared as the app prepares it on a CPU (fused layers with
 int8 weight-only projections, bf16), and as fused float32 layers. The same prompt(s) run
-through `model(...)` and through `decode_step` from two copies of one cache, one row
-alone and two left-padded rows with the scheduler's mask; every step must match exactly.
+through `model(...)` on a cache in the model's dtype and through `decode_step` on a
+float32 cache (as the scheduler holds it), one row alone and two left-padded rows with
+the scheduler's mask; every step must match exactly.
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ def prepared(request, original):
     return model
 
 
-def prefilled(model, prompts: list[list[int]]) -> _BatchCache:
+def prefilled(model, prompts: list[list[int]], dtype: torch.dtype | None = None) -> _BatchCache:
     """The scheduler's batch: each prompt prefilled alone, then joined with left padding."""
     batch = _BatchCache()
     for ids in prompts:
-        cache = growing_cache(model.config)
+        cache = growing_cache(model.config, dtype)
         model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
         batch.add(cache)
     return batch
@@ -58,7 +59,7 @@ def prefilled(model, prompts: list[list[int]]) -> _BatchCache:
                          ids=["one row", "two padded rows"])
 @torch.inference_mode()
 def test_lean_steps_equal_the_models_forward(prepared, prompts):
-    through_model, lean = prefilled(prepared, prompts), prefilled(prepared, prompts)
+    through_model, lean = prefilled(prepared, prompts), prefilled(prepared, prompts, torch.float32)
     attention = prepared.config._attn_implementation
     tokens = torch.tensor([[3]] * len(prompts))
     for _ in range(STEPS):
@@ -69,6 +70,8 @@ def test_lean_steps_equal_the_models_forward(prepared, prompts):
         assert torch.equal(got, expected)
         tokens = expected.argmax(-1, keepdim=True)
     assert lean.length == through_model.length
+    assert {layer.keys.dtype for layer in lean.cache.layers} == {torch.float32}
+    assert {layer.keys.dtype for layer in through_model.cache.layers} == {prepared.dtype}
 
 
 def test_unfused_models_keep_the_generic_path(original):
