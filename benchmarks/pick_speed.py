@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
+from benchmarks.explorer_step import median_seconds
 from modules.engine.sampling import Sampling, TokenPicker, pick_rows, top_alternatives
 
 VOCABULARY = 49152
@@ -44,15 +43,6 @@ def together(pickers: list[TokenPicker], alternatives: int, scores: torch.Tensor
     pick_rows(pickers, lambda row: HISTORY, scores)
 
 
-def median_ms(step: Callable[[], None], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="1,4")
@@ -71,8 +61,9 @@ def main() -> None:
             pickers = [TokenPicker(sampling) for _ in range(rows)]
             alone, shared = [], []
             for _ in range(3):  # interleaved, so background load falls on both
-                alone.append(median_ms(lambda: one_by_one(pickers, alternatives, scores), args.repeats // 3))
-                shared.append(median_ms(lambda: together(pickers, alternatives, scores), args.repeats // 3))
+                each = args.repeats // 3
+                alone.append(1000 * median_seconds(lambda: one_by_one(pickers, alternatives, scores), each))
+                shared.append(1000 * median_seconds(lambda: together(pickers, alternatives, scores), each))
             a, b = statistics.median(alone), statistics.median(shared)
             print(f"| {name} | {rows} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
 

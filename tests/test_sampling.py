@@ -15,6 +15,7 @@ from modules.engine.sampling import (
     pick_rows,
     top_alternatives,
 )
+from modules.tasks.chat.processors import with_request_processors
 
 
 def warpers_keep(scores: torch.Tensor, top_k: int, top_p: float) -> set[int]:
@@ -114,24 +115,18 @@ class Forbid:
         return kept
 
 
-class Constrained(Sampling):
-    def __init__(self, constraint, **knobs) -> None:
-        super().__init__(**knobs)
-        object.__setattr__(self, "constraint", constraint)
-
-    def processors(self) -> LogitsProcessorList:
-        return LogitsProcessorList([self.constraint, *super().processors()])
-
-
 ROW_SAMPLINGS = [
     lambda seed: Sampling(do_sample=True, temperature=0.7, top_k=50, top_p=0.9, seed=seed),  # the page
-    lambda seed: Sampling(do_sample=True, temperature=1.3, top_k=5, top_p=1.0, repetition_penalty=1.1, seed=seed),
+    lambda seed: Sampling(do_sample=True, temperature=1.3, top_k=5, top_p=1.0, repetition_penalty=1.1,
+                          seed=seed),
     lambda seed: Sampling(),  # greedy
     lambda seed: Sampling(do_sample=True, temperature=0.9, top_k=0, top_p=0.8, seed=seed),  # top-p alone
     lambda seed: Sampling(do_sample=True, top_k=3, seed=seed),  # no temperature, ties planted below
     lambda seed: WithObserver(Observer(), do_sample=True, top_k=20, top_p=0.8, seed=seed),
-    lambda seed: Constrained(Forbid([7, 8]), do_sample=True, temperature=0.5, top_k=10, seed=seed),
-    lambda seed: Constrained(Forbid([]), do_sample=True, top_k=10, seed=seed),  # nothing allowed
+    lambda seed: with_request_processors(  # a request's constraint, as the chat adds it
+        Sampling(do_sample=True, temperature=0.5, top_k=10, seed=seed), [Forbid([7, 8])]),
+    lambda seed: with_request_processors(  # nothing allowed
+        Sampling(do_sample=True, top_k=10, seed=seed), [Forbid([])]),
 ]
 
 

@@ -357,7 +357,9 @@ class BatchScheduler:
         try:
             ids = torch.tensor([sequence.prompt_ids], device=self.model.device)
             output = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            token = self._pick(sequence, output.logits[:, -1, :].float())
+            token = _choose([sequence], output.logits[:, -1, :].float())[0]
+            if isinstance(token, Exception):
+                raise token
         except BaseException as error:  # this request fails; the batch goes on
             _finish(sequence, None, error)
             return
@@ -382,13 +384,8 @@ class BatchScheduler:
             self._leave(set(range(len(self._running))), None, error)
             return
         running = list(self._running)
-        for sequence, alternatives in zip(running, top_alternatives(
-                logits, [s.top_alternatives for s in running])):
-            if sequence.top_alternatives:
-                sequence.alternatives.append(alternatives)
-        picks = pick_rows([s._picker for s in running], lambda row: running[row].history, logits)
         ended: set[int] = set()
-        for row, (sequence, token) in enumerate(zip(running, picks)):
+        for row, (sequence, token) in enumerate(zip(running, _choose(running, logits))):
             if isinstance(token, Exception):  # e.g. a constraint that allows no token: only this row ends
                 sequence.error = token
                 ended.add(row)
@@ -396,12 +393,6 @@ class BatchScheduler:
                 ended.add(row)
         if ended:
             self._leave(ended, None)
-
-    def _pick(self, sequence: Sequence, scores: torch.Tensor) -> int:
-        """The first token, from the prompt's last scores [1, vocab] (decode steps: `pick_rows`)."""
-        if sequence.top_alternatives:
-            sequence.alternatives.extend(top_alternatives(scores, [sequence.top_alternatives]))
-        return sequence._picker.pick(sequence.history, scores)
 
     def _emit(self, sequence: Sequence, token: int) -> bool:
         """Record and hand out `token`; True when the sequence is finished with it."""
@@ -429,6 +420,16 @@ class BatchScheduler:
         self._batch.keep(kept)
         for sequence in leaving:
             _finish(sequence, reason or sequence.finish_reason, error)
+
+
+def _choose(sequences: list[Sequence], scores: torch.Tensor) -> list[int | Exception]:
+    """Each sequence's next token from its row of `scores` [rows, vocab] (an exception where
+    its choice fails), noting the top alternatives of those that keep them."""
+    for sequence, alternatives in zip(sequences, top_alternatives(
+            scores, [s.top_alternatives for s in sequences])):
+        if sequence.top_alternatives:
+            sequence.alternatives.append(alternatives)
+    return pick_rows([s._picker for s in sequences], lambda row: sequences[row].history, scores)
 
 
 def _finish(sequence: Sequence, reason: str | None, error: BaseException | None = None) -> None:

@@ -181,7 +181,9 @@ def top_alternatives(scores: torch.Tensor, counts: Sequence[int]) -> list[list[t
 
 def _rows_of(scores: torch.Tensor, rows: list[int]) -> torch.Tensor:
     """scores[rows], without a copy when that is every row."""
-    return scores if len(rows) == scores.shape[0] else scores.index_select(0, torch.tensor(rows))
+    if len(rows) == scores.shape[0]:
+        return scores
+    return scores.index_select(0, torch.tensor(rows, device=scores.device))
 
 
 def nucleus(scores: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +203,8 @@ def nucleus(scores: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tenso
     return top_p_cut(kept, scores[kept], top_p)
 
 
-def top_p_cut(kept: torch.Tensor, kept_scores: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+def top_p_cut(kept: torch.Tensor, kept_scores: torch.Tensor,
+              top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """`TopPLogitsWarper(top_p)` over the kept tokens (ids in ascending order) and their scores."""
     if top_p >= 1.0:
         return kept, kept_scores
