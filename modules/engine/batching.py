@@ -14,8 +14,9 @@ with the fused layers (modules/engine/kernels/fused_llama.py): they call
 needs per-batch read/write indices and its own attention function.
 
 The batch keeps one DynamicCache with left padding: row i's first `pads[i]` cache
-positions are padding, masked out of attention, and its position ids count only its
-own tokens, so each row computes what it would alone. Greedy replies match
+positions are padding and its position ids count only its own tokens. On fused models
+each row attends over its own columns only (`decode_step`), so it computes bit for bit
+what it would alone; other models mask the padding (equal up to rounding). Greedy replies match
 generation alone token for token; seeded sampling draws from a per-sequence
 torch.Generator (modules/engine/sampling.py), so the same seed gives the same text
 whatever else runs.
@@ -212,18 +213,24 @@ class _BatchCache:
             layer.values = layer.values.index_select(0, index)[:, :, trim:]
         self.pads = [self.pads[row] - trim for row in rows]
 
-    def step_inputs(self, attention: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Position ids [rows, 1] and a mask for one new token per row (None: no padding)."""
-        length = self.length
-        pads = torch.tensor(self.pads)
-        positions = (length - pads).unsqueeze(1)
+    def positions(self) -> torch.Tensor:
+        """Position ids [rows, 1] of each row's next token: its own tokens so far."""
+        return (self.length - torch.tensor(self.pads)).unsqueeze(1)
+
+    def mask(self, attention: str) -> torch.Tensor | None:
+        """The attention mask for one new token per row (None: no padding), for `model(...)`."""
         if not any(self.pads):
-            return positions, None
-        mask = (torch.arange(length + 1).unsqueeze(0) >= pads.unsqueeze(1))[:, None, None, :]
+            return None
+        length = self.length
+        mask = (torch.arange(length + 1).unsqueeze(0) >= torch.tensor(self.pads).unsqueeze(1))[:, None, None, :]
         if attention == "eager":  # eager attention adds its mask
             dtype = self.cache.layers[0].keys.dtype
             mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
-        return positions, mask
+        return mask
+
+    def starts(self) -> list[int] | None:
+        """Each row's first real cache column (None: no padding), for `decode_step`."""
+        return list(self.pads) if any(self.pads) else None
 
 
 def _left_pad(tensor: torch.Tensor, count: int) -> torch.Tensor:
@@ -372,11 +379,12 @@ class BatchScheduler:
 
     def _decode_step(self) -> None:
         last = torch.tensor([[s.tokens[-1]] for s in self._running], device=self.model.device)
-        positions, mask = self._batch.step_inputs(self.model.config._attn_implementation)
+        positions = self._batch.positions()
         try:
             if self._lean_steps:
-                logits = decode_step(self.model, last, positions, mask, self._batch.cache).float()
+                logits = decode_step(self.model, last, positions, self._batch.starts(), self._batch.cache).float()
             else:
+                mask = self._batch.mask(self.model.config._attn_implementation)
                 logits = self.model(input_ids=last, attention_mask=mask, position_ids=positions,
                                     past_key_values=self._batch.cache, use_cache=True
                                     ).logits[:, -1, :].float()

@@ -33,7 +33,6 @@ from modules.errors import (
     InvalidInputError,
     InvalidModelError,
     InvalidParameterError,
-    ModelError,
     ModelNotFoundError,
     ModelOfflineError,
     ModelOutOfMemoryError,

@@ -5,12 +5,13 @@ also builds a causal mask, output dataclasses and per-layer keyword plumbing (ab
 1.5 ms of a ~22 ms SmolLM2-135M step on a 2-core CPU, for nothing a one-token step
 needs). `decode_step` runs the same modules in the same order (embedding, rotary, each
 `FusedLlamaLayer.decode_one`, final norm, LM head), so its logits are bit-identical to
-`model(input_ids=tokens, position_ids=..., attention_mask=mask, past_key_values=cache)`
-(tests/test_decode_step.py).
+`model(input_ids=tokens, position_ids=..., past_key_values=cache)`.
 
-The mask is the scheduler's own: None, or [rows, 1, 1, cached + 1] (True or 0 where
-a row may attend, as `FusedLlamaLayer` reads it). `one_token_step` serves a single
-sequence's step with any cache (the explorer's stepping).
+In a left-padded batch each row attends over its own cache columns, apart from the
+others, so each row's logits are bit-identical to that row's step alone (a masked
+attention over the padded buffer is equal only up to rounding). tests/test_decode_step.py
+checks both. `one_token_step` serves a single sequence's step with any cache (the
+explorer's stepping).
 """
 
 from __future__ import annotations
@@ -31,15 +32,16 @@ def supports_decode_step(model: nn.Module) -> bool:
 
 
 def decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
-                mask: torch.Tensor | None, cache) -> torch.Tensor:
-    """Logits [rows, vocab] for `tokens` [rows, 1] at `positions` [rows, 1]; `cache` grows by one."""
+                starts: list[int] | None, cache) -> torch.Tensor:
+    """Logits [rows, vocab] for `tokens` [rows, 1] at `positions` [rows, 1]; `cache` grows by
+    one. `starts`: each row's first real cache column in a left-padded batch (None: no padding)."""
     inner = model.model
     hidden = inner.embed_tokens(tokens)
     cos, sin = inner.rotary_emb(hidden, position_ids=positions)
     sin = signed_sin(sin, sin.shape[-1] // 2).unsqueeze(2)
     cos = cos.unsqueeze(2)
     for layer in inner.layers:
-        hidden = layer.decode_one(hidden, cos, sin, cache, mask)
+        hidden = layer.decode_one(hidden, cos, sin, cache, starts=starts)
     hidden = inner.norm(hidden)
     return project(model.lm_head, hidden.view(hidden.shape[0], -1))
 

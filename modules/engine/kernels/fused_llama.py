@@ -119,7 +119,7 @@ class FusedLlamaLayer(nn.Module):
         half = self.head_dim // 2
         if length == 1 and past_key_values is not None:  # a decode step: one token per row
             return self.decode_one(hidden_states, cos.unsqueeze(2), signed_sin(sin, half).unsqueeze(2),
-                                   past_key_values, attention_mask)
+                                   past_key_values, mask=attention_mask)
         if self.prefill_dtype is not None and length > PREFILL_ROWS:
             hidden_states = hidden_states.to(self.prefill_dtype)
         rotated_heads = self.query_heads + self.kv_heads
@@ -146,13 +146,16 @@ class FusedLlamaLayer(nn.Module):
             self.intermediate, dim=-1)
         return hidden_states + self.down(F.silu(gate) * up)
 
-    def decode_one(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   cache, mask: torch.Tensor | None) -> torch.Tensor:
+    def decode_one(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache,
+                   mask: torch.Tensor | None = None, starts: list[int] | None = None) -> torch.Tensor:
         """`forward` for one new token per row ([rows, 1, hidden]) after cached ones: the
         same arithmetic as the many-rows path, without its reshapes and no-op casts, and
         the projections' decode kernels called directly. `forward` uses it for every such
         step, and modules/engine/kernels/decode_step.py calls it straight (`cos` and `sin`,
-        the signed form from `signed_sin`, come unsqueezed for the heads)."""
+        the signed form from `signed_sin`, come unsqueezed for the heads).
+
+        A left-padded batch gives a `mask` (as transformers passes it) or `starts`, each
+        row's first real cache column (`_attend_one` says why `starts` is exact)."""
         rows = hidden.shape[0]
         rotated_heads = self.query_heads + self.kv_heads
         qkv = project(self.qkv, self._norm(hidden, self.input_norm).view(rows, -1))
@@ -163,7 +166,7 @@ class FusedLlamaLayer(nn.Module):
         qk = qk * cos + qk.roll(self.head_dim // 2, -1) * sin
         key, value = cache.update(qk[:, :, self.query_heads:].transpose(1, 2),
                                   qkv[:, :, rotated_heads:].transpose(1, 2), self.layer_idx)
-        attended = self._attend_one(qk[:, :, : self.query_heads].transpose(1, 2), key, value, mask)
+        attended = self._attend_one(qk[:, :, : self.query_heads].transpose(1, 2), key, value, mask, starts)
         hidden = hidden + project(self.o, attended.view(rows, -1)).view(rows, 1, -1)
         gate, up = project(self.gate_up, self._norm(hidden, self.post_attention_norm).view(rows, -1)
                             ).split(self.intermediate, dim=-1)
@@ -182,27 +185,47 @@ class FusedLlamaLayer(nn.Module):
             scale=self.scaling, enable_gqa=self.query_heads != self.kv_heads,
         )
 
-    def _attend_one(self, query, key, value, mask) -> torch.Tensor:
-        """Attention for one new token as two small float32 batched products.
+    def _attend_one(self, query, key, value, mask=None, starts: list[int] | None = None) -> torch.Tensor:
+        """Attention for one new token per row as two small float32 batched products.
 
         For a single query row, SDPA's CPU kernel spends most of its time on setup
         (~190 µs vs ~85 µs here for 200 cached tokens); the arithmetic is the same,
         softmax in float32 included.
+
+        A left-padded batch gives `mask` (as transformers passes it) or `starts`, each
+        row's first real column. Masking is equal to the row alone only up to rounding:
+        where a row's columns sit in the buffer, and how many there are, decide how the
+        softmax and both products split their sums (AVX-512 lanes, GEMM blocks), and at
+        a near-tie those last bits change the greedy token. With `starts` each row runs
+        apart over its own columns: the same operations on the same shapes as alone, so
+        it computes exactly what it computes alone (the scheduler's batches do this).
         """
         batch, _, seen, dim = key.shape
         groups = self.query_heads // self.kv_heads
-        rows = batch * self.kv_heads
-        scores = torch.bmm(query.reshape(rows, groups, dim).float(),
-                           key.reshape(rows, seen, dim).float().transpose(1, 2))
-        scores = scores.mul_(self.scaling).view(batch, self.kv_heads, groups, seen)
+        queries = query.reshape(batch, self.kv_heads, groups, dim).float() * self.scaling
+        keys, values = key.float(), value.float()
+        if starts is not None and any(starts):
+            attended = torch.stack([
+                self._attend_heads(own_queries, own_keys[:, start:], own_values[:, start:], None)
+                for own_queries, own_keys, own_values, start
+                in zip(queries.unbind(0), keys.unbind(0), values.unbind(0), starts)])
+        else:
+            attended = self._attend_heads(queries.view(-1, groups, dim), keys.reshape(-1, seen, dim),
+                                          values.reshape(-1, seen, dim), mask)
+        return attended.to(query.dtype).view(batch, self.query_heads, 1, dim)
+
+    def _attend_heads(self, queries, keys, values, mask) -> torch.Tensor:
+        """softmax(q·kᵀ)·v for [rows·kv heads, groups, dim] queries (already scaled) and
+        [rows·kv heads, seen, dim] keys and values; `mask` [rows, 1, 1, seen] or None."""
+        scores = torch.bmm(queries, keys.transpose(1, 2))
         if mask is not None:
+            scores = scores.view(mask.shape[0], self.kv_heads, -1, scores.shape[-1])
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool \
                 else scores + mask
-        weights = scores.softmax(-1).view(rows, groups, seen)
+        weights = scores.softmax(-1).view(queries.shape[0], queries.shape[1], -1)
         if self.attention_sink is not None:  # query head h reads kv head h // groups
-            self.attention_sink.append(weights.view(batch, self.query_heads, seen))
-        attended = torch.bmm(weights, value.reshape(rows, seen, dim).float())
-        return attended.to(query.dtype).view(batch, self.query_heads, 1, dim)
+            self.attention_sink.append(weights.view(-1, self.query_heads, weights.shape[-1]))
+        return torch.bmm(weights, values)
 
 
 def project(linear: nn.Module, rows: torch.Tensor) -> torch.Tensor:
