@@ -1,7 +1,8 @@
 """Chat generation: a conversation in, a streamed reply out (no UI here).
 
 `stream_chat` fits the conversation into the window (prompt.py), hands it to
-the model's batch scheduler, streams it through a `TextIteratorStreamer`, and yields the growing
+the model's batch scheduler, streams it through a `TextIteratorStreamer` that hands out each
+token's text as soon as it is settled (token_streamer.py), and yields the growing
 reply as `ChatChunk`s, ending with one that carries the finish reason and usage.
 Callers reach it through `LocalChatBackend` (backends.py).
 
@@ -22,7 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from transformers import TextIteratorStreamer
 
 from modules.engine.batching import FINISH_EOS, Sequence, live_sequences, scheduler_for
 from modules.engine.model_cache import LoadedModel
@@ -38,6 +38,7 @@ from modules.tasks.chat.params import (
     Usage,
 )
 from modules.tasks.chat.processors import tell_token_chosen, with_request_processors
+from modules.tasks.chat.token_streamer import TokenTextStreamer
 from modules.tasks.chat.branching import reply_tokens
 from modules.tasks.chat.prompt import PreparedPrompt, prepare_prompt
 
@@ -85,7 +86,7 @@ def stream_prompt(
     requested_at = time.perf_counter() if requested_at is None else requested_at
     closed = threading.Event()  # set when the consumer stops reading
     cancel = cancel or threading.Event()
-    streamer = TextIteratorStreamer(
+    streamer = TokenTextStreamer(
         loaded.tokenizer, skip_prompt=False, skip_special_tokens=True, timeout=0.25
     )
     stops = _StopScanner(params.stop)
@@ -129,7 +130,7 @@ def stream_prompt(
         closed.set()  # a consumer that closed us early: generate stops at the next token
 
 
-def _hand_out(token: int, streamer: TextIteratorStreamer, params: GenerationParams) -> None:
+def _hand_out(token: int, streamer: TokenTextStreamer, params: GenerationParams) -> None:
     tell_token_chosen(params.logits_processors, token)  # before the text: its logprob is ready
     streamer.put(torch.tensor([token]))
 
@@ -139,7 +140,7 @@ class _Waiting:
     ahead: int  # sequences in the line before this one
 
 
-def _pieces(streamer: TextIteratorStreamer, sequence: Sequence) -> Iterator[str | _Waiting]:
+def _pieces(streamer: TokenTextStreamer, sequence: Sequence) -> Iterator[str | _Waiting]:
     """The streamer's text, not hanging if the sequence ended without ending it; while the
     sequence waits for a place in the batch, its place in the line whenever that changes."""
     place = None
