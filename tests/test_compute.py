@@ -166,3 +166,94 @@ def test_a_streaming_request_handler_is_limited_at_every_step():
     assert inspect.isgeneratorfunction(steps) and steps.__name__ == "steps"
     lend_main_thread_while(consume_on_fresh_threads)
     assert seen == [(0, 1), (1, 1), (2, 1)]
+
+
+def test_a_request_threads_model_work_runs_on_the_compute_thread_with_its_cores():
+    """An explorer step or a zero-shot forward (`run_model_work`) runs where the cores
+    are: on a request thread torch gets one core, on the compute thread all of them."""
+    from modules.engine.compute import OPENMP as omp
+    from modules.engine.compute import on_request_thread, run_model_work
+
+    seen: list[tuple[threading.Thread, bool, int | None]] = []
+    lock = threading.Lock()
+
+    def work() -> str:
+        seen.append((threading.current_thread(), torch.is_inference_mode_enabled(),
+                     omp.omp_get_max_threads() if omp else None))
+        assert lock.locked()  # held for the work, released after
+        return "result"
+
+    @on_request_thread
+    def request() -> str:
+        return run_model_work(work, lock)
+
+    assert lend_main_thread_while(request) == "result"
+    assert not lock.locked()
+    (thread, inference, cores), = seen
+    assert thread is threading.main_thread() and inference
+    if omp is not None:
+        assert cores == torch.get_num_threads()
+
+
+def test_model_work_raises_its_error_in_the_caller_and_the_thread_goes_on():
+    from modules.engine.compute import run_on_compute_thread
+
+    def failing() -> None:
+        raise ValueError("bad input")
+
+    def request() -> int:
+        with pytest.raises(ValueError, match="bad input"):
+            run_on_compute_thread(failing)
+        return run_on_compute_thread(lambda: 41) + 1
+
+    assert lend_main_thread_while(request) == 42
+
+
+def test_model_work_beside_a_running_batch_runs_on_the_request_thread(shared_cache, tiny_causal_lm_dir):
+    """While a chat generates (the scheduler's loop is one long job on the compute thread),
+    an explorer step does not wait for the reply to end: it runs on its own thread."""
+    from modules.engine.batching import live_sequences
+    from modules.engine.compute import on_request_thread, run_model_work
+    from modules.tasks.chat import stream_chat
+
+    tiny = shared_cache.get(str(tiny_causal_lm_dir), ModelKind.CAUSAL_LM)
+    messages = [{"role": "user", "content": "Hello there"}]
+    params = GenerationParams(do_sample=False, max_new_tokens=64)
+    served: list[tuple[threading.Thread, int]] = []
+
+    @on_request_thread
+    def request() -> list:
+        chunks = []
+        for chunk in stream_chat(tiny, messages, params):
+            chunks.append(chunk)
+            if len(chunks) == 2:  # the reply is streaming: the batch loop is running
+                served.append(run_model_work(lambda: (threading.current_thread(), live_sequences())))
+        return chunks
+
+    chunks = lend_main_thread_while(request)
+    assert len(chunks) > 3 and chunks[-1].finish_reason is not None
+    (thread, live), = served
+    assert thread is not threading.main_thread() and live == 1  # beside the live reply
+    assert live_sequences() == 0
+
+
+def test_model_work_does_not_wait_behind_a_model_load():
+    """While the compute thread runs a job (a model load takes seconds), model work for an
+    already loaded model runs on the caller's thread instead."""
+    from modules.engine.compute import run_on_compute_thread
+
+    loading, release = threading.Event(), threading.Event()
+
+    def model_load() -> None:
+        loading.set()
+        release.wait(10)
+
+    def request() -> str:
+        job = start_job(model_load, "test-job")
+        loading.wait(10)
+        where = run_on_compute_thread(lambda: threading.current_thread().name)
+        release.set()
+        job.join(timeout=10)
+        return where
+
+    assert lend_main_thread_while(request) == "main-thread-lender"

@@ -306,8 +306,7 @@ class BatchScheduler:
                 if not self._waiting and not self._running:
                     self._driving = False
                     return
-            if not self._acquire_model():
-                continue
+            self._acquire_model()
             try:
                 with torch.inference_mode():
                     self._admit()
@@ -316,12 +315,11 @@ class BatchScheduler:
             finally:
                 self.lock.release()
 
-    def _acquire_model(self) -> bool:
+    def _acquire_model(self) -> None:
         """Wait for the model, ending cancelled sequences meanwhile."""
         while not self.lock.acquire(timeout=LOCK_POLL_S):
             self._drop_cancelled()
         self._drop_cancelled()
-        return True
 
     def _drop_cancelled(self) -> None:
         with self._state:

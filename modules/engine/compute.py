@@ -16,7 +16,9 @@ So the process keeps one team:
   (`lend_main_thread_while`), otherwise one long-lived daemon thread started by the
   first job (code that imports `demo` and launches it itself, the tests);
 * request threads run torch on one core (`on_request_thread`: no team of their own)
-  and free any team they made before;
+  and free any team they made before; their model work (an explorer step, a zero-shot
+  forward) runs on the compute thread instead while it is idle (`run_model_work`), on
+  every core (benchmarks/request_work.py);
 * a thread that gives the compute role up frees its team (`omp_pause_resource_all`).
 
 The main thread is a resource of the whole process, so the job queue is too: it is
@@ -50,8 +52,10 @@ _live: set[Job] = set()
 # and the jobs waiting for it; both guarded by `_role`.
 _role = threading.Condition()
 _pending: deque[Job] = deque()
+_calls: deque[Call] = deque()  # request threads' work, taken before jobs
 _holder: threading.Thread | None = None
 _daemon: threading.Thread | None = None
+_running: Job | None = None  # the job the compute thread runs now
 
 
 class Job:
@@ -92,6 +96,62 @@ def start_job(target: Callable[[], None], name: str) -> Job:
     return job
 
 
+class Call:
+    """A request thread's function, run on the compute thread; the caller waits for it."""
+
+    def __init__(self, function: Callable[[], T]) -> None:
+        self.function = function
+        self.outcome: tuple[bool, object] | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.outcome = (True, self.function())
+        except BaseException as error:  # raised again on the caller's thread
+            self.outcome = (False, error)
+        finally:
+            self.done.set()
+
+
+def run_on_compute_thread(function: Callable[[], T]) -> T:
+    """`function()` on the compute thread, with its whole OpenMP team, if that thread is
+    idle; else here. Its result (or its exception).
+
+    For model work of request threads, which get one core on their own thread. While a
+    job runs (the chat batch's decode loop, a model load), the work runs here instead,
+    beside it: waiting for a load would take seconds, and beside a decode loop one core
+    is the better share. A decode step leaves the second core idle during its Python,
+    so work on it there costs the chats less than the same work between their steps
+    (benchmarks/request_work.py measured both).
+    """
+    call = Call(function)
+    with _role:
+        if _holder is threading.current_thread() or _running is not None:
+            call = None
+        else:  # `_next_job` takes calls before jobs: this one runs next
+            _calls.append(call)
+            if _holder is None:
+                _hand_role_to_daemon()
+            _role.notify_all()
+    if call is None:
+        return function()
+    call.done.wait()
+    succeeded, value = call.outcome
+    if not succeeded:
+        raise value
+    return value
+
+
+def run_model_work(function: Callable[[], T], lock: threading.Lock | None = None) -> T:
+    """`function()` in inference mode, holding `lock` (its model's) if given, where
+    `run_on_compute_thread` puts it: how tasks run a model outside the chat batch."""
+    def work() -> T:
+        with lock or contextlib.nullcontext(), torch.inference_mode():
+            return function()
+
+    return run_on_compute_thread(work)
+
+
 def compute_thread() -> threading.Thread | None:
     """The thread that runs jobs now (None before the first job or lend)."""
     return _holder
@@ -121,19 +181,29 @@ def _daemon_loop() -> None:
 def _take_jobs(me: threading.Thread, stop: threading.Event) -> None:
     """Run queued jobs while `me` holds the compute role and `stop` is not set; then free
     this thread's OpenMP team, since the next holder will make its own."""
+    global _running
     try:
-        while (job := _next_job(me, stop)) is not None:
-            job.run()
+        while (work := _next_job(me, stop)) is not None:
+            try:
+                work.run()
+            finally:
+                with _role:
+                    _running = None
     finally:
         release_openmp_team()
 
 
-def _next_job(me: threading.Thread, stop: threading.Event) -> Job | None:
-    """The next queued job, while `me` holds the role; None once it does not or `stop` is set."""
+def _next_job(me: threading.Thread, stop: threading.Event) -> Job | Call | None:
+    """The next queued call or job (calls first), while `me` holds the role; None once it
+    does not or `stop` is set."""
+    global _running
     with _role:
         while not stop.is_set() and _holder is me:
+            if _calls:
+                return _calls.popleft()
             if _pending:
-                return _pending.popleft()
+                _running = _pending.popleft()
+                return _running
             _role.wait(timeout=0.1)  # `stop` is an Event of its own: look again now and then
         return None
 
@@ -268,7 +338,7 @@ def lend_main_thread_while(work: Callable[[], T]) -> T:
     finally:
         with _role:
             _holder = None
-            if _daemon is not None or _pending:
+            if _daemon is not None or _pending or _calls:
                 _hand_role_to_daemon()  # jobs still queued, or the daemon had the role before
     succeeded, value = outcome[0]
     if not succeeded:

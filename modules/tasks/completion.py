@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from modules.engine.compute import run_model_work
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError, PromptTooLongError
 from modules.tasks.chat.logprobs import FLOOR_LOGPROB, TokenLogprob, TopLogprob, token_bytes
@@ -41,21 +42,20 @@ def prepare_prompt_ids(loaded: LoadedModel, ids: list[int], max_new_tokens: int,
     return PreparedPrompt(ids, 0, max(1, min(max_new_tokens, window - len(ids))))
 
 
-@torch.inference_mode()
 def score_prompt(loaded: LoadedModel, ids: list[int], top: int = 0) -> list[TokenLogprob | None]:
     """log p(token i | tokens before it) for every prompt token (None for the first), with the
     `top` likeliest alternatives: raw model probabilities, no sampling knob applies."""
     scored: list[TokenLogprob | None] = [None]
     past = None
-    with loaded.lock:  # the batch scheduler steps the same model
-        for start in range(0, len(ids), SCORE_CHUNK):
-            piece = ids[start:start + SCORE_CHUNK]
-            output = loaded.model(input_ids=torch.tensor([piece], device=loaded.device),
-                                  past_key_values=past, use_cache=True)
-            past = output.past_key_values
-            rows = output.logits[0].float().log_softmax(-1).cpu()
-            targets = ids[start + 1:start + len(piece) + 1]
-            scored.extend(_entry(loaded, rows[i], token, top) for i, token in enumerate(targets))
+    for start in range(0, len(ids), SCORE_CHUNK):
+        piece = ids[start:start + SCORE_CHUNK]
+        output = run_model_work(lambda: loaded.model(  # noqa: B023 (run at once)
+            input_ids=torch.tensor([piece], device=loaded.device), past_key_values=past, use_cache=True),
+            loaded.lock)
+        past = output.past_key_values
+        rows = output.logits[0].float().log_softmax(-1).cpu()
+        targets = ids[start + 1:start + len(piece) + 1]
+        scored.extend(_entry(loaded, rows[i], token, top) for i, token in enumerate(targets))
     return scored
 
 

@@ -33,6 +33,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from modules.errors import InvalidInputError
 from modules.messages import message
+from modules.engine.compute import run_model_work
 from modules.engine.kernels.decode_step import one_token_step
 from modules.engine.model_cache import LoadedModel
 from modules.tasks.validation import is_number, is_whole
@@ -214,7 +215,7 @@ def prefill(loaded: LoadedModel, ids: Sequence[int], chunk: int = PREFILL_CHUNK)
 
 def _forward(loaded: LoadedModel, ids: list[int], past: object | None):
     input_ids = torch.tensor([ids], dtype=torch.long, device=loaded.device)
-    return loaded.model(input_ids=input_ids, past_key_values=past, use_cache=True)
+    return run_model_work(lambda: loaded.model(input_ids=input_ids, past_key_values=past, use_cache=True))
 
 
 @torch.inference_mode()
@@ -456,7 +457,8 @@ def append_token(
                          for p, i in zip(top.values, top.indices, strict=True))
     step = Step(token_id, token_label(loaded.tokenizer, token_id), float(tempered[token_id]),
                 token_rank(state.logits, token_id), how, settings, seed, alternatives)
-    logits, state.past_key_values = one_token_step(loaded.model, token_id, state.past_key_values)
+    logits, state.past_key_values = run_model_work(
+        lambda: one_token_step(loaded.model, token_id, state.past_key_values))
     state.logits = logits[0].float().cpu()
     state.ids.append(token_id)
     state.steps.append(step)
@@ -508,7 +510,8 @@ def undo(loaded: LoadedModel, state: ExplorerState) -> Step:
     cache = state.past_key_values
     if getattr(cache, "is_croppable", False) and len(state.ids) > 1:
         cache.crop(-(cache.get_seq_length() - (len(state.ids) - 1)))  # negative: tokens to drop
-        logits, state.past_key_values = one_token_step(loaded.model, state.ids[-1], cache)
+        logits, state.past_key_values = run_model_work(
+            lambda: one_token_step(loaded.model, state.ids[-1], cache))
         state.logits = logits[0].float().cpu()
     else:  # a cache that cannot be cut back (e.g. recurrent layers): read the text again
         result = prefill(loaded, state.ids)

@@ -29,6 +29,7 @@ from modules.errors import (
     ModelOfflineError,
     require_text,
 )
+from modules.engine.compute import run_model_work
 from modules.engine.callbacks import ProgressCallback
 from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind, StatusCallback
 from modules.messages import message
@@ -135,8 +136,7 @@ def _window_probabilities(loaded: LoadedModel, windows: list[list[int]]) -> torc
         chunk = [windows[i] for i in order[start : start + CHUNKS_PER_FORWARD]]
         batch = loaded.tokenizer.pad({"input_ids": chunk}, return_tensors="pt")
         batch = {k: v.to(loaded.device) for k, v in batch.items()}
-        with loaded.lock, torch.inference_mode():
-            logits = loaded.model(**batch).logits
+        logits = run_model_work(lambda: loaded.model(**batch).logits, loaded.lock)  # noqa: B023
         rows.append(torch.softmax(logits.float(), dim=-1).cpu())
     if not rows:
         return torch.empty(0)

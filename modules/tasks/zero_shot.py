@@ -39,6 +39,7 @@ from typing import TypeVar
 
 import torch
 
+from modules.engine.compute import run_model_work
 from modules.engine.callbacks import ProgressCallback
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError, ModelError
@@ -311,8 +312,9 @@ def _prefix_cache(loaded: LoadedModel, prefix: list[int]):
     copy it before use (`_score_batch`), so the kept one is never changed."""
     def run() -> object:
         inputs = torch.tensor([prefix], device=loaded.device)
-        with loaded.lock, torch.inference_mode():
-            return loaded.model(input_ids=inputs, use_cache=True, logits_to_keep=1).past_key_values
+        return run_model_work(
+            lambda: loaded.model(input_ids=inputs, use_cache=True, logits_to_keep=1).past_key_values,
+            loaded.lock)
 
     return _kept(loaded, PREFIX_CACHE_KEY, PREFIX_CACHE_SIZE, tuple(prefix), run)
 
@@ -354,8 +356,8 @@ def _score_batch(
     if prefix_cache is not None:
         inputs["past_key_values"] = copy.deepcopy(prefix_cache)
         inputs["past_key_values"].batch_repeat_interleave(len(batch))
-    with loaded.lock, torch.inference_mode():
-        logits = loaded.model(**inputs, logits_to_keep=keep, use_cache=cached > 0).logits
+    logits = run_model_work(
+        lambda: loaded.model(**inputs, logits_to_keep=keep, use_cache=cached > 0).logits, loaded.lock)
     logprobs = torch.log_softmax(logits[:, -keep:].float(), dim=-1).cpu()
     first_tokens, rests = [], []
     for row, (_, continuation) in enumerate(batch):
@@ -446,13 +448,17 @@ def sampled_texts(loaded: LoadedModel, labels: Sequence[Label], layout: Layout) 
     before, _ = _prompt_halves(loaded, labels, layout.frame, layout.demonstrations)
     ids = torch.tensor([before], device=loaded.device)
     eos = loaded.tokenizer.eos_token_id
-    with loaded.lock, torch.inference_mode(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        output = loaded.model.generate(
-            ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
-            top_p=1.0, top_k=0, max_new_tokens=GENERATED_TOKENS,
-            num_return_sequences=GENERATED_TEXTS, pad_token_id=eos,
-        )
+
+    def sample() -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return loaded.model.generate(
+                ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+                top_p=1.0, top_k=0, max_new_tokens=GENERATED_TOKENS,
+                num_return_sequences=GENERATED_TEXTS, pad_token_id=eos,
+            )
+
+    output = run_model_work(sample, loaded.lock)
     texts = loaded.tokenizer.batch_decode(output[:, len(before):], skip_special_tokens=True)
     return [text.split("\n")[0].strip() for text in texts]
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from modules.engine.compute import run_model_work
 from modules.engine.kernels.fused_llama import fused_layers, recording_attention
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError
@@ -38,20 +39,18 @@ def no_attentions_message(loaded: LoadedModel) -> Message:
     return message("explorer.no_attention_weights", model=loaded.name)
 
 
-@torch.inference_mode()
 def attention_weights(loaded: LoadedModel, ids: Sequence[int]) -> torch.Tensor:
     """[layers, heads, tokens] attention of the last position."""
     if fused_layers(loaded.model):
-        return _fused_attention_weights(loaded, list(ids))
-    return _eager_attention_weights(loaded, ids)
+        return run_model_work(lambda: _fused_attention_weights(loaded, list(ids)), loaded.lock)
+    return run_model_work(lambda: _eager_attention_weights(loaded, ids), loaded.lock)
 
 
 def _fused_attention_weights(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
-    with loaded.lock:
-        past = nt.prefill(loaded, ids[:-1]).past_key_values if len(ids) > 1 else None
-        last = torch.tensor([ids[-1:]], dtype=torch.long, device=loaded.device)
-        with recording_attention(loaded.model) as sink:
-            loaded.model(input_ids=last, past_key_values=past, use_cache=True)
+    past = nt.prefill(loaded, ids[:-1]).past_key_values if len(ids) > 1 else None
+    last = torch.tensor([ids[-1:]], dtype=torch.long, device=loaded.device)
+    with recording_attention(loaded.model) as sink:
+        loaded.model(input_ids=last, past_key_values=past, use_cache=True)
     if not sink:
         raise InvalidInputError(no_attentions_message(loaded))
     return torch.stack([weights[0].float().cpu() for weights in sink])
@@ -60,16 +59,15 @@ def _fused_attention_weights(loaded: LoadedModel, ids: list[int]) -> torch.Tenso
 def _eager_attention_weights(loaded: LoadedModel, ids: Sequence[int]) -> torch.Tensor:
     model = loaded.model
     input_ids = torch.tensor([list(ids)], dtype=torch.long, device=loaded.device)
-    with loaded.lock:
-        previous = model.config._attn_implementation
-        try:
-            model.set_attn_implementation("eager")
-        except (ValueError, ImportError) as error:
-            raise InvalidInputError(message("explorer.no_eager_attention", model=loaded.name, problem=error)) from error
-        try:
-            out = model(input_ids=input_ids, use_cache=False, output_attentions=True)
-        finally:
-            model.set_attn_implementation(previous)
+    previous = model.config._attn_implementation
+    try:
+        model.set_attn_implementation("eager")
+    except (ValueError, ImportError) as error:
+        raise InvalidInputError(message("explorer.no_eager_attention", model=loaded.name, problem=error)) from error
+    try:
+        out = model(input_ids=input_ids, use_cache=False, output_attentions=True)
+    finally:
+        model.set_attn_implementation(previous)
     attentions = [a for a in (out.attentions or ()) if a is not None]
     if not attentions:
         raise InvalidInputError(no_attentions_message(loaded))

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from modules.engine.compute import run_model_work
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError
 from modules.messages import message
@@ -131,7 +132,8 @@ def beam_search(
         raise InvalidInputError(message("explorer.only_room_for", room=max(room, 0)))
     input_ids = torch.tensor([ids], dtype=torch.long, device=loaded.device)
     common = {"max_new_tokens": length, "min_new_tokens": 0}
-    with loaded.lock:
+
+    def search():
         beams = _generate(
             loaded, input_ids, num_beams=num_beams, num_return_sequences=num_beams, do_sample=False,
             length_penalty=length_penalty, early_stopping=True, output_scores=True,
@@ -144,6 +146,9 @@ def beam_search(
                 loaded, input_ids, do_sample=True, num_beams=1, temperature=settings.temperature,
                 top_k=settings.top_k or None, top_p=settings.top_p, min_p=settings.min_p or None, **common,
             )
+        return beams, greedy, sampled
+
+    beams, greedy, sampled = run_model_work(search, loaded.lock)
     prompt_length = len(ids)
     scores = beams.sequences_scores.tolist() if beams.sequences_scores is not None else [None] * num_beams
     return BeamSearch(

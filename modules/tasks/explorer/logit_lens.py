@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from modules.engine.compute import run_model_work
 from modules.engine.model_cache import LoadedModel
 from modules.errors import InvalidInputError
 from modules.messages import message
@@ -79,23 +80,24 @@ def _hooked_hidden_states(model: nn.Module, layers: Sequence[nn.Module], input_i
     return states
 
 
-@torch.inference_mode()
 def layer_logits(loaded: LoadedModel, ids: Sequence[int]) -> torch.Tensor:
     """[layers + 1, vocab] float32 logits at the last position, decoded from each layer."""
-    model = loaded.model
-    layers, norm, head = decoder_parts(model)
     input_ids = torch.tensor([list(ids)], dtype=torch.long, device=loaded.device)
-    with loaded.lock:
-        out = model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
-        states = list(out.hidden_states or ())
-        last_is_normed = bool(states)  # transformers ties the last entry to the normed output
-        if len(states) != len(layers) + 1:
-            states, last_is_normed = _hooked_hidden_states(model, layers, input_ids), False
-        last = torch.stack([state[0, -1] for state in states])
-        normed = norm(last)
-        if last_is_normed:
-            normed[-1] = last[-1]
-        return head(normed).float().cpu()
+    return run_model_work(lambda: _layer_logits(loaded.model, input_ids), loaded.lock)
+
+
+def _layer_logits(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    layers, norm, head = decoder_parts(model)
+    out = model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
+    states = list(out.hidden_states or ())
+    last_is_normed = bool(states)  # transformers ties the last entry to the normed output
+    if len(states) != len(layers) + 1:
+        states, last_is_normed = _hooked_hidden_states(model, layers, input_ids), False
+    last = torch.stack([state[0, -1] for state in states])
+    normed = norm(last)
+    if last_is_normed:
+        normed[-1] = last[-1]
+    return head(normed).float().cpu()
 
 
 def logit_lens(
