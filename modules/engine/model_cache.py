@@ -48,6 +48,7 @@ from modules.errors import (
 from modules.messages import message
 from modules.engine.kernels.fast_decode import Prepared, prepare_chat_model
 from modules.engine.gguf_conversion import ensure_converted
+from modules.engine.tokenizer_lock import serialize_encoding
 from modules.engine.callbacks import StatusCallback
 from modules.engine.model_refs import ModelRef, in_hub_cache, parse_model_ref
 
@@ -266,7 +267,7 @@ class ModelCache:
             on_status(message("models.loading", model=ref.display_name).english())
         log.info("Loading %s as %s on %s", ref.text, kind.name, self.device)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, **options)
+            tokenizer = serialize_encoding(AutoTokenizer.from_pretrained(source, **options))
             model = kind.value.from_pretrained(source, dtype=dtype, **options)
         except (torch.OutOfMemoryError, MemoryError) as error:
             raise ModelOutOfMemoryError(message("models.out_of_memory", model=ref.display_name)) from error
