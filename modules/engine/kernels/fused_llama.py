@@ -91,12 +91,11 @@ class FusedLlamaLayer(nn.Module):
             q_norm.weight.expand(self.query_heads, -1), k_norm.weight.expand(self.kv_heads, -1)
         ]).detach()
         self.head_norm_eps = None if q_norm is None else q_norm.variance_epsilon
-        self.input_norm = layer.input_layernorm.weight
-        self.post_attention_norm = layer.post_attention_layernorm.weight
         self.eps = layer.input_layernorm.variance_epsilon
-        for name in ("input_norm", "post_attention_norm"):  # `_norm`'s weights, twice over
-            weight = getattr(self, name).detach()
-            self.register_buffer(f"{name}_twice", torch.cat([weight, weight]), persistent=False)
+        for name, norm in (("input_norm_twice", layer.input_layernorm),  # `_norm`'s weights
+                           ("post_attention_norm_twice", layer.post_attention_layernorm)):
+            weight = norm.weight.detach()
+            self.register_buffer(name, torch.cat([weight, weight]), persistent=False)
 
     def _norm(self, hidden: torch.Tensor, weight_twice: torch.Tensor) -> torch.Tensor:
         """RMSNorm as one LayerNorm: the row [x, −x] has mean 0 and variance mean(x²), so
@@ -144,7 +143,7 @@ class FusedLlamaLayer(nn.Module):
         key = qk[:, :, self.query_heads :].transpose(1, 2)
         value = qkv[:, :, rotated_heads:].transpose(1, 2)
         if past_key_values is not None:
-            model_dtype = self.input_norm.dtype
+            model_dtype = self.input_norm_twice.dtype
             cached_key, cached_value = past_key_values.update(
                 key.to(model_dtype), value.to(model_dtype), self.layer_idx)
             if cached_key.shape[2] > length:  # earlier tokens too: attend over the whole cache
@@ -227,11 +226,12 @@ class FusedLlamaLayer(nn.Module):
         """softmax(q·kᵀ)·v for [rows·kv heads, groups, dim] queries (already scaled) and
         [rows·kv heads, seen, dim] keys and values; `mask` [rows, 1, 1, seen] or None."""
         scores = torch.bmm(queries, keys.transpose(1, 2))
-        if mask is not None:
-            scores = scores.view(mask.shape[0], self.kv_heads, -1, scores.shape[-1])
-            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool \
-                else scores + mask
-        weights = scores.softmax(-1).view(queries.shape[0], queries.shape[1], -1)
+        if mask is not None:  # [rows, 1, 1, seen]: view the scores by row to apply it
+            by_row = scores.view(mask.shape[0], self.kv_heads, -1, scores.shape[-1])
+            by_row = by_row.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool \
+                else by_row + mask
+            scores = by_row.view(scores.shape)
+        weights = scores.softmax(-1)
         if self.attention_sink is not None:  # query head h reads kv head h // groups
             self.attention_sink.append(weights.view(-1, self.query_heads, weights.shape[-1]))
         return torch.bmm(weights, values)
