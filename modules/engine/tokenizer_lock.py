@@ -1,4 +1,4 @@
-"""One encoding at a time per tokenizer: a fast tokenizer keeps per-call options as shared state.
+"""One encoding or decoding at a time per tokenizer: a fast tokenizer keeps per-call options as shared state.
 
 transformers' `TokenizersBackend._encode_plus` (every `tokenizer(...)`, `encode`,
 `tokenize`, `apply_chat_template(tokenize=True)`) first sets the call's options on the
@@ -9,7 +9,9 @@ whose `<|im_start|>` must stay one special token, and the users' text, encoded w
 `split_special_tokens=True` so that a typed `<|im_start|>` is just characters. Measured
 on the embedded tokenizer, two threads: 20 of 3000 template encodings came out split
 into characters; the model then answers a garbled prompt (a CI run's concurrent chats:
-"Say hello in French." → "\\nBonjour,\\n<|im_end|>").
+"Say hello in French." → "\\nBonjour,\\n<|im_end|>"). A decode (the reply's streamer)
+during such a change of options can fail instead, with "RuntimeError: Already borrowed"
+(transformers issue #47085, where the proposed fix is the same lock), so decodes take it too.
 """
 
 from __future__ import annotations
@@ -21,14 +23,20 @@ from transformers import PreTrainedTokenizerBase
 
 
 def serialize_encoding(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    """`tokenizer`, its encodings made one at a time (a lock around `_encode_plus`)."""
-    encode = tokenizer._encode_plus
-    lock = threading.RLock()  # re-entrant: an encoding may encode parts of its input
-
-    @functools.wraps(encode)
-    def encode_alone(*args, **kwargs):
-        with lock:
-            return encode(*args, **kwargs)
-
-    tokenizer._encode_plus = encode_alone
+    """`tokenizer`, its encodings and decodings made one at a time (one lock around
+    `_encode_plus` and `_decode`)."""
+    lock = threading.RLock()  # re-entrant: an encoding may encode or decode parts of its input
+    for name in ("_encode_plus", "_decode"):
+        method = getattr(tokenizer, name, None)
+        if method is not None:
+            setattr(tokenizer, name, _holding(lock, method))
     return tokenizer
+
+
+def _holding(lock: threading.RLock, method):
+    @functools.wraps(method)
+    def alone(*args, **kwargs):
+        with lock:
+            return method(*args, **kwargs)
+
+    return alone
