@@ -257,3 +257,30 @@ def test_model_work_does_not_wait_behind_a_model_load():
         return where
 
     assert lend_main_thread_while(request) == "main-thread-lender"
+
+
+def test_a_forked_child_runs_jobs_and_model_work_on_a_compute_thread_of_its_own():
+    """A ZeroGPU Space runs each @gpu call in a forked process, where the parent's compute
+    thread does not exist: jobs and model work there must not wait for it."""
+    import os
+
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    from modules.engine.compute import run_on_compute_thread
+
+    def forked() -> int:
+        pid = os.fork()
+        if pid == 0:  # the child: plain Python only (no torch after fork)
+            code = 1
+            try:
+                done = threading.Event()
+                start_job(done.set, "test-job")
+                ran = done.wait(10) and run_on_compute_thread(lambda: "worked") == "worked"
+                code = 0 if ran else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+    start_job(lambda: None, "test-job").join(timeout=10)  # the parent has a compute thread
+    assert lend_main_thread_while(forked) == 0

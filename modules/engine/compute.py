@@ -33,6 +33,7 @@ import functools
 import inspect
 import itertools
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -56,6 +57,21 @@ _calls: deque[Call] = deque()  # request threads' work, taken before jobs
 _holder: threading.Thread | None = None
 _daemon: threading.Thread | None = None
 _running: Job | None = None  # the job the compute thread runs now
+
+
+def _forget_threads_after_fork() -> None:
+    """In a forked child (a ZeroGPU Space runs each @gpu call in one) only the forking
+    thread exists: start with no compute thread, so the first job or call starts one,
+    instead of queueing for a thread that is not there."""
+    global _role, _holder, _daemon, _running, _live_lock
+    _role, _live_lock = threading.Condition(), threading.Lock()
+    _holder = _daemon = _running = None
+    _pending.clear()
+    _calls.clear()
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_forget_threads_after_fork)
 
 
 class Job:
