@@ -141,16 +141,15 @@ def run_on_compute_thread(function: Callable[[], T]) -> T:
     (measured: two chats got 34.1 tok/s beside back-to-back explorer steps, 28.3 with
     the steps served between theirs; benchmarks/request_work.py times the idle case).
     """
-    call = Call(function)
     with _role:
-        if _holder is threading.current_thread() or _running is not None:
-            call = None
-        else:  # `_next_job` takes calls before jobs: this one runs next
+        here = _holder is threading.current_thread() or _running is not None
+        if not here:  # `_next_job` takes calls before jobs: this one runs next
+            call = Call(function)
             _calls.append(call)
             if _holder is None:
                 _hand_role_to_daemon()
             _role.notify_all()
-    if call is None:
+    if here:
         return function()
     call.done.wait()
     succeeded, value = call.outcome
