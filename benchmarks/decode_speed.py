@@ -46,6 +46,7 @@ from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
 from modules.engine.compute import release_openmp_team  # noqa: E402
 from modules.engine.cpu_profile import cpu_capability  # noqa: E402
 from modules.engine.kernels.fast_decode import quantize_linears_int8  # noqa: E402
+from modules.engine.kernels import native_step  # noqa: E402
 from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind  # noqa: E402
 from modules.engine.model_refs import embedded_gguf_path  # noqa: E402
 
@@ -184,10 +185,15 @@ def teacher_forced_top1(loaded: LoadedModel, ids: torch.Tensor, continuation: li
     return picks
 
 
-def load(dtype: str, fast_decode: bool) -> LoadedModel:
-    """The embedded model through the app's own cache (and its fast-decode hook)."""
-    settings = dataclasses.replace(Settings(offline=True), dtype=dtype, fast_decode=fast_decode)
-    return ModelCache(settings).get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
+def load(dtype: str, fast_decode: bool, native: bool = True) -> LoadedModel:
+    """The embedded model through the app's own cache (and its fast-decode hook); `native`:
+    its decode steps go through the native step (built first, if this machine can)."""
+    settings = dataclasses.replace(Settings(offline=True), dtype=dtype, fast_decode=fast_decode,
+                                   native_step=native)
+    loaded = ModelCache(settings).get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
+    if native and fast_decode:
+        native_step.builder.wait(settings.cache_dir)
+    return loaded
 
 
 def load_int8_only() -> LoadedModel:
@@ -253,6 +259,7 @@ def embedded_models() -> dict[str, LoadedModel]:
         "int8 linears": load_int8_only(),
         "fused int4 bf16": load("bfloat16", fast_decode=True),  # the previous default
         "app default": load("auto", fast_decode=True),  # the plan probed for this machine
+        "app default, Python step": load("auto", fast_decode=True, native=False),
     }
 
 
@@ -303,7 +310,9 @@ def main() -> None:
         args.no_agreement = args.no_chat = True  # random weights: agreement means nothing
     else:
         models = embedded_models()
-    print(f"App default here: {models['app default'].speed_plan}")
+    native = native_step.ready(models["app default"].model)
+    print(f"App default here: {models['app default'].speed_plan}; decode steps: "
+          f"{'native step' if native else 'Python step (' + str(native_step.builder.error) + ')'}")
     if not args.no_agreement:
         print_agreement(models)
 
@@ -325,6 +334,8 @@ def main() -> None:
         if not args.no_chat:
             runs[f"chat path app default, {n} thread(s)"] = _with_threads(
                 n, lambda lm=models["app default"]: chat_run_in_app(lm, LONG_PROMPT, args.tokens))
+            runs[f"chat path, Python step, {n} thread(s)"] = _with_threads(
+                n, lambda lm=models["app default, Python step"]: chat_run_in_app(lm, LONG_PROMPT, args.tokens))
             runs[f"chat path app default, {n} thread(s), daemon compute thread"] = _with_threads(
                 n, lambda lm=models["app default"]: chat_run_on_daemon(lm, LONG_PROMPT, args.tokens))
     print_speed(runs, args.repeats)

@@ -127,6 +127,9 @@ class Settings:
     # CPU chat models: the kernels and dtypes this machine's SpeedPlan picked (modules/engine/cpu_profile.py,
     # modules/engine/kernels/fast_decode.py). PLAYGROUND_FAST_DECODE=0 turns it off.
     fast_decode: bool = True
+    # Their decode steps through one native call, compiled here for this CPU (needs a C++
+    # compiler; modules/engine/kernels/native_step.py). PLAYGROUND_NATIVE_STEP=0 turns it off.
+    native_step: bool = True
     # Started by a Hugging Face Space: no share link (the Space has its own public URL).
     on_spaces: bool = False
     # The address users reach this app at when it differs from host:port (a Space's URL).
@@ -169,6 +172,7 @@ class Settings:
             remote_api_key=env.get(ENV_PREFIX + "REMOTE_API_KEY") or None,
             remote_model=env.get(ENV_PREFIX + "REMOTE_MODEL") or None,
             fast_decode=_flag(env, ENV_PREFIX + "FAST_DECODE", defaults.fast_decode),
+            native_step=_flag(env, ENV_PREFIX + "NATIVE_STEP", defaults.native_step),
             on_spaces=_on_spaces(env),
             public_url=_public_url(env),
         )

@@ -50,6 +50,15 @@ def make_settings(**overrides):
     return dataclasses.replace(Settings(offline=True), **overrides)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def native_step_built():
+    """The native decode step built (or found on disk) before any test runs: a batch picks
+    its kind of step when it starts, so every test sees one kind throughout."""
+    from modules.engine.kernels import native_step
+
+    native_step.builder.wait(make_settings().cache_dir)
+
+
 @pytest.fixture(scope="session")
 def shared_cache():
     """One ModelCache for the whole session, as in the app: the embedded model loads once."""

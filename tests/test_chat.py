@@ -55,7 +55,19 @@ def test_stream_grows_and_ends_with_usage(tiny):
     assert last.finish_reason in {"stop", "length"}
 
 
-def test_greedy_reply_is_the_models_own_greedy_output(tiny):
+@pytest.fixture(scope="module")
+def tiny_python_steps(tiny_causal_lm_dir):
+    """The tiny model with the Python decode step only: its greedy reply must equal
+    `generate`'s bit for bit (the native step equals it up to rounding, and a random tiny
+    model has near-ties: tests/test_native_step.py checks that step)."""
+    from modules.engine.model_cache import ModelCache
+    from tests.conftest import make_settings
+
+    return ModelCache(make_settings(native_step=False)).get(str(tiny_causal_lm_dir), ModelKind.CAUSAL_LM)
+
+
+def test_greedy_reply_is_the_models_own_greedy_output(tiny_python_steps):
+    tiny = tiny_python_steps
     messages = user("What is the capital of France?")
     _, last = run(tiny, messages)
     ids = torch.tensor([render_prompt_ids(tiny.tokenizer, messages)])

@@ -40,6 +40,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from modules.engine.compute import start_job
+from modules.engine.kernels import native_step
 from modules.engine.kernels.decode_step import decode_step, supports_decode_step
 from modules.engine.sampling import Sampling, TokenPicker, pick_rows, top_alternatives
 from modules.errors import ModelError
@@ -150,6 +151,20 @@ class GrowingLayer(DynamicLayer):
         self.keys = self._buffers[0][..., : length + new, :]
         self.values = self._buffers[1][..., : length + new, :]
         return self.keys, self.values
+
+    def room_for(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key and value buffers with a free column `length` (the next token's), for a
+        step that writes it itself (modules/engine/kernels/native_step.py); `filled` follows."""
+        if not self._views_of_buffers():
+            self._buffers = (self.keys, self.values)
+        if self._buffers[0].shape[-2] <= length:
+            self._buffers = tuple(self._grown(old, length, length + 1) for old in (self.keys, self.values))
+        return self._buffers
+
+    def filled(self, length: int) -> None:
+        """The buffers' first `length` columns are the cache now."""
+        self.keys = self._buffers[0][..., :length, :]
+        self.values = self._buffers[1][..., :length, :]
 
     def _views_of_buffers(self) -> bool:
         return (self._buffers is not None and self._buffers[0].data_ptr() == self.keys.data_ptr()
@@ -273,8 +288,10 @@ class BatchScheduler:
         self._running: list[Sequence] = []
         self._batch = _BatchCache()
         self._driving = False
-        # Fused models take a lean path for decode steps (same logits, less overhead).
+        # Fused models take a lean path for decode steps (same logits, less overhead), and
+        # the native step once it is built; a batch keeps the step it started with.
         self._lean_steps = supports_decode_step(model)
+        self._native_steps = False
 
     # --- what callers use ----------------------------------------------------
     def submit(self, sequence: Sequence) -> Sequence:
@@ -359,6 +376,8 @@ class BatchScheduler:
         sequence.started_at = time.perf_counter()
         sequence._picker = TokenPicker(sequence.sampling)
         cache = growing_cache(self.model.config, torch.float32 if self._lean_steps else None)
+        if self._batch.cache is None:  # a new batch: one kind of step for all its replies
+            self._native_steps = self._lean_steps and native_step.ready(self.model)
         try:
             ids = torch.tensor([sequence.prompt_ids], device=self.model.device)
             output = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -380,7 +399,8 @@ class BatchScheduler:
         positions = self._batch.positions()
         try:
             if self._lean_steps:
-                logits = decode_step(self.model, last, positions, self._batch.starts(), self._batch.cache).float()
+                logits = decode_step(self.model, last, positions, self._batch.starts(), self._batch.cache,
+                                     native=self._native_steps).float()
             else:
                 mask = self._batch.mask(self.model.config._attn_implementation)
                 logits = self.model(input_ids=last, attention_mask=mask, position_ids=positions,

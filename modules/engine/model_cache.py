@@ -46,6 +46,7 @@ from modules.errors import (
     ModelOutOfMemoryError,
 )
 from modules.messages import message
+from modules.engine.kernels import native_step
 from modules.engine.kernels.fast_decode import Prepared, prepare_chat_model
 from modules.engine.gguf_conversion import ensure_converted
 from modules.engine.tokenizer_lock import serialize_encoding
@@ -151,6 +152,11 @@ class ModelCache:
         self._loading: dict[tuple[str, ModelKind], Future[LoadedModel]] = {}
         self.loads = 0  # how many real loads happened: tests and benchmarks read it
         self._progress: dict[tuple[str, ModelKind], LoadProgress] = {}
+        # CPU chat models decode through a native step built for this CPU (in the background,
+        # while models load; once per machine): modules/engine/kernels/native_step.py.
+        self._native_steps = settings.fast_decode and settings.native_step and self.device.type == "cpu"
+        if self._native_steps:
+            native_step.start_building(settings.cache_dir)
 
     # --- public -----------------------------------------------------------
     def get(
@@ -293,7 +299,7 @@ class ModelCache:
         if kind is not ModelKind.CAUSAL_LM or not self.settings.fast_decode:
             return Prepared(dtype)
         return prepare_chat_model(model, self.device, dtype, model_key, self.settings.cache_dir,
-                                  probe=self.settings.dtype == "auto")
+                                  probe=self.settings.dtype == "auto", native=self._native_steps)
 
     def _source(self, ref: ModelRef, on_status: StatusCallback | None) -> tuple[str, dict]:
         """Where from_pretrained reads, and with which options."""

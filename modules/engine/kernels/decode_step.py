@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from modules.engine.kernels.fused_llama import FusedLlamaLayer, project, signed_sin
+from modules.engine.kernels.native_step import native_decode_step
 
 
 def supports_decode_step(model: nn.Module) -> bool:
@@ -32,9 +33,14 @@ def supports_decode_step(model: nn.Module) -> bool:
 
 
 def decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
-                starts: list[int] | None, cache) -> torch.Tensor:
+                starts: list[int] | None, cache, native: bool = False) -> torch.Tensor:
     """Logits [rows, vocab] for `tokens` [rows, 1] at `positions` [rows, 1]; `cache` grows by
-    one. `starts`: each row's first real cache column in a left-padded batch (None: no padding)."""
+    one. `starts`: each row's first real cache column in a left-padded batch (None: no padding).
+    `native`: through native_step.cpp where it applies (equal up to rounding, not bit for bit)."""
+    if native:
+        logits = native_decode_step(model, tokens, positions, starts, cache)
+        if logits is not None:
+            return logits
     inner = model.model
     hidden = inner.embed_tokens(tokens)
     cos, sin = inner.rotary_emb(hidden, position_ids=positions)

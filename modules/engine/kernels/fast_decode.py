@@ -35,6 +35,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from modules.engine.cpu_profile import SpeedPlan, plan_for
+from modules.engine.kernels import native_step
+from modules.engine.kernels.decode_step import supports_decode_step
 from modules.engine.kernels.fused_llama import PREFILL_ROWS, float_linear, fuse_layers
 
 log = logging.getLogger(__name__)
@@ -276,11 +278,11 @@ SHORT_FORMATS = {INT4_TAG: "int4", INT8_TAG: "int8", FLOAT_TAG: "float"}
 
 
 def prepare_chat_model(model: nn.Module, device: torch.device, dtype: torch.dtype,
-                       model_key: str, cache_dir: str, probe: bool) -> Prepared:
+                       model_key: str, cache_dir: str, probe: bool, native: bool = False) -> Prepared:
     """Fast decode for a chat model on CPU, with kernels and dtypes measured for this machine.
 
     `probe` (the dtype setting is "auto"): the CPU profile's plan, cached per model and
-    machine. Otherwise the user chose `dtype`: bf16 runs the fast path all in bf16, any
+    machine. `native`: decode steps go through the native step when it is built. Otherwise the user chose `dtype`: bf16 runs the fast path all in bf16, any
     other explicit dtype (float32: precision wanted) leaves the model as it is.
     """
     if device.type != "cpu" or not int8_kernel_available():
@@ -294,6 +296,8 @@ def prepare_chat_model(model: nn.Module, device: torch.device, dtype: torch.dtyp
     quantization = prepare_for_fast_decode(model, device, plan)
     if quantization is None:  # nothing fused or quantized; the model may have been cast
         return Prepared(plan.dtype)
+    if native and supports_decode_step(model):
+        native_step.attach(model)  # decode steps through native_step.cpp once it is built
     line = plan.describe(SHORT_FORMATS.get(quantization, quantization))
     log.info("Speed plan: %s (%s)", line, plan.source)
     return Prepared(plan.dtype, quantization, line)

@@ -1,0 +1,292 @@
+// One decode step through every fused decoder layer, in one call from Python.
+//
+// A one-token step of a small model on a CPU is mostly dispatch: ~20 tensor operations
+// a layer, each a few microseconds of Python and ATen for a few hundred multiply-adds.
+// Here a layer is four calls to torch's own weight-only kernels (the projections, as
+// the Python layer calls them) and plain loops for everything between them: RMSNorm,
+// rotary embedding, writing the KV cache column, attention, SiLU. The loops work in
+// float32 and keep the residual stream in float32.
+//
+// Each row is computed by the same loops over its own cache columns, whatever the
+// other rows are, so a row's result does not depend on the batch it runs in (the
+// projections' kernels are row-independent, which tests/test_decode_step.py checks).
+// Built at run time by modules/engine/kernels/native_step.py, for this CPU.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int kLanes = 16;  // partial sums per reduction: one AVX-512 vector, two AVX2 ones
+
+float dot(const float* a, const float* b, int64_t n) {
+  float partial[kLanes] = {0.f};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) partial[j] += a[i + j] * b[i + j];
+  float sum = 0.f;
+  for (; i < n; ++i) sum += a[i] * b[i];
+  for (int j = 0; j < kLanes; ++j) sum += partial[j];
+  return sum;
+}
+
+// exp(x), clamped to [-87, 88] (Cephes' polynomial, ~1 ulp): plain arithmetic, so loops vectorize.
+inline float exp_approx(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+
+void rms_norm(const float* x, const float* weight, float eps, int64_t n, float* out) {
+  const float inverse = 1.0f / std::sqrt(dot(x, x, n) / static_cast<float>(n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * inverse * weight[i];
+}
+
+std::vector<float> floats(const at::Tensor& t) {
+  at::Tensor f = t.to(at::kFloat).contiguous();
+  return std::vector<float>(f.data_ptr<float>(), f.data_ptr<float>() + f.numel());
+}
+
+// rows x n floats into a new tensor of `dtype` (the projection's input).
+at::Tensor to_tensor(const float* src, int64_t rows, int64_t n, at::ScalarType dtype) {
+  at::Tensor out = at::empty({rows, n}, at::TensorOptions().dtype(dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "to_tensor", [&] {
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < rows * n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+  });
+  return out;
+}
+
+// A contiguous [rows, n] tensor's values into `dst` as floats (plus `bias` per column).
+void read_floats(const at::Tensor& t, const std::vector<float>& bias, float* dst) {
+  const int64_t rows = t.size(0), n = t.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "read_floats", [&] {
+    const scalar_t* src = t.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < rows * n; ++i) dst[i] = static_cast<float>(src[i]);
+  });
+  if (!bias.empty())
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < n; ++i) dst[r * n + i] += bias[i];
+}
+
+enum Kind : int64_t { kInt4 = 0, kInt8 = 1, kDense = 2 };
+
+// y = x Wᵀ (+ b) through torch's kernel for how the weights are held.
+struct Projection {
+  int64_t kind;
+  at::Tensor weight, scales;  // int4: packed + scales_and_zeros; int8: int8 + scale; dense: W
+  int64_t group;
+  at::ScalarType input_dtype;
+  std::vector<float> bias;
+
+  at::Tensor run(const at::Tensor& x) const {
+    switch (kind) {
+      case kInt4: return at::_weight_int4pack_mm_for_cpu(x, weight, group, scales);
+      case kInt8: return at::_weight_int8pack_mm(x, weight, scales);
+      default: return at::linear(x, weight);
+    }
+  }
+
+  // rows x in floats -> rows x out floats
+  void apply(const float* x, int64_t rows, int64_t in, float* out) const {
+    at::Tensor y = run(to_tensor(x, rows, in, input_dtype)).contiguous();
+    read_floats(y, bias, out);
+  }
+};
+
+struct Layer {
+  Projection qkv, o, gate_up, down;
+  std::vector<float> input_norm, post_attention_norm, head_norm;  // head_norm: Qwen3, else empty
+  float head_eps;
+};
+
+class Decoder {
+ public:
+  Decoder(int64_t hidden, int64_t query_heads, int64_t kv_heads, int64_t head_dim,
+          int64_t intermediate, double eps, double scaling)
+      : hidden_(hidden), query_heads_(query_heads), kv_heads_(kv_heads), head_dim_(head_dim),
+        intermediate_(intermediate), eps_(static_cast<float>(eps)),
+        scaling_(static_cast<float>(scaling)) {}
+
+  // projections: (kind, weight, scales, group, bias or empty) for qkv, o, gate_up, down
+  void add_layer(at::Tensor input_norm, at::Tensor post_attention_norm, at::Tensor head_norm,
+                 double head_eps, std::vector<int64_t> kinds, std::vector<at::Tensor> weights,
+                 std::vector<at::Tensor> scales, std::vector<int64_t> groups,
+                 std::vector<at::Tensor> biases, std::vector<int64_t> input_dtypes) {
+    TORCH_CHECK(kinds.size() == 4 && weights.size() == 4 && scales.size() == 4 &&
+                groups.size() == 4 && biases.size() == 4 && input_dtypes.size() == 4,
+                "four projections a layer");
+    Layer layer;
+    Projection* projections[4] = {&layer.qkv, &layer.o, &layer.gate_up, &layer.down};
+    for (int i = 0; i < 4; ++i) {
+      *projections[i] = Projection{kinds[i], weights[i], scales[i], groups[i],
+                                   static_cast<at::ScalarType>(input_dtypes[i]),
+                                   biases[i].numel() ? floats(biases[i]) : std::vector<float>()};
+    }
+    layer.input_norm = floats(input_norm);
+    layer.post_attention_norm = floats(post_attention_norm);
+    layer.head_norm = head_norm.numel() ? floats(head_norm) : std::vector<float>();
+    layer.head_eps = static_cast<float>(head_eps);
+    layers_.push_back(std::move(layer));
+  }
+
+  // hidden [rows, hidden] float32 (the embedded tokens); cos / sin [rows, head_dim] float32,
+  // sin signed as fused_llama.signed_sin makes it; keys / values per layer: [rows, kv heads,
+  // capacity > length, head_dim] float32 buffers holding `length` columns, the new token's
+  // key and value go to column `length`; starts: each row's first real column.
+  at::Tensor step(at::Tensor hidden, at::Tensor cos, at::Tensor sin, std::vector<at::Tensor> keys,
+                  std::vector<at::Tensor> values, int64_t length, std::vector<int64_t> starts) {
+    const int64_t rows = hidden.size(0);
+    TORCH_CHECK(hidden.scalar_type() == at::kFloat && hidden.is_contiguous() &&
+                hidden.size(1) == hidden_, "hidden: contiguous float32 [rows, hidden]");
+    TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat &&
+                cos.is_contiguous() && sin.is_contiguous() && cos.numel() == rows * head_dim_ &&
+                sin.numel() == rows * head_dim_, "cos / sin: contiguous float32 [rows, head_dim]");
+    TORCH_CHECK(keys.size() == layers_.size() && values.size() == layers_.size(), "one cache per layer");
+    TORCH_CHECK(starts.empty() || static_cast<int64_t>(starts.size()) == rows, "one start per row");
+    for (size_t l = 0; l < layers_.size(); ++l)
+      for (const at::Tensor* buffer : {&keys[l], &values[l]})
+        TORCH_CHECK(buffer->scalar_type() == at::kFloat && buffer->dim() == 4 &&
+                    buffer->size(0) == rows && buffer->size(1) == kv_heads_ &&
+                    buffer->size(2) > length && buffer->size(3) == head_dim_ && buffer->stride(3) == 1,
+                    "cache buffers: float32 [rows, kv heads, > length, head_dim]");
+    for (int64_t start : starts) TORCH_CHECK(start >= 0 && start <= length, "start out of range");
+
+    at::Tensor out = hidden.clone();
+    pybind11::gil_scoped_release no_gil;
+    float* h = out.data_ptr<float>();
+    const int64_t rotated = (query_heads_ + kv_heads_) * head_dim_;
+    const int64_t qkv_width = rotated + kv_heads_ * head_dim_;
+    std::vector<float> normed(rows * hidden_), qkv(rows * qkv_width),
+        attended(rows * query_heads_ * head_dim_), projected(rows * hidden_),
+        gate_up(rows * 2 * intermediate_), activated(rows * intermediate_);
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      const Layer& layer = layers_[l];
+      for (int64_t r = 0; r < rows; ++r)
+        rms_norm(h + r * hidden_, layer.input_norm.data(), eps_, hidden_, normed.data() + r * hidden_);
+      layer.qkv.apply(normed.data(), rows, hidden_, qkv.data());
+      rotate_and_store(layer, qkv.data(), cos.data_ptr<float>(), sin.data_ptr<float>(), rows,
+                       keys[l], values[l], length);
+      attend(qkv.data(), qkv_width, keys[l], values[l], length, starts, rows, attended.data());
+      layer.o.apply(attended.data(), rows, query_heads_ * head_dim_, projected.data());
+      for (int64_t i = 0; i < rows * hidden_; ++i) h[i] += projected[i];
+      for (int64_t r = 0; r < rows; ++r)
+        rms_norm(h + r * hidden_, layer.post_attention_norm.data(), eps_, hidden_,
+                 normed.data() + r * hidden_);
+      layer.gate_up.apply(normed.data(), rows, hidden_, gate_up.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* gate = gate_up.data() + r * 2 * intermediate_;
+        const float* up = gate + intermediate_;
+        float* act = activated.data() + r * intermediate_;
+        for (int64_t i = 0; i < intermediate_; ++i) act[i] = gate[i] / (1.0f + exp_approx(-gate[i])) * up[i];
+      }
+      layer.down.apply(activated.data(), rows, intermediate_, projected.data());
+      for (int64_t i = 0; i < rows * hidden_; ++i) h[i] += projected[i];
+    }
+    return out;
+  }
+
+  int64_t layers() const { return static_cast<int64_t>(layers_.size()); }
+
+ private:
+  // Qwen3's head norm, then the rotary embedding of each query and key head (in place in
+  // `qkv`); the key and value heads go into the cache at column `length`.
+  void rotate_and_store(const Layer& layer, float* qkv, const float* cos, const float* sin,
+                        int64_t rows, at::Tensor& keys, at::Tensor& values, int64_t length) const {
+    const int64_t d = head_dim_, half = head_dim_ / 2, heads = query_heads_ + kv_heads_;
+    const int64_t width = (heads + kv_heads_) * d;
+    std::vector<float> head(d);
+    float* key_data = keys.data_ptr<float>();
+    float* value_data = values.data_ptr<float>();
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = qkv + r * width;
+      const float* c = cos + r * d;
+      const float* s = sin + r * d;
+      for (int64_t k = 0; k < heads; ++k) {
+        float* x = row + k * d;
+        if (!layer.head_norm.empty()) rms_norm(x, layer.head_norm.data() + k * d, layer.head_eps, d, x);
+        for (int64_t i = 0; i < d; ++i) head[i] = x[i] * c[i] + x[(i + half) % d] * s[i];
+        std::copy(head.begin(), head.end(), x);
+      }
+      for (int64_t k = 0; k < kv_heads_; ++k) {
+        std::copy(row + (query_heads_ + k) * d, row + (query_heads_ + k + 1) * d,
+                  key_data + r * keys.stride(0) + k * keys.stride(1) + length * keys.stride(2));
+        std::copy(row + (heads + k) * d, row + (heads + k + 1) * d,
+                  value_data + r * values.stride(0) + k * values.stride(1) + length * values.stride(2));
+      }
+    }
+  }
+
+  // softmax(q·kᵀ · scaling)·v of each query head over its row's columns start..length.
+  void attend(const float* qkv, int64_t width, const at::Tensor& keys, const at::Tensor& values,
+              int64_t length, const std::vector<int64_t>& starts, int64_t rows, float* attended) const {
+    const int64_t d = head_dim_, groups = query_heads_ / kv_heads_;
+    const float* key_data = keys.data_ptr<float>();
+    const float* value_data = values.data_ptr<float>();
+    const int64_t work = rows * query_heads_ * (length + 1) * d;
+    const int64_t grain = work < (1 << 17) ? rows * kv_heads_ : 1;
+    at::parallel_for(0, rows * kv_heads_, grain, [&](int64_t begin, int64_t end) {
+      std::vector<float> scores(length + 1), sum_v(d);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t r = task / kv_heads_, k = task % kv_heads_;
+        const int64_t start = starts.empty() ? 0 : starts[r], seen = length + 1 - start;
+        const float* key = key_data + r * keys.stride(0) + k * keys.stride(1) + start * keys.stride(2);
+        const float* value = value_data + r * values.stride(0) + k * values.stride(1) + start * values.stride(2);
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t q_head = k * groups + g;
+          const float* query = qkv + r * width + q_head * d;
+          float top = -INFINITY;
+          for (int64_t c = 0; c < seen; ++c) {
+            scores[c] = dot(query, key + c * keys.stride(2), d) * scaling_;
+            top = std::max(top, scores[c]);
+          }
+          float total = 0.f;
+          for (int64_t c = 0; c < seen; ++c) {
+            scores[c] = exp_approx(scores[c] - top);
+            total += scores[c];
+          }
+          std::fill(sum_v.begin(), sum_v.end(), 0.f);
+          for (int64_t c = 0; c < seen; ++c) {
+            const float p = scores[c];
+            const float* v = value + c * values.stride(2);
+            for (int64_t i = 0; i < d; ++i) sum_v[i] += p * v[i];
+          }
+          float* out = attended + (r * query_heads_ + q_head) * d;
+          const float inverse = 1.0f / total;
+          for (int64_t i = 0; i < d; ++i) out[i] = sum_v[i] * inverse;
+        }
+      }
+    });
+  }
+
+  int64_t hidden_, query_heads_, kv_heads_, head_dim_, intermediate_;
+  float eps_, scaling_;
+  std::vector<Layer> layers_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  pybind11::class_<Decoder>(m, "Decoder")
+      .def(pybind11::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, double>())
+      .def("add_layer", &Decoder::add_layer)
+      .def("step", &Decoder::step)
+      .def("layers", &Decoder::layers);
+}

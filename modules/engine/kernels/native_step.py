@@ -1,0 +1,243 @@
+"""The decode step of a fused model as one native call, compiled on this machine for its CPU.
+
+Through the fused Python layers a one-token step of SmolLM2-135M still issues ~600
+tensor operations; their dispatch took about half of the step (profile: 6.2 ms int4
+kernels and 3 ms int8 head in a ~17-21 ms step, AVX-512). native_step.cpp runs all
+layers in one call: the same torch kernels for the projections, plain loops for the
+norms, rotary embedding, KV-cache writes, attention and SiLU. The step then costs
+about what its kernels cost (figures in benchmarks/decode_speed.py).
+
+torch.compile was measured first (see fast_decode.py and the README): 0.81-0.85x of
+this lean step's time, after 29-154 s of compiling per shape, and not checkable under
+AVX2 emulation. This extension builds once per machine (~45 s, in the background from
+the model cache's start) and is loaded from disk afterwards. Until it is ready, or
+where it cannot be built (no C++ compiler, no Python headers), the Python step runs:
+same model, same cache, logits equal up to float rounding (the loops keep the
+residual stream in float32 where the Python layers round it to the model's dtype).
+
+A batch chooses its step when it starts (BatchScheduler), so one reply never mixes
+the two. Each row's result depends only on that row (tests/test_native_step.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from modules.engine.kernels.fused_llama import FusedLlamaLayer, project, signed_sin
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("native_step.cpp")
+MODULE_NAME = "playground_native_step"
+BUILD_SECONDS = 600  # a compiler that takes longer is stuck
+KIND_INT4, KIND_INT8, KIND_DENSE = 0, 1, 2
+# c10::ScalarType codes of the projections' input dtypes
+SCALAR_TYPES = {torch.float16: 5, torch.float32: 6, torch.bfloat16: 15}
+_ATTRIBUTE = "_playground_native_step"
+
+
+def isa_flags() -> list[str]:
+    """Vector instructions for the loops, following the ISA torch itself uses here (so an
+    `ATEN_CPU_CAPABILITY=avx2` run gets AVX2 loops too)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability.startswith("AVX512"):
+        return ["-march=native"]
+    if capability == "AVX2":
+        return ["-mavx2", "-mfma", "-mf16c"]
+    return []  # other CPUs (ARM's NEON is the baseline there): the compiler's default
+
+
+def compile_command(output: Path) -> list[str]:
+    from torch.utils import cpp_extension
+
+    compiler = os.environ.get("CXX", "c++")
+    includes = [*cpp_extension.include_paths(), sysconfig.get_paths()["include"]]
+    torch_lib = cpp_extension.TORCH_LIB_PATH
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    return [compiler, "-O3", *isa_flags(), "-shared", "-fPIC", "-std=c++17",
+            f"-DTORCH_EXTENSION_NAME={MODULE_NAME}", "-DTORCH_API_INCLUDE_EXTENSION_H",
+            f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *(f"-I{path}" for path in includes),
+            str(SOURCE), "-o", str(output), f"-L{torch_lib}", "-lc10", "-ltorch_cpu", "-ltorch",
+            "-ltorch_python", f"-Wl,-rpath,{torch_lib}"]
+
+
+def library_path(cache_dir: str | os.PathLike) -> Path:
+    """Where this source, built for this CPU, torch and Python, lives on disk."""
+    key = "|".join([SOURCE.read_text(), " ".join(isa_flags()), torch.__version__,
+                    sys.version, os.environ.get("CXX", "c++")])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(cache_dir) / "kernels" / f"{MODULE_NAME}-{digest}.so"
+
+
+class _Builder:
+    """Builds and loads the extension once per process; other threads ask `module()`."""
+
+    def __init__(self) -> None:
+        self._start_lock, self._build_lock = threading.Lock(), threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._module: ModuleType | None = None
+        self.error: str | None = None
+
+    def module(self) -> ModuleType | None:
+        return self._module
+
+    def start(self, cache_dir: str | os.PathLike) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self.build, args=(cache_dir,),
+                                                name="native-step-build", daemon=True)
+                self._thread.start()
+
+    def build(self, cache_dir: str | os.PathLike) -> ModuleType | None:
+        """The loaded extension, compiled first if it is not on disk; None if that fails."""
+        with self._build_lock:
+            if self._module is None and self.error is None:
+                try:
+                    self._module = _load(_compiled(library_path(cache_dir)))
+                    log.info("Native decode step ready (%s)", " ".join(isa_flags()) or "default ISA")
+                except Exception as error:  # no compiler, no headers, a broken toolchain
+                    self.error = str(error).strip().splitlines()[-1][:300] if str(error).strip() else repr(error)
+                    log.warning("Native decode step unavailable, the Python step runs: %s", self.error)
+            return self._module
+
+    def wait(self, cache_dir: str | os.PathLike) -> ModuleType | None:
+        """Build now (or wait for the build already running) and return the module."""
+        with self._start_lock:
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        return self.build(cache_dir)
+
+
+def _compiled(path: Path) -> Path:
+    if path.exists():
+        return path
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler ({compiler}) on PATH")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+    log.info("Building the native decode step for this CPU (once, about a minute)...")
+    try:
+        result = subprocess.run(compile_command(partial), capture_output=True, text=True,
+                                timeout=BUILD_SECONDS)
+        if result.returncode != 0:
+            raise RuntimeError(f"compiling {SOURCE.name} failed: {result.stderr.strip()[-2000:]}")
+        os.replace(partial, path)  # atomic: a concurrent build of the same file is harmless
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def _load(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(MODULE_NAME, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+builder = _Builder()
+
+
+def start_building(cache_dir: str | os.PathLike) -> None:
+    """Compile (or load) the extension in the background."""
+    builder.start(cache_dir)
+
+
+def attach(model: nn.Module) -> None:
+    """Let `model` (every decoder layer fused) take native steps once the extension is loaded."""
+    setattr(model, _ATTRIBUTE, _NativeDecoder())
+
+
+class _NativeDecoder:
+    """A model's `Decoder` (native_step.cpp), made from its fused layers on first use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.decoder = None
+
+    def __deepcopy__(self, memo: dict) -> _NativeDecoder:
+        return _NativeDecoder()  # a copied model gets a decoder over its own layers
+
+    def get(self, model: nn.Module):
+        if self.decoder is None:
+            module = builder.module()
+            if module is None:
+                return None
+            with self._lock:
+                if self.decoder is None:
+                    self.decoder = _decoder(module, model.model.layers)
+        return self.decoder
+
+
+def _decoder(module: ModuleType, layers: list[FusedLlamaLayer]):
+    first = layers[0]
+    decoder = module.Decoder(first.input_norm_twice.shape[0] // 2, first.query_heads, first.kv_heads,
+                             first.head_dim, first.intermediate, first.eps, first.scaling)
+    empty = torch.empty(0)
+    for layer in layers:
+        size = layer.input_norm_twice.shape[0] // 2
+        parts = [_projection(p) for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        decoder.add_layer(layer.input_norm_twice[:size], layer.post_attention_norm_twice[:size],
+                          empty if layer.head_norm is None else layer.head_norm,
+                          float(layer.head_norm_eps or 0.0), *map(list, zip(*parts)))
+    return decoder
+
+
+def _projection(linear: nn.Module) -> tuple[int, torch.Tensor, torch.Tensor, int, torch.Tensor, int]:
+    """(kind, weight, scales, group, bias or empty, input dtype code) of one projection."""
+    bias = linear.bias if linear.bias is not None else torch.empty(0)
+    if hasattr(linear, "packed"):  # Int4WeightOnlyLinear
+        return KIND_INT4, linear.packed, linear.scales_and_zeros, linear.group, bias, \
+            SCALAR_TYPES[linear.compute_dtype]
+    if hasattr(linear, "weight_int8"):  # Int8WeightOnlyLinear
+        return KIND_INT8, linear.weight_int8, linear.scale, 0, bias, SCALAR_TYPES[linear.compute_dtype]
+    return KIND_DENSE, linear.weight, torch.empty(0), 0, bias, SCALAR_TYPES[linear.weight.dtype]
+
+
+def ready(model: nn.Module) -> bool:
+    """Will `native_decode_step` run for `model` now (attached, extension loaded)?"""
+    holder = getattr(model, _ATTRIBUTE, None)
+    return holder is not None and holder.get(model) is not None
+
+
+def native_decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
+                       starts: list[int] | None, cache) -> torch.Tensor | None:
+    """`decode_step`'s logits through the native step; None where it does not apply (not
+    attached or not built, attention being recorded, a cache not held in float32 buffers)."""
+    holder = getattr(model, _ATTRIBUTE, None)
+    decoder = None if holder is None else holder.get(model)
+    inner = model.model
+    if decoder is None or inner.layers[0].attention_sink is not None or not _float32_buffers(cache):
+        return None
+    rows = tokens.shape[0]
+    hidden = inner.embed_tokens(tokens).float().view(rows, -1)
+    cos, sin = inner.rotary_emb(hidden, position_ids=positions)
+    sin = signed_sin(sin, sin.shape[-1] // 2)
+    length = cache.layers[0].keys.shape[-2]
+    buffers = [layer.room_for(length) for layer in cache.layers]
+    hidden = decoder.step(hidden, cos.reshape(rows, -1).contiguous(), sin.reshape(rows, -1).contiguous(),
+                          [keys for keys, _ in buffers], [values for _, values in buffers],
+                          length, starts or [])
+    for layer in cache.layers:
+        layer.filled(length + 1)
+    return project(model.lm_head, inner.norm(hidden))
+
+
+def _float32_buffers(cache) -> bool:
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(getattr(layer, "held_dtype", None) == torch.float32
+                                and getattr(layer, "is_initialized", False) for layer in layers)

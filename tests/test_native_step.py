@@ -1,0 +1,242 @@
+"""The native decode step (native_step.cpp) computes what the Python step computes.
+
+Every fused family (the Llama test model, Qwen2 with q/k/v biases, Qwen3 with q/k
+norms, a Llama with every bias) with each kind of projection the app makes: int4
+(weights that are 4-bit, as a GGUF file's), int8 and float. The native step keeps the
+residual stream in float32, so it equals the Python step up to rounding, not bit for
+bit: float32 models must match to float32 precision, quantized bf16 ones must predict
+the float32 model at least as well as the Python step does. A row of a left-padded
+batch must give exactly what it gives alone (greedy replies do not change with the batch).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from modules.engine.batching import BatchScheduler, growing_cache
+from modules.engine.cpu_profile import SpeedPlan
+from modules.engine.kernels import native_step
+from modules.engine.kernels.decode_step import decode_step, supports_decode_step
+from modules.engine.kernels.fast_decode import prepare_for_fast_decode
+from modules.engine.kernels.fused_llama import PREFILL_ROWS, float_linear, fuse_layers, recording_attention
+from tests.conftest import make_settings
+from tests.test_decode_step import PROMPTS, prefilled
+from tests.test_fast_decode import _four_bit_model, _picks_agree, _similarity
+from tests.test_fused_llama import FAMILIES, random_model
+
+FAMILY_NAMES = ["llama", *FAMILIES]
+
+
+@pytest.fixture(scope="module")
+def extension():
+    """The extension, built (or loaded from disk) for this machine; a machine with a C++
+    compiler must build it."""
+    module = native_step.builder.wait(make_settings().cache_dir)
+    if module is None and shutil.which("c++") is None:
+        pytest.skip(f"no C++ compiler here: {native_step.builder.error}")
+    assert module is not None, native_step.builder.error
+    return module
+
+
+def _original(family: str, tiny_causal_lm_dir) -> torch.nn.Module:
+    if family == "llama":
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(tiny_causal_lm_dir, dtype=torch.float32).eval()
+    return random_model(FAMILIES[family]())
+
+
+def _prepared(original: torch.nn.Module, weights: str) -> torch.nn.Module:
+    model = copy.deepcopy(original)
+    if weights == "float fp32":
+        fuse_layers(model, float_linear)
+    else:
+        plan = SpeedPlan("test", "quantized", "bf16", "bf16", "fixed")
+        assert prepare_for_fast_decode(model, torch.device("cpu"), plan) is not None
+    assert supports_decode_step(model)
+    native_step.attach(model)
+    return model
+
+
+def _teacher_forced(model, ids: torch.Tensor, prompt: int, native: bool) -> list[torch.Tensor]:
+    """Logits after a prompt pass, then after each further token fed through `decode_step`."""
+    cache = growing_cache(model.config, torch.float32)
+    with torch.inference_mode():
+        logits = [model(input_ids=ids[:, :prompt], past_key_values=cache, use_cache=True).logits[0, -1].float()]
+        for position in range(prompt, ids.shape[1]):
+            tokens, positions = ids[:, position:position + 1], torch.tensor([[position]])
+            step = (native_step.native_decode_step(model, tokens, positions, None, cache) if native
+                    else decode_step(model, tokens, positions, None, cache))
+            assert step is not None  # the native step ran, not a fallback
+            logits.append(step[0].float())
+    return logits
+
+
+IDS = torch.randint(3, 500, (1, 30), generator=torch.Generator().manual_seed(2))
+PROMPT = PREFILL_ROWS + 4
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_float32_models_step_as_the_python_step_does(extension, family, tiny_causal_lm_dir):
+    model = _prepared(_original(family, tiny_causal_lm_dir), "float fp32")
+    python, native = (_teacher_forced(model, IDS, PROMPT, flag) for flag in (False, True))
+    for a, b in zip(python[1:], native[1:]):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama-biases"])
+@pytest.mark.parametrize("weights", ["int4", "int8"])
+def test_quantized_bf16_models_predict_float32_as_well_as_the_python_step(extension, family, weights):
+    """Against the float32 model with the same (4-bit) weights: the native step's logits
+    are at least as close as the Python step's (it rounds less), and pick its tokens."""
+    reference = _four_bit_model(family) if weights == "int4" else random_model(FAMILIES[family]())
+    model = _prepared(reference, weights)
+    assert any(hasattr(m, "packed" if weights == "int4" else "weight_int8") for m in model.modules())
+    expected = [logits for logits in _teacher_forced_reference(reference)]
+    python, native = (_teacher_forced(model, IDS, PROMPT, flag) for flag in (False, True))
+    for e, p, n in zip(expected[1:], python[1:], native[1:]):
+        assert _similarity(e, n) >= min(_similarity(e, p), 0.999) - 0.002
+    assert sum(_picks_agree(e, n) for e, n in zip(expected, native)) >= \
+        sum(_picks_agree(e, p) for e, p in zip(expected, python)) - 1
+
+
+def _teacher_forced_reference(model) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        out = model(input_ids=IDS[:, :PROMPT], use_cache=True)
+        logits = [out.logits[0, -1].float()]
+        for position in range(PROMPT, IDS.shape[1]):
+            out = model(input_ids=IDS[:, position:position + 1], past_key_values=out.past_key_values,
+                        use_cache=True)
+            logits.append(out.logits[0, -1].float())
+    return logits
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+@torch.inference_mode()
+def test_each_padded_row_computes_exactly_what_it_computes_alone(extension, family, tiny_causal_lm_dir):
+    model = _prepared(_original(family, tiny_causal_lm_dir), "int8 bf16")
+    batch = prefilled(model, PROMPTS, torch.float32)
+    alone = [prefilled(model, [ids], torch.float32) for ids in PROMPTS]
+    assert batch.starts() and len(set(batch.starts())) == len(PROMPTS)
+    tokens = torch.tensor([[3]] * len(PROMPTS))
+    for _ in range(6):
+        got = native_step.native_decode_step(model, tokens, batch.positions(), batch.starts(), batch.cache)
+        for row, own in enumerate(alone):
+            expected = native_step.native_decode_step(model, tokens[row:row + 1], own.positions(), None, own.cache)
+            assert torch.equal(got[row], expected[0])
+        tokens = got.argmax(-1, keepdim=True)
+    assert batch.length == len(PROMPTS[2]) + 6
+
+
+@torch.inference_mode()
+def test_the_cache_gets_what_the_python_step_writes(extension, tiny_causal_lm_dir):
+    """Keys and values land in the float32 cache column by column, as the Python step's
+    (the buffers grow on the way: prompt of 3, then 70 steps)."""
+    model = _prepared(_original("llama", tiny_causal_lm_dir), "float fp32")
+    python, native = prefilled(model, [PROMPTS[1]], torch.float32), prefilled(model, [PROMPTS[1]], torch.float32)
+    tokens = torch.tensor([[3]])
+    for _ in range(70):
+        expected = decode_step(model, tokens, python.positions(), None, python.cache)
+        got = native_step.native_decode_step(model, tokens, native.positions(), None, native.cache)
+        torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+        tokens = expected.argmax(-1, keepdim=True)
+    for mine, theirs in zip(native.cache.layers, python.cache.layers):
+        assert mine.keys.shape == theirs.keys.shape == (1, mine.keys.shape[1], 73, mine.keys.shape[3])
+        torch.testing.assert_close(mine.keys, theirs.keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mine.values, theirs.values, atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_the_python_step_runs_where_the_native_one_does_not_apply(extension, tiny_causal_lm_dir):
+    model = _prepared(_original("llama", tiny_causal_lm_dir), "int8 bf16")
+    bf16_cache = prefilled(model, [PROMPTS[0]])  # keys held in the model's dtype
+    tokens = torch.tensor([[3]])
+    assert native_step.native_decode_step(model, tokens, bf16_cache.positions(), None, bf16_cache.cache) is None
+    cache = prefilled(model, [PROMPTS[0]], torch.float32)
+    with recording_attention(model) as sink:  # the explorer's attention view reads the Python step
+        assert native_step.native_decode_step(model, tokens, cache.positions(), None, cache.cache) is None
+        decode_step(model, tokens, cache.positions(), None, cache.cache, native=True)
+    assert len(sink) == model.config.num_hidden_layers
+    unattached = copy.deepcopy(model)
+    del unattached._playground_native_step
+    assert not native_step.ready(unattached) and native_step.ready(model)
+
+
+@torch.inference_mode()
+def test_bad_arguments_raise_errors_not_crashes(extension, tiny_causal_lm_dir):
+    model = _prepared(_original("llama", tiny_causal_lm_dir), "int8 bf16")
+    decoder = model._playground_native_step.get(model)
+    cache = prefilled(model, [PROMPTS[0]], torch.float32)
+    layers = cache.cache.layers
+    length = layers[0].keys.shape[-2]
+    buffers = [layer.room_for(length) for layer in layers]
+    keys, values = [k for k, _ in buffers], [v for _, v in buffers]
+    hidden = torch.zeros(1, model.config.hidden_size)
+    rotary = torch.zeros(1, model.model.layers[0].head_dim)
+    with pytest.raises(RuntimeError, match="float32"):
+        decoder.step(hidden.bfloat16(), rotary, rotary, keys, values, length, [])
+    with pytest.raises(RuntimeError, match="one cache per layer"):
+        decoder.step(hidden, rotary, rotary, keys[:1], values[:1], length, [])
+    with pytest.raises(RuntimeError, match="cache buffers"):
+        decoder.step(hidden, rotary, rotary, keys, values, keys[0].shape[2], [])  # no free column
+    with pytest.raises(RuntimeError, match="start"):
+        decoder.step(hidden, rotary, rotary, keys, values, length, [length + 1])
+    assert decoder.step(hidden, rotary, rotary, keys, values, length, []).shape == hidden.shape
+
+
+def test_without_a_compiler_the_build_fails_with_a_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    builder = native_step._Builder()
+    assert builder.build(tmp_path) is None
+    assert "no C++ compiler" in builder.error
+    assert builder.build(tmp_path) is None  # decided once per process, no retry per step
+
+
+def test_a_failing_compile_reports_the_compilers_message(tmp_path, monkeypatch):
+    broken = tmp_path / "broken-cxx"
+    broken.write_text("#!/bin/sh\necho 'fatal error: Python.h: No such file' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CXX", str(broken))
+    builder = native_step._Builder()
+    assert builder.build(tmp_path) is None
+    assert "Python.h" in builder.error
+    assert not list((tmp_path / "kernels").glob("*.tmp"))  # no half-built file left behind
+
+
+def test_the_scheduler_keeps_one_kind_of_step_per_batch(extension, embedded_chat_model):
+    """A batch that started on the Python step (extension not yet built) finishes on it."""
+    scheduler = embedded_chat_model.scheduler
+    assert isinstance(scheduler, BatchScheduler) and native_step.ready(embedded_chat_model.model)
+    from modules.tasks.chat import GenerationParams, stream_chat
+
+    params = GenerationParams(do_sample=False, max_new_tokens=12)
+    messages = [{"role": "user", "content": "Name a fruit."}]
+    reply = "".join(chunk.delta for chunk in stream_chat(embedded_chat_model, messages, params) if chunk.delta)
+    assert scheduler._native_steps is True and reply.strip()
+
+
+@torch.inference_mode()
+def test_embedded_model_native_steps_pick_the_python_steps_tokens(extension, embedded_chat_model):
+    """The real SmolLM2 (int4 layers, int8 head) as the app prepares it: fed the Python
+    step's greedy tokens, the native step picks the same top token almost everywhere
+    (a near-tie may flip either way by rounding)."""
+    model, tokenizer = embedded_chat_model.model, embedded_chat_model.tokenizer
+    assert native_step.ready(model)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Tell me about Paris."}],
+                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    python, native = prefilled(model, [ids[0].tolist()], torch.float32), prefilled(model, [ids[0].tolist()], torch.float32)
+    token, same, steps = ids[:, -1:], 0, 40
+    first = None
+    for _ in range(steps):
+        expected = decode_step(model, token, python.positions(), None, python.cache)
+        got = native_step.native_decode_step(model, token, native.positions(), None, native.cache)
+        first = first if first is not None else (expected.float(), got.float())
+        same += int(got.argmax()) == int(expected.argmax())
+        token = expected.argmax(-1, keepdim=True)
+    assert same >= steps - 2
+    assert float(F.cosine_similarity(*first)) > 0.999
