@@ -193,7 +193,7 @@ def test_growing_layer_holds_what_concatenation_would_and_grows_in_place():
     place instead of copying the whole cache."""
     from transformers.cache_utils import DynamicLayer
 
-    from modules.engine.batching import GrowingLayer
+    from modules.engine.kv_cache import GrowingLayer
 
     torch.manual_seed(0)
     growing, plain = GrowingLayer(), DynamicLayer()

@@ -16,7 +16,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from modules.engine.batching import _BatchCache, growing_cache
+from modules.engine.batching import _BatchCache
+from modules.engine.kv_cache import growing_cache
 from modules.engine.cpu_profile import SpeedPlan
 from modules.engine.kernels.decode_step import decode_step, supports_decode_step
 from modules.engine.kernels.fast_decode import prepare_for_fast_decode

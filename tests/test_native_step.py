@@ -18,7 +18,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from modules.engine.batching import BatchScheduler, growing_cache
+from modules.engine.batching import BatchScheduler
+from modules.engine.kv_cache import growing_cache
 from modules.engine.cpu_profile import SpeedPlan
 from modules.engine.kernels import native_step
 from modules.engine.kernels.decode_step import decode_step, supports_decode_step

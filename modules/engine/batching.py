@@ -37,11 +37,11 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from modules.engine.compute import start_job
 from modules.engine.kernels import native_step
 from modules.engine.kernels.decode_step import decode_step, supports_decode_step
+from modules.engine.kv_cache import growing_cache
 from modules.engine.sampling import Sampling, TokenPicker, pick_rows, top_alternatives
 from modules.errors import ModelError
 from modules.messages import message
@@ -107,88 +107,6 @@ class Sequence:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
-
-
-class GrowingLayer(DynamicLayer):
-    """A DynamicLayer whose keys and values live in buffers with room to grow.
-
-    transformers' DynamicLayer concatenates the whole cache with each new token (60
-    copies of every cached row per step for a 30-layer model); here a step writes one
-    column in place and `keys` / `values` are views of the filled part. The buffers
-    double when full. Code that assigns `keys` / `values` itself (the batch's padding and
-    row selection) hands over a new tensor, which becomes the buffer at the next update.
-
-    With `dtype` float32, a bf16 model's keys and values are kept widened (exactly: every
-    bf16 value is a float32 one). The fused layers attend in float32, so each decode step
-    then reads the cache as it is instead of widening all of it again (60 copies of the
-    whole cache per step for a 30-layer model), for twice the cache memory.
-    """
-
-    def __init__(self, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.held_dtype = dtype
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        super().lazy_initialization(key_states, value_states)
-        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        length, new = self.get_seq_length(), key_states.shape[-2]
-        if length == 0:
-            self._buffers = tuple(states.to(self.held_dtype or states.dtype, copy=True)
-                                  for states in (key_states, value_states))
-        else:
-            if not self._views_of_buffers():  # replaced from outside: that tensor is the buffer now
-                self._buffers = (self.keys, self.values)
-            if self._buffers[0].shape[-2] < length + new or not self._fits(key_states):
-                self._buffers = tuple(self._grown(old, length, length + new)
-                                      for old in (self.keys, self.values))
-            self._buffers[0][..., length:length + new, :] = key_states
-            self._buffers[1][..., length:length + new, :] = value_states
-        self.keys = self._buffers[0][..., : length + new, :]
-        self.values = self._buffers[1][..., : length + new, :]
-        return self.keys, self.values
-
-    def room_for(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The key and value buffers with a free column `length` (the next token's), for a
-        step that writes it itself (modules/engine/kernels/native_step.py); `filled` follows."""
-        if not self._views_of_buffers():
-            self._buffers = (self.keys, self.values)
-        if self._buffers[0].shape[-2] <= length:
-            self._buffers = tuple(self._grown(old, length, length + 1) for old in (self.keys, self.values))
-        return self._buffers
-
-    def filled(self, length: int) -> None:
-        """The buffers' first `length` columns are the cache now."""
-        self.keys = self._buffers[0][..., :length, :]
-        self.values = self._buffers[1][..., :length, :]
-
-    def _views_of_buffers(self) -> bool:
-        return (self._buffers is not None and self._buffers[0].data_ptr() == self.keys.data_ptr()
-                and self._buffers[1].data_ptr() == self.values.data_ptr())
-
-    def _fits(self, states: torch.Tensor) -> bool:
-        """The buffer's other dimensions still match (rows may have been selected or joined)."""
-        return self._buffers[0].shape[:-2] == states.shape[:-2]
-
-    @staticmethod
-    def _grown(filled: torch.Tensor, length: int, needed: int) -> torch.Tensor:
-        shape = list(filled.shape)
-        shape[-2] = max(needed, 2 * length, 64)
-        buffer = filled.new_empty(shape)
-        buffer[..., :length, :] = filled
-        return buffer
-
-
-def growing_cache(config, dtype: torch.dtype | None = None) -> DynamicCache:
-    """A DynamicCache for `config` whose full-attention layers grow in place (GrowingLayer),
-    holding keys and values in `dtype` (None: as they come)."""
-    cache = DynamicCache(config=config)
-    cache.layers = [GrowingLayer(dtype) if type(layer) is DynamicLayer else layer for layer in cache.layers]
-    return cache
 
 
 class _BatchCache:

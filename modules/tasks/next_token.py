@@ -34,7 +34,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from modules.errors import InvalidInputError
 from modules.messages import message
 from modules.engine.compute import run_model_work
-from modules.engine.kernels.decode_step import one_token_step
+from modules.engine.kernels.decode_step import one_token_step, step_cache
 from modules.engine.model_cache import LoadedModel
 from modules.tasks.validation import is_number, is_whole
 
@@ -198,7 +198,7 @@ class Prefill:
 @torch.inference_mode()
 def prefill(loaded: LoadedModel, ids: Sequence[int], chunk: int = PREFILL_CHUNK) -> Prefill:
     """Run the prompt in chunks through the cache: bounded memory, same numbers."""
-    past, logprobs, last = None, [None], None
+    past, logprobs, last = step_cache(loaded.model), [None], None
     for start in range(0, len(ids), chunk):
         piece = list(ids[start : start + chunk])
         out = _forward(loaded, piece, past)

@@ -12,15 +12,22 @@ others, so each row's logits are bit-identical to that row's step alone (a maske
 attention over the padded buffer is equal only up to rounding). tests/test_decode_step.py
 checks both. `one_token_step` serves a single sequence's step with any cache (the
 explorer's stepping).
+
+Where the native step (modules/engine/kernels/native_step.py) is built, `decode_step(...,
+native=True)` runs all layers in one C++ call instead: the same model up to float
+rounding, not bit for bit, and still each row exactly as alone.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
+from modules.engine.kernels import native_step
 from modules.engine.kernels.fused_llama import FusedLlamaLayer, project, signed_sin
 from modules.engine.kernels.native_step import native_decode_step
+from modules.engine.kv_cache import growing_cache
 
 
 def supports_decode_step(model: nn.Module) -> bool:
@@ -52,12 +59,20 @@ def decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
     return project(model.lm_head, hidden.view(hidden.shape[0], -1))
 
 
+def step_cache(model: nn.Module) -> DynamicCache | None:
+    """A new cache for one sequence that `one_token_step` will step (the explorer's): float32
+    growing buffers where the native step runs (it reads them as they are; twice the
+    memory of the model's dtype), else None (the model makes its own)."""
+    return growing_cache(model.config, torch.float32) if native_step.ready(model) else None
+
+
 def one_token_step(model: nn.Module, token: int, cache) -> tuple[torch.Tensor, object]:
     """(logits [1, vocab], the cache) after feeding `token` to a model holding `cache`: the
-    lean step where the model is fused and the cache holds tokens, else `model(...)`."""
+    native step where it applies (a `step_cache`), else the lean step where the model is
+    fused and the cache holds tokens, else `model(...)`."""
     tokens = torch.tensor([[token]], dtype=torch.long, device=model.device)
     if cache is None or not supports_decode_step(model):
         out = model(input_ids=tokens, past_key_values=cache, use_cache=True)
         return out.logits[:, -1, :], out.past_key_values
     positions = torch.tensor([[cache.get_seq_length()]], device=model.device)
-    return decode_step(model, tokens, positions, None, cache), cache
+    return decode_step(model, tokens, positions, None, cache, native=True), cache
