@@ -47,6 +47,8 @@ from modules.engine.compute import release_openmp_team  # noqa: E402
 from modules.engine.cpu_profile import cpu_capability  # noqa: E402
 from modules.engine.kernels.fast_decode import quantize_linears_int8  # noqa: E402
 from modules.engine.kernels import native_step  # noqa: E402
+from modules.engine.kernels.decode_step import decode_step  # noqa: E402
+from modules.engine.kv_cache import growing_cache  # noqa: E402
 from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind  # noqa: E402
 from modules.engine.model_refs import embedded_gguf_path  # noqa: E402
 
@@ -182,6 +184,23 @@ def teacher_forced_top1(loaded: LoadedModel, ids: torch.Tensor, continuation: li
             out = loaded.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
             cache = out.past_key_values
             picks.append(int(out.logits[0, -1].argmax()))
+    return picks
+
+
+def step_picks(loaded: LoadedModel, ids: torch.Tensor, tokens: int,
+               forced: list[int] | None = None) -> list[int]:
+    """Greedy picks through the decode step the scheduler runs (`decode_step(..., native=True)`
+    on a float32 growing cache): fed its own picks, or `forced` (teacher forcing)."""
+    model = loaded.model
+    cache = growing_cache(model.config, torch.float32)
+    with torch.inference_mode():
+        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        picks = [int(logits.argmax())]
+        for i in range(tokens - 1):
+            token = forced[i] if forced else picks[-1]
+            logits = decode_step(model, torch.tensor([[token]]), torch.tensor([[ids.shape[1] + i]]), None,
+                                 cache, native=True)
+            picks.append(int(logits.argmax()))
     return picks
 
 
@@ -368,6 +387,11 @@ def print_agreement(models: dict[str, LoadedModel]) -> None:
         name: [teacher_forced_top1(loaded, ids, ref) for ids, ref in zip(prompts, reference)]
         for name, loaded in models.items()
     }
+    if native_step.ready(models["app default"].model):  # the rows above ran the Python step
+        app = models["app default"]
+        outputs["app, native step"] = [step_picks(app, ids, AGREEMENT_TOKENS) for ids in prompts]
+        forced["app, native step"] = [step_picks(app, ids, len(ref), forced=ref)
+                                      for ids, ref in zip(prompts, reference)]
     positions = sum(len(ref) for ref in reference)
     print(f"\nGreedy agreement with fp32, {len(prompts)} prompts × {AGREEMENT_TOKENS} tokens")
     print(f"{'configuration':<14} {'identical':>10} {'first difference at':>20} "

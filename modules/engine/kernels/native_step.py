@@ -67,7 +67,9 @@ def compile_command(output: Path) -> list[str]:
     includes = [*cpp_extension.include_paths(), sysconfig.get_paths()["include"]]
     torch_lib = cpp_extension.TORCH_LIB_PATH
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return [compiler, "-O3", *isa_flags(), "-shared", "-fPIC", "-std=c++17",
+    # -fopenmp: at::parallel_for is inline OpenMP; the .so then uses torch's own libgomp
+    # (same soname, already loaded), so the process keeps one OpenMP runtime and team.
+    return [compiler, "-O3", *isa_flags(), "-fopenmp", "-shared", "-fPIC", "-std=c++17",
             f"-DTORCH_EXTENSION_NAME={MODULE_NAME}", "-DTORCH_API_INCLUDE_EXTENSION_H",
             f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *(f"-I{path}" for path in includes),
             str(SOURCE), "-o", str(output), f"-L{torch_lib}", "-lc10", "-ltorch_cpu", "-ltorch",
@@ -76,8 +78,8 @@ def compile_command(output: Path) -> list[str]:
 
 def library_path(cache_dir: str | os.PathLike) -> Path:
     """Where this source, built for this CPU, torch and Python, lives on disk."""
-    key = "|".join([SOURCE.read_text(), " ".join(isa_flags()), torch.__version__,
-                    sys.version, os.environ.get("CXX", "c++")])
+    key = "|".join([SOURCE.read_text(), " ".join(compile_command(Path("out.so"))), torch.__version__,
+                    sys.version])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return Path(cache_dir) / "kernels" / f"{MODULE_NAME}-{digest}.so"
 
@@ -109,7 +111,7 @@ class _Builder:
                     self._module = _load(_compiled(library_path(cache_dir)))
                     log.info("Native decode step ready (%s)", " ".join(isa_flags()) or "default ISA")
                 except Exception as error:  # no compiler, no headers, a broken toolchain
-                    self.error = str(error).strip().splitlines()[-1][:300] if str(error).strip() else repr(error)
+                    self.error = str(error).strip() or repr(error)
                     log.warning("Native decode step unavailable, the Python step runs: %s", self.error)
             return self._module
 
@@ -135,7 +137,9 @@ def _compiled(path: Path) -> Path:
         result = subprocess.run(compile_command(partial), capture_output=True, text=True,
                                 timeout=BUILD_SECONDS)
         if result.returncode != 0:
-            raise RuntimeError(f"compiling {SOURCE.name} failed: {result.stderr.strip()[-2000:]}")
+            errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+            raise RuntimeError(f"compiling {SOURCE.name} failed: "
+                               f"{(errors or result.stderr.strip().splitlines() or ['?'])[0][:500]}")
         os.replace(partial, path)  # atomic: a concurrent build of the same file is harmless
     finally:
         partial.unlink(missing_ok=True)
