@@ -47,6 +47,7 @@ from modules.app_context import AppContext  # noqa: E402
 from modules.tasks import next_token as nt  # noqa: E402
 from modules.tasks import sentiment, zero_shot  # noqa: E402
 from modules.config import DEFAULT_TRANSLATION_MODELS, EMBEDDED_MODEL, Settings  # noqa: E402
+from modules.engine.kernels import native_step  # noqa: E402
 from modules.engine.model_cache import ModelCache, ModelKind  # noqa: E402
 from modules.tasks.translation import BATCH_SIZE, load_translator  # noqa: E402
 from modules.ui.layout import build_demo  # noqa: E402
@@ -213,7 +214,8 @@ def main() -> None:
         cache = ModelCache(settings)
         demo = build_demo(AppContext.create(settings, cache))
         loaded = cache.get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
-        print(f"chat model: {loaded.description}", flush=True)
+        steps = "native step" if native_step.builder.wait(cache_dir) else f"Python step ({native_step.builder.error})"
+        print(f"chat model: {loaded.description}; decode steps: {steps}", flush=True)
         chat(report, loaded, args.tokens, args.repeats)
         explorer(report, loaded, max(5, 3 * args.repeats))
         translation(report, cache, settings)
