@@ -44,24 +44,20 @@ class GrowingLayer(DynamicLayer):
             self._buffers = tuple(states.to(self.held_dtype or states.dtype, copy=True)
                                   for states in (key_states, value_states))
         else:
-            if not self._views_of_buffers():  # replaced from outside: that tensor is the buffer now
-                self._buffers = (self.keys, self.values)
-            if self._buffers[0].shape[-2] < length + new or not self._fits(key_states):
-                self._buffers = tuple(self._grown(old, length, length + new)
-                                      for old in (self.keys, self.values))
-            self._buffers[0][..., length:length + new, :] = key_states
-            self._buffers[1][..., length:length + new, :] = value_states
-        self.keys = self._buffers[0][..., : length + new, :]
-        self.values = self._buffers[1][..., : length + new, :]
+            keys, values = self.room_for(length, new)
+            keys[..., length:length + new, :] = key_states
+            values[..., length:length + new, :] = value_states
+        self.filled(length + new)
         return self.keys, self.values
 
-    def room_for(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The key and value buffers with a free column `length` (the next token's), for a
-        step that writes it itself (modules/engine/kernels/native_step.py); `filled` follows."""
-        if not self._views_of_buffers():
+    def room_for(self, length: int, new: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key and value buffers with free columns `length`..`length + new`, grown if
+        need be: `update` writes them, and so does the native step
+        (modules/engine/kernels/native_step.py); `filled` follows."""
+        if not self._views_of_buffers():  # replaced from outside: that tensor is the buffer now
             self._buffers = (self.keys, self.values)
-        if self._buffers[0].shape[-2] <= length:
-            self._buffers = tuple(self._grown(old, length, length + 1) for old in (self.keys, self.values))
+        if self._buffers[0].shape[-2] < length + new or not self._fits():
+            self._buffers = tuple(self._grown(old, length, length + new) for old in (self.keys, self.values))
         return self._buffers
 
     def filled(self, length: int) -> None:
@@ -73,9 +69,9 @@ class GrowingLayer(DynamicLayer):
         return (self._buffers is not None and self._buffers[0].data_ptr() == self.keys.data_ptr()
                 and self._buffers[1].data_ptr() == self.values.data_ptr())
 
-    def _fits(self, states: torch.Tensor) -> bool:
-        """The buffer's other dimensions still match (rows may have been selected or joined)."""
-        return self._buffers[0].shape[:-2] == states.shape[:-2]
+    def _fits(self) -> bool:
+        """The buffer's other dimensions are the cache's (rows may have been selected or joined)."""
+        return self._buffers[0].shape[:-2] == self.keys.shape[:-2]
 
     @staticmethod
     def _grown(filled: torch.Tensor, length: int, needed: int) -> torch.Tensor:

@@ -282,8 +282,9 @@ def prepare_chat_model(model: nn.Module, device: torch.device, dtype: torch.dtyp
     """Fast decode for a chat model on CPU, with kernels and dtypes measured for this machine.
 
     `probe` (the dtype setting is "auto"): the CPU profile's plan, cached per model and
-    machine. `native`: decode steps go through the native step when it is built. Otherwise the user chose `dtype`: bf16 runs the fast path all in bf16, any
+    machine. Otherwise the user chose `dtype`: bf16 runs the fast path all in bf16, any
     other explicit dtype (float32: precision wanted) leaves the model as it is.
+    `native`: decode steps go through the native step once it is built.
     """
     if device.type != "cpu" or not int8_kernel_available():
         return Prepared(dtype)

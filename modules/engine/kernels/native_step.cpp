@@ -203,8 +203,6 @@ class Decoder {
     return out;
   }
 
-  int64_t layers() const { return static_cast<int64_t>(layers_.size()); }
-
  private:
   // Qwen3's head norm, then the rotary embedding of each query and key head (in place in
   // `qkv`); the key and value heads go into the cache at column `length`.
@@ -287,6 +285,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Decoder>(m, "Decoder")
       .def(pybind11::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, double>())
       .def("add_layer", &Decoder::add_layer)
-      .def("step", &Decoder::step)
-      .def("layers", &Decoder::layers);
+      .def("step", &Decoder::step);
 }
