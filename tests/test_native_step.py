@@ -168,6 +168,48 @@ def test_the_python_step_runs_where_the_native_one_does_not_apply(extension, tin
     assert not native_step.ready(unattached) and native_step.ready(model)
 
 
+@pytest.mark.parametrize("outputs, inputs", [(64, 64), (37, 45)])  # 37 x 45: the vector loops' tails
+def test_the_int8_kernel_computes_the_int8_product_row_by_row(extension, outputs, inputs):
+    """float32 rows times int8 weights with a scale per output, against float64; six rows
+    (a block of four, then two) compute each row exactly what it computes alone."""
+    generator = torch.Generator().manual_seed(outputs)
+    weight = torch.randint(-127, 128, (outputs, inputs), dtype=torch.int8, generator=generator)
+    scale = (torch.rand(outputs, generator=generator) * 0.01 + 1e-3).bfloat16()
+    rows = torch.randn(6, inputs, generator=generator)
+    got = extension.int8_matmul(rows, weight, scale)
+    expected = rows.double() @ (weight.double() * scale.double()[:, None]).T
+    assert got.dtype == torch.float32 and got.shape == (6, outputs)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    for row in range(6):
+        assert torch.equal(extension.int8_matmul(rows[row:row + 1].clone(), weight, scale)[0], got[row])
+    with pytest.raises(RuntimeError, match="float32"):
+        extension.int8_matmul(rows.bfloat16(), weight, scale)
+    with pytest.raises(RuntimeError, match="int8"):
+        extension.int8_matmul(rows, weight.float(), scale)
+
+
+@torch.inference_mode()
+def test_an_int8_head_gives_float32_logits_of_its_int8_weights(extension, tiny_causal_lm_dir):
+    """The final norm and the int8 LM head run in the native call: float32 logits of the
+    head's int8 values (the Python head rounds its input and its logits to bf16)."""
+    model = _prepared(_original("llama", tiny_causal_lm_dir), "int8 bf16")
+    decoder = model._playground_native_step.get(model)
+    assert decoder.has_head()
+    cache = prefilled(model, [PROMPTS[0]], torch.float32)
+    hidden = torch.randn(2, model.config.hidden_size)
+    logits = decoder.logits(hidden)
+    norm, head = model.model.norm, model.lm_head
+    normed = hidden.double() * torch.rsqrt(hidden.double().pow(2).mean(-1, keepdim=True)
+                                           + norm.variance_epsilon) * norm.weight.double()
+    expected = normed @ (head.weight_int8.double() * head.scale.double()[:, None]).T
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits.double(), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    step = native_step.native_decode_step(model, torch.tensor([[3]]), cache.positions(), None, cache.cache)
+    assert step.dtype == torch.float32
+    with pytest.raises(RuntimeError, match="float32"):
+        decoder.logits(hidden.bfloat16())
+
+
 @torch.inference_mode()
 def test_bad_arguments_raise_errors_not_crashes(extension, tiny_causal_lm_dir):
     model = _prepared(_original("llama", tiny_causal_lm_dir), "int8 bf16")

@@ -3,9 +3,11 @@
 Through the fused Python layers a one-token step of SmolLM2-135M still issues ~600
 tensor operations; their dispatch took about half of the step (profile: 6.2 ms int4
 kernels and 3 ms int8 head in a ~17-21 ms step, AVX-512). native_step.cpp runs all
-layers in one call: the same torch kernels for the projections, plain loops for the
-norms, rotary embedding, KV-cache writes, attention and SiLU. The step then costs
-about what its kernels cost (figures in benchmarks/decode_speed.py).
+layers in one call: torch's int4 kernel for int4 projections, its own int8 kernel for
+int8 ones and the int8 LM head (float32 rows, each weight read once for up to four
+rows: 0.75-0.9x torch's time, float32 logits), plain loops for the norms, rotary
+embedding, KV-cache writes, attention and SiLU. The step then costs about what its
+kernels cost (figures in benchmarks/decode_speed.py).
 
 torch.compile was measured first (see fast_decode.py and the README): 0.81-0.85x of
 this lean step's time, after 29-154 s of compiling per shape, and not checkable under
@@ -183,11 +185,12 @@ class _NativeDecoder:
                 return None
             with self._lock:
                 if self.decoder is None:
-                    self.decoder = _decoder(module, model.model.layers)
+                    self.decoder = _decoder(module, model)
         return self.decoder
 
 
-def _decoder(module: ModuleType, layers: list[FusedLlamaLayer]):
+def _decoder(module: ModuleType, model: nn.Module):
+    layers: list[FusedLlamaLayer] = model.model.layers
     first = layers[0]
     decoder = module.Decoder(first.input_norm_twice.shape[0] // 2, first.query_heads, first.kv_heads,
                              first.head_dim, first.intermediate, first.eps, first.scaling)
@@ -198,6 +201,9 @@ def _decoder(module: ModuleType, layers: list[FusedLlamaLayer]):
         decoder.add_layer(layer.input_norm_twice[:size], layer.post_attention_norm_twice[:size],
                           empty if layer.head_norm is None else layer.head_norm,
                           float(layer.head_norm_eps or 0.0), *map(list, zip(*parts)))
+    norm, head = model.model.norm, model.lm_head
+    if hasattr(head, "weight_int8") and head.bias is None and hasattr(norm, "variance_epsilon"):
+        decoder.set_head(norm.weight, float(norm.variance_epsilon), head.weight_int8, head.scale)
     return decoder
 
 
@@ -238,6 +244,8 @@ def native_decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.
                           length, starts or [])
     for layer in cache.layers:
         layer.filled(length + 1)
+    if decoder.has_head():  # float32 logits from the int8 head, each weight read once for all rows
+        return decoder.logits(hidden)
     return project(model.lm_head, inner.norm(hidden))
 
 
