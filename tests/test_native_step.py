@@ -232,6 +232,18 @@ def test_bad_arguments_raise_errors_not_crashes(extension, tiny_causal_lm_dir):
     assert decoder.step(hidden, rotary, rotary, keys, values, length, []).shape == hidden.shape
 
 
+def test_a_build_for_another_cpu_is_not_loaded(tmp_path, monkeypatch):
+    """Two CPUs of one marketing name with different flags (AVX-512 FP16, AMX) get different
+    files: a cache directory moved between them never loads code that would stop with SIGILL."""
+    from modules.engine import cpu_profile
+
+    here = native_step.library_path(tmp_path)
+    assert native_step.library_path(tmp_path) == here  # stable on one machine
+    flags = cpu_profile._cpu_flags()
+    monkeypatch.setattr(cpu_profile, "_cpu_flags", lambda: flags - {"amx_tile", "avx512fp16"} | {"other"})
+    assert native_step.library_path(tmp_path) != here
+
+
 def test_without_a_compiler_the_build_fails_with_a_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     builder = native_step._Builder()

@@ -107,6 +107,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_identity() -> str:
+    """The CPU's model and every flag it reports: what `-march=native` compiles for. Two
+    machines of the same marketing name can differ (AVX-512 FP16, AMX), and code built
+    for one stops with SIGILL on the other."""
+    return f"{cpu_model()}|{platform.machine()}|{','.join(sorted(_cpu_flags()))}"
+
+
 def cpu_signature() -> str:
     """What decides kernel speed: the ISA torch uses, CPU model and flags, threads, torch."""
     flags = ",".join(sorted(_cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512f", "avx2"}))

@@ -38,6 +38,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from modules.engine.cpu_profile import cpu_identity
 from modules.engine.kernels.fused_llama import FusedLlamaLayer, project, signed_sin
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,12 @@ def compile_command(output: Path) -> list[str]:
 
 
 def library_path(cache_dir: str | os.PathLike) -> Path:
-    """Where this source, built for this CPU, torch and Python, lives on disk."""
-    key = "|".join([SOURCE.read_text(), " ".join(compile_command(Path("out.so"))), torch.__version__,
-                    sys.version])
+    """Where this source, built for this CPU, torch and Python, lives on disk. The CPU's
+    model and flags are in the key: a cache directory that moves to another machine (a
+    Space's persistent storage, a copied home) must not load code built for other
+    instructions."""
+    key = "|".join([SOURCE.read_text(), " ".join(compile_command(Path("out.so"))), cpu_identity(),
+                    torch.__version__, sys.version])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return Path(cache_dir) / "kernels" / f"{MODULE_NAME}-{digest}.so"
 
