@@ -98,48 +98,61 @@ void read_floats(const at::Tensor& t, float* dst) {
 
 constexpr int kRowBlock = 4;  // rows multiplied per block of weights
 
+// One register of floats: the vector instructions the int8 kernel uses, for the ISA the
+// extension is compiled for (none: the kernel's scalar loop does all the work).
+#if defined(__AVX512F__)
+#define PLAYGROUND_FLOAT_VECTOR 1
+struct FloatVector {
+  using Type = __m512;
+  static constexpr int kLanes = 16;
+  static Type zero() { return _mm512_setzero_ps(); }
+  static Type floats(const float* p) { return _mm512_loadu_ps(p); }
+  static Type int8s(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static Type fmadd(Type a, Type b, Type c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(Type v) { return _mm512_reduce_add_ps(v); }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+#define PLAYGROUND_FLOAT_VECTOR 1
+struct FloatVector {
+  using Type = __m256;
+  static constexpr int kLanes = 8;
+  static Type zero() { return _mm256_setzero_ps(); }
+  static Type floats(const float* p) { return _mm256_loadu_ps(p); }
+  static Type int8s(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static Type fmadd(Type a, Type b, Type c) { return _mm256_fmadd_ps(a, b, c); }
+  static float sum(Type v) {
+    float lanes[8];
+    _mm256_storeu_ps(lanes, v);
+    return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+  }
+};
+#endif
+
 // Outputs n0..n0+O-1 of R rows: int8 weights [n][k] row-major, one float scale per output.
 template <int O, int R>
 void int8_block(const float* x, int64_t k, const int8_t* weights, const float* scale, float* out,
                 int64_t ldo) {
   float sums[O][R];
   int64_t i = 0;
-#if defined(__AVX512F__)
-  __m512 acc[O][R];
+#if defined(PLAYGROUND_FLOAT_VECTOR)
+  using V = FloatVector;
+  V::Type acc[O][R];
   for (int o = 0; o < O; ++o)
-    for (int r = 0; r < R; ++r) acc[o][r] = _mm512_setzero_ps();
-  for (; i + 16 <= k; i += 16) {
-    __m512 w[O];
-    for (int o = 0; o < O; ++o)
-      w[o] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(weights + o * k + i))));
+    for (int r = 0; r < R; ++r) acc[o][r] = V::zero();
+  for (; i + V::kLanes <= k; i += V::kLanes) {
+    V::Type w[O];
+    for (int o = 0; o < O; ++o) w[o] = V::int8s(weights + o * k + i);
     for (int r = 0; r < R; ++r) {
-      const __m512 xr = _mm512_loadu_ps(x + r * k + i);
-      for (int o = 0; o < O; ++o) acc[o][r] = _mm512_fmadd_ps(w[o], xr, acc[o][r]);
+      const V::Type xr = V::floats(x + r * k + i);
+      for (int o = 0; o < O; ++o) acc[o][r] = V::fmadd(w[o], xr, acc[o][r]);
     }
   }
   for (int o = 0; o < O; ++o)
-    for (int r = 0; r < R; ++r) sums[o][r] = _mm512_reduce_add_ps(acc[o][r]);
-#elif defined(__AVX2__) && defined(__FMA__)
-  __m256 acc[O][R];
-  for (int o = 0; o < O; ++o)
-    for (int r = 0; r < R; ++r) acc[o][r] = _mm256_setzero_ps();
-  for (; i + 8 <= k; i += 8) {
-    __m256 w[O];
-    for (int o = 0; o < O; ++o)
-      w[o] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(weights + o * k + i))));
-    for (int r = 0; r < R; ++r) {
-      const __m256 xr = _mm256_loadu_ps(x + r * k + i);
-      for (int o = 0; o < O; ++o) acc[o][r] = _mm256_fmadd_ps(w[o], xr, acc[o][r]);
-    }
-  }
-  for (int o = 0; o < O; ++o)
-    for (int r = 0; r < R; ++r) {
-      float lanes[8];
-      _mm256_storeu_ps(lanes, acc[o][r]);
-      sums[o][r] = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-    }
+    for (int r = 0; r < R; ++r) sums[o][r] = V::sum(acc[o][r]);
 #else
   for (int o = 0; o < O; ++o)
     for (int r = 0; r < R; ++r) sums[o][r] = 0.f;
