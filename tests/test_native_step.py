@@ -27,7 +27,7 @@ from modules.engine.kernels.fast_decode import prepare_for_fast_decode
 from modules.engine.kernels.fused_llama import PREFILL_ROWS, float_linear, fuse_layers, recording_attention
 from tests.conftest import make_settings
 from tests.test_decode_step import PROMPTS, prefilled
-from tests.test_fast_decode import _four_bit_model, _picks_agree, _similarity
+from tests.test_fast_decode import _four_bit_model, _picks_agree, _similarity, four_bit_weight
 from tests.test_fused_llama import FAMILIES, random_model
 
 FAMILY_NAMES = ["llama", *FAMILIES]
@@ -53,12 +53,16 @@ def _original(family: str, tiny_causal_lm_dir) -> torch.nn.Module:
 
 
 def _prepared(original: torch.nn.Module, weights: str) -> torch.nn.Module:
+    """`original` fused as the app prepares it: "float fp32", or bf16 with quantized layers
+    ("int4 tiles": 4-bit layers also in the AMX kernel's layout, which the native step then uses)."""
     model = copy.deepcopy(original)
     if weights == "float fp32":
         fuse_layers(model, float_linear)
     else:
         plan = SpeedPlan("test", "quantized", "bf16", "bf16", "fixed")
-        assert prepare_for_fast_decode(model, torch.device("cpu"), plan) is not None
+        tiles = weights == "int4 tiles"
+        assert prepare_for_fast_decode(model, torch.device("cpu"), plan, tiles=tiles) is not None
+        assert any(getattr(m, "tile_weight", None) is not None for m in model.modules()) == tiles
     assert supports_decode_step(model)
     native_step.attach(model)
     return model
@@ -90,12 +94,28 @@ def test_float32_models_step_as_the_python_step_does(extension, family, tiny_cau
         torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-5)
 
 
+def _make_four_bit(model: torch.nn.Module) -> None:
+    """Give every projection 4-bit weights, as a GGUF file's (the LM head stays float)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if type(module) is torch.nn.Linear and "lm_head" not in name:
+                module.weight.copy_(four_bit_weight(*module.weight.shape))
+
+
+def _amx(extension) -> None:
+    if not extension.amx_ready():
+        pytest.skip("this CPU (or build) has no AMX-BF16: the int4 tiles kernel does not run here")
+
+
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama-biases"])
-@pytest.mark.parametrize("weights", ["int4", "int8"])
+@pytest.mark.parametrize("weights", ["int4", "int8", "int4 tiles"])
 def test_quantized_bf16_models_predict_float32_as_well_as_the_python_step(extension, family, weights):
     """Against the float32 model with the same (4-bit) weights: the native step's logits
     are at least as close as the Python step's (it rounds less), and pick its tokens."""
-    reference = _four_bit_model(family) if weights == "int4" else random_model(FAMILIES[family]())
+    if weights == "int4 tiles":
+        _amx(extension)
+    reference = _four_bit_model(family) if weights.startswith("int4") else random_model(FAMILIES[family]())
     model = _prepared(reference, weights)
     assert any(hasattr(m, "packed" if weights == "int4" else "weight_int8") for m in model.modules())
     expected = [logits for logits in _teacher_forced_reference(reference)]
@@ -118,9 +138,14 @@ def _teacher_forced_reference(model) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("weights", ["int8", "int4 tiles"])
 @torch.inference_mode()
-def test_each_padded_row_computes_exactly_what_it_computes_alone(extension, family, tiny_causal_lm_dir):
-    model = _prepared(_original(family, tiny_causal_lm_dir), "int8 bf16")
+def test_each_padded_row_computes_exactly_what_it_computes_alone(extension, family, weights, tiny_causal_lm_dir):
+    original = _original(family, tiny_causal_lm_dir)
+    if weights == "int4 tiles":
+        _amx(extension)
+        _make_four_bit(original)
+    model = _prepared(original, weights)
     batch = prefilled(model, PROMPTS, torch.float32)
     alone = [prefilled(model, [ids], torch.float32) for ids in PROMPTS]
     assert batch.starts() and len(set(batch.starts())) == len(PROMPTS)
@@ -188,6 +213,52 @@ def test_the_int8_kernel_computes_the_int8_product_row_by_row(extension, outputs
         extension.int8_matmul(rows, weight.float(), scale)
 
 
+def _int4_weights(outputs: int, inputs: int, seed: int):
+    """A 4-bit weight matrix (a Q4_1 block's float16 scale and low per group of 32) and
+    its tile layout."""
+    generator = torch.Generator().manual_seed(seed)
+    groups = inputs // 32
+    q = torch.randint(0, 16, (outputs, inputs), generator=generator).float()
+    scale = (torch.rand(outputs, groups, generator=generator) * 0.02 + 1e-3).half().float()
+    low = (-torch.rand(outputs, groups, generator=generator) * 0.1).half().float()
+    weight = q * scale.repeat_interleave(32, 1) + low.repeat_interleave(32, 1)
+    return weight, native_step.tile_layout(q, scale, low + 8 * scale)
+
+
+@pytest.mark.parametrize("outputs, inputs", [(64, 64), (48, 96)])  # 48: an odd number of tiles
+def test_the_amx_int4_kernel_computes_the_int4_product_row_by_row(extension, outputs, inputs):
+    """float32 rows (rounded to bf16, as torch's int4 kernel rounds them) times 4-bit weights,
+    against float64; six rows (a block of four, then two): each row exactly what it gives alone."""
+    _amx(extension)
+    weight, (packed, scale_low) = _int4_weights(outputs, inputs, seed=outputs)
+    rows = torch.randn(6, inputs, generator=torch.Generator().manual_seed(3))
+    got = extension.int4_tiles_matmul(rows, packed, scale_low)
+    expected = rows.bfloat16().double() @ weight.double().T
+    assert got.dtype == torch.float32 and got.shape == (6, outputs)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    for row in range(6):
+        assert torch.equal(extension.int4_tiles_matmul(rows[row:row + 1].clone(), packed, scale_low)[0], got[row])
+    with pytest.raises(RuntimeError, match="float32"):
+        extension.int4_tiles_matmul(rows.bfloat16(), packed, scale_low)
+    with pytest.raises(RuntimeError, match="float16"):
+        extension.int4_tiles_matmul(rows, packed, scale_low.float())
+
+
+def test_the_tile_layout_holds_every_weight_and_refuses_what_float16_cannot_hold():
+    """Unpacked as native_step.cpp reads it, the layout gives back each weight; scales too
+    small for float16 (held less exactly than torch's bf16 would) get no layout."""
+    weight, (packed, scale_low) = _int4_weights(32, 64, seed=5)
+    outputs, inputs = weight.shape
+    nibbles = torch.stack([packed & 15, packed >> 4], dim=3).float()  # tile, group, j, low/high, 32 bytes
+    nibbles = nibbles.reshape(2, 2, 8, 2, 16, 2)  # ..., output, input within the pair
+    q = nibbles.permute(0, 4, 1, 2, 3, 5).reshape(outputs, inputs)  # inputs 4j + 2·high + pair
+    scale, low = (scale_low[:, :, i].permute(0, 2, 1).reshape(outputs, -1).float() for i in (0, 1))
+    assert torch.equal(q * scale.repeat_interleave(32, 1) + low.repeat_interleave(32, 1), weight)
+    tiny = torch.full((32, 2), 1e-9)
+    assert native_step.tile_layout(q, tiny, tiny) is None
+    assert native_step.tile_layout(q[:24], scale[:24], low[:24] + 8 * scale[:24]) is None  # not 16 outputs a tile
+
+
 @torch.inference_mode()
 def test_an_int8_head_gives_float32_logits_of_its_int8_weights(extension, tiny_causal_lm_dir):
     """The final norm and the int8 LM head run in the native call: float32 logits of the
@@ -239,8 +310,8 @@ def test_a_build_for_another_cpu_is_not_loaded(tmp_path, monkeypatch):
 
     here = native_step.library_path(tmp_path)
     assert native_step.library_path(tmp_path) == here  # stable on one machine
-    flags = cpu_profile._cpu_flags()
-    monkeypatch.setattr(cpu_profile, "_cpu_flags", lambda: flags - {"amx_tile", "avx512fp16"} | {"other"})
+    flags = cpu_profile.cpu_flags()
+    monkeypatch.setattr(cpu_profile, "cpu_flags", lambda: flags - {"amx_tile", "avx512fp16"} | {"other"})
     assert native_step.library_path(tmp_path) != here
 
 

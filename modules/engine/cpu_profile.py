@@ -86,7 +86,8 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux; empty elsewhere)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
@@ -111,12 +112,12 @@ def cpu_identity() -> str:
     """The CPU's model and every flag it reports: what `-march=native` compiles for. Two
     machines of the same marketing name can differ (AVX-512 FP16, AMX), and code built
     for one stops with SIGILL on the other."""
-    return f"{cpu_model()}|{platform.machine()}|{','.join(sorted(_cpu_flags()))}"
+    return f"{cpu_model()}|{platform.machine()}|{','.join(sorted(cpu_flags()))}"
 
 
 def cpu_signature() -> str:
     """What decides kernel speed: the ISA torch uses, CPU model and flags, threads, torch."""
-    flags = ",".join(sorted(_cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512f", "avx2"}))
+    flags = ",".join(sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512f", "avx2"}))
     isa_env = os.environ.get("ATEN_CPU_CAPABILITY", "") + os.environ.get("ONEDNN_MAX_CPU_ISA", "")
     return (f"{cpu_capability()}|{isa_env}|{cpu_model()}|{flags}|threads={torch.get_num_threads()}"
             f"|torch={torch.__version__}")
@@ -177,7 +178,7 @@ def native_bf16() -> bool:
     """Do the CPU and the ISA torch uses have bf16 arithmetic (AVX-512 bf16 or AMX)?"""
     capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper().startswith(("AVX2", "AVX_", "SSE"))
     return (not capped and cpu_capability().startswith("AVX512")
-            and bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"}))
+            and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"}))
 
 
 def prior_plan(four_bit: bool) -> tuple[str, str, str]:

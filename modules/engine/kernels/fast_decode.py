@@ -159,13 +159,14 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
     """4-bit weights in groups of 32 with a bf16 scale and zero point, torch's CPU int4 kernel.
 
     Built from weights that are 4-bit already (`exact_int4_groups`), so the bf16 weight
-    itself serves the many-rows path.
+    itself serves the many-rows path. `tiles`: also keep them as the native step's AMX
+    kernel reads them (`native_step.tile_layout`), where their scales are float16 values.
     """
 
     def __init__(self, weight: torch.Tensor, groups, compute_dtype: torch.dtype = torch.bfloat16,
                  group: int = INT4_GROUP, bias: torch.Tensor | None = None,
                  prefill_dtype: torch.dtype | None = None,
-                 dense_dtype: torch.dtype | None = None) -> None:
+                 dense_dtype: torch.dtype | None = None, tiles: bool = False) -> None:
         super().__init__(weight.shape[0], weight.shape[1], bias, compute_dtype, prefill_dtype,
                          dense_dtype)
         self.group = group
@@ -175,6 +176,9 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
         scales_and_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
         self.register_buffer("scales_and_zeros", scales_and_zeros.to(compute_dtype), persistent=False)
         self.register_buffer("float_weight", weight.detach().to(self.dense_dtype), persistent=False)
+        tiled = native_step.tile_layout(q, scale, zero) if tiles and group == native_step.TILE_GROUP else None
+        self.register_buffer("tile_weight", tiled and tiled[0], persistent=False)
+        self.register_buffer("tile_scale_low", tiled and tiled[1], persistent=False)
 
     def few_rows(self, flat: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -222,13 +226,15 @@ def dense_copy_dtype(model: nn.Module, prefill_dtype: torch.dtype) -> torch.dtyp
     return torch.float32 if elements * 4 <= DENSE_FP32_LIMIT_BYTES else torch.bfloat16
 
 
-def prepare_for_fast_decode(model: nn.Module, device: torch.device, plan: SpeedPlan) -> str | None:
+def prepare_for_fast_decode(model: nn.Module, device: torch.device, plan: SpeedPlan,
+                            tiles: bool = False) -> str | None:
     """Fuse and quantize a causal LM on CPU in place, as `plan` says; how its weights are held.
 
     The model is first cast to the plan's decode dtype (its activations' dtype); prompt
     matmuls run in the plan's prefill dtype. Returns INT4_TAG when the layers run on
     4-bit weights, INT8_TAG when on int8, "float weights" for fused float layers, None
     when the model was left as it is (not on CPU, or no weight-only kernels in torch).
+    `tiles`: int4 layers also keep the native step's AMX layout.
     """
     if device.type != "cpu" or not int8_kernel_available():
         return None
@@ -245,7 +251,7 @@ def prepare_for_fast_decode(model: nn.Module, device: torch.device, plan: SpeedP
         if groups is not None:
             formats.append("int4")
             return Int4WeightOnlyLinear(weight, groups, dtype, bias=bias, prefill_dtype=prefill_dtype,
-                                        dense_dtype=dense_dtype)
+                                        dense_dtype=dense_dtype, tiles=tiles)
         formats.append("int8")
         return Int8WeightOnlyLinear(weight, bias, dtype, prefill_dtype, dense_dtype)
 
@@ -294,7 +300,8 @@ def prepare_chat_model(model: nn.Module, device: torch.device, dtype: torch.dtyp
         plan = SpeedPlan.fixed(dtype)
     else:
         return Prepared(dtype)
-    quantization = prepare_for_fast_decode(model, device, plan)
+    tiles = native and native_step.amx_tiles_wanted()
+    quantization = prepare_for_fast_decode(model, device, plan, tiles)
     if quantization is None:  # nothing fused or quantized; the model may have been cast
         return Prepared(plan.dtype)
     if native and supports_decode_step(model):

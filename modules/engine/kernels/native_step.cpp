@@ -24,6 +24,11 @@
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#define PLAYGROUND_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace {
 
@@ -211,7 +216,164 @@ void int8_matmul(const float* x, int64_t rows, const int8_t* weights, const floa
   });
 }
 
-enum Kind : int64_t { kInt4 = 0, kInt8 = 1, kDense = 2 };
+
+// ---- int4 weights times rows on AMX tiles (CPUs with AMX-BF16) ----
+//
+// torch's int4 kernel costs 1.6-2x for four rows what it costs for one: each row is
+// float multiply-adds over the dequantized weights. An AMX tile multiply takes up to 16
+// rows in one instruction, so here the cost is unpacking the weights, once for all rows.
+// Each weight goes into a tile as the bf16 value 16 + q (exact: bf16 counts by one
+// from 16 to 32), the rows as bf16 (as torch's kernel rounds them), and the products
+// add up in float32. Per group of 32 inputs, with W = scale·q + low:
+//   Σ W·x = scale · Σ (16 + q)·x + (low - 16·scale) · Σ x
+// so a tile's result needs two multiply-adds per row and group. scale and low are held
+// in float16 (torch's kernel holds scale and zero in bf16, 8x coarser), so the weights
+// cost the bytes torch's layout does (0.625 a weight): one row's step is bound by
+// memory bandwidth. AMX computes each row on its own, so a row's result does not
+// depend on the other rows (tests/test_native_step.py checks it bit for bit).
+//
+// Layout (`tile_layout` in native_step.py): for each tile of 16 outputs and group g,
+// 8 x 32 bytes; bytes 2n and 2n+1 of block j hold, for output n, inputs 4j, 4j+1 in
+// their low nibbles and 4j+2, 4j+3 in their high ones. Widened to 16 bits, the low
+// nibbles are a tile row (an input pair for 16 outputs) and the high ones the next.
+// scale_low: [tiles][groups][2][16] float16, the scales and the lows.
+
+bool amx_ready() {
+#if defined(PLAYGROUND_AMX)
+  // Linux hands out the tile registers' state only on request (ARCH_REQ_XCOMP_PERM, XTILEDATA).
+  static const bool ready = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  return ready;
+#else
+  return false;
+#endif
+}
+
+constexpr int64_t kTileOutputs = 16, kTileGroup = 32, kTileBytes = 256;
+constexpr int64_t kPrefetchGroups = 16;
+
+#if defined(PLAYGROUND_AMX)
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles: 0 and 3 the results of two output tiles, 1 the rows, 2 and 4 the weights.
+void configure_tiles(int rows) {
+  TileConfig config;
+  for (int tile : {0, 1, 3}) config.rows[tile] = rows, config.bytes_per_row[tile] = 64;
+  for (int tile : {2, 4}) config.rows[tile] = 16, config.bytes_per_row[tile] = 64;
+  _tile_loadconfig(&config);
+}
+
+// One group's weights of one output tile as 16 tile rows of bf16 (16 + q).
+inline void unpack_tile(const uint8_t* packed, uint16_t* tile) {
+  const __m512i mask = _mm512_set1_epi16(0x78), sixteen = _mm512_set1_epi16(0x4180);
+  for (int j = 0; j < 8; ++j) {
+    const __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + j * 32)));
+    _mm512_store_si512(tile + 2 * j * 32, _mm512_or_si512(_mm512_and_si512(_mm512_slli_epi16(w, 3), mask), sixteen));
+    _mm512_store_si512(tile + (2 * j + 1) * 32, _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(w, 1), mask), sixteen));
+  }
+}
+
+// T (1 or 2) output tiles for `rows` (<= 4) rows of bf16 x with their group sums. The tile
+// products of all groups are stored first and scaled after, so no vector load waits on a
+// tile store; the weights alternate between two buffers for the same reason.
+template <int T>
+void tiles_block(int rows, const uint16_t* x, const float* sums, int64_t k, const uint8_t* packed,
+                 const at::Half* scale_low, float* out, int64_t ldo, float* results) {
+  const int64_t groups = k / kTileGroup;
+  alignas(64) uint16_t weights[2][T][16 * 32];
+  for (int64_t g = 0; g < groups; ++g) {
+    uint16_t (*w)[16 * 32] = weights[g & 1];
+    for (int t = 0; t < T; ++t) {
+      const uint8_t* next = packed + (t * groups + g + kPrefetchGroups) * kTileBytes;
+      _mm_prefetch(reinterpret_cast<const char*>(next), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(next + 64), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(next + 128), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(next + 192), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(scale_low + (t * groups + g) * 32), _MM_HINT_T0);
+      unpack_tile(packed + (t * groups + g) * kTileBytes, w[t]);
+    }
+    float* result = results + g * T * 64;
+    _tile_loadd(1, x + g * kTileGroup, k * 2);
+    _tile_zero(0);
+    _tile_loadd(2, w[0], 64);
+    _tile_dpbf16ps(0, 1, 2);
+    _tile_stored(0, result, 64);
+    if constexpr (T == 2) {
+      _tile_zero(3);
+      _tile_loadd(4, w[1], 64);
+      _tile_dpbf16ps(3, 1, 4);
+      _tile_stored(3, result + 64, 64);
+    }
+  }
+  __m512 acc[T][kRowBlock];
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < rows; ++r) acc[t][r] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g)
+    for (int t = 0; t < T; ++t) {
+      const at::Half* sl = scale_low + (t * groups + g) * 32;
+      const float* result = results + (g * T + t) * 64;
+      const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sl)));
+      const __m512 zero = _mm512_fmadd_ps(scale, _mm512_set1_ps(-16.0f),
+          _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sl + 16))));
+      for (int r = 0; r < rows; ++r) {
+        acc[t][r] = _mm512_fmadd_ps(_mm512_load_ps(result + r * 16), scale, acc[t][r]);
+        acc[t][r] = _mm512_fmadd_ps(zero, _mm512_set1_ps(sums[r * groups + g]), acc[t][r]);
+      }
+    }
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < rows; ++r) _mm512_storeu_ps(out + r * ldo + t * 16, acc[t][r]);
+}
+#endif
+
+// out [rows, n] = x [rows, k] · Wᵀ for int4 weights in the tile layout above.
+void int4_tiles_matmul(const float* x, int64_t rows, const uint8_t* packed, const at::Half* scale_low,
+                       int64_t n, int64_t k, float* out) {
+#if defined(PLAYGROUND_AMX)
+  const int64_t groups = k / kTileGroup, tiles = n / kTileOutputs;
+  std::vector<uint16_t> rounded(rows * k);
+  std::vector<float> sums(rows * groups);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* src = x + r * k + g * kTileGroup;
+      uint16_t* dst = rounded.data() + r * k + g * kTileGroup;
+      const __m512bh pair = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src));
+      _mm512_storeu_si512(dst, reinterpret_cast<__m512i>(pair));
+      const __m512 low = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dst))), 16));
+      const __m512 high = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dst + 16))), 16));
+      sums[r * groups + g] = _mm512_reduce_add_ps(_mm512_add_ps(low, high));
+    }
+  at::parallel_for(0, (tiles + 1) / 2, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = 0; r < rows; r += kRowBlock) {
+      const int block = static_cast<int>(std::min<int64_t>(kRowBlock, rows - r));
+      // each group's products for two tiles of up to four rows: 64 floats a tile
+      std::vector<float> storage(groups * 2 * 64 + 16);
+      float* results = storage.data() + (16 - reinterpret_cast<uintptr_t>(storage.data()) / 4 % 16) % 16;
+      configure_tiles(block);
+      for (int64_t pair = begin; pair < end; ++pair) {
+        const int64_t t = pair * 2;
+        const uint16_t* xr = rounded.data() + r * k;
+        const float* sr = sums.data() + r * groups;
+        const uint8_t* p = packed + t * groups * kTileBytes;
+        const at::Half* sl = scale_low + t * groups * 32;
+        float* o = out + r * n + t * kTileOutputs;
+        if (t + 1 < tiles) tiles_block<2>(block, xr, sr, k, p, sl, o, n, results);
+        else tiles_block<1>(block, xr, sr, k, p, sl, o, n, results);
+      }
+      _tile_release();
+    }
+  });
+#else
+  TORCH_CHECK(false, "int4 tiles need AMX-BF16 (this build has none)");
+#endif
+}
+
+enum Kind : int64_t { kInt4 = 0, kInt8 = 1, kDense = 2, kInt4Tiles = 3 };
 
 // y = x Wᵀ (+ b) for how the weights are held: int8 through the kernel above, int4
 // through torch's kernel, as the Python layer calls it, a dense matmul otherwise.
@@ -222,7 +384,7 @@ struct Projection {
   at::ScalarType input_dtype;
   std::vector<float> bias, float_scale;  // float_scale: int8's, as floats
 
-  int64_t outputs() const { return weight.size(0); }
+  int64_t outputs() const { return kind == kInt4Tiles ? weight.size(0) * kTileOutputs : weight.size(0); }
 
   at::Tensor run(const at::Tensor& x) const {
     switch (kind) {
@@ -235,6 +397,8 @@ struct Projection {
   void apply(const float* x, int64_t rows, int64_t in, float* out) const {
     if (kind == kInt8) {
       int8_matmul(x, rows, weight.data_ptr<int8_t>(), float_scale.data(), outputs(), in, out);
+    } else if (kind == kInt4Tiles) {
+      int4_tiles_matmul(x, rows, weight.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), outputs(), in, out);
     } else {
       at::Tensor y = run(to_tensor(x, rows, in, input_dtype)).contiguous();
       read_floats(y, out);
@@ -254,6 +418,14 @@ struct Projection {
       TORCH_CHECK(weight.scalar_type() == at::kChar && weight.dim() == 2 && weight.is_contiguous() &&
                   scales.numel() == weight.size(0), "int8: contiguous int8 [n, k] and n scales");
       p.float_scale = floats(scales);
+    }
+    if (kind == kInt4Tiles) {
+      TORCH_CHECK(amx_ready(), "int4 tiles need AMX-BF16, which this build or process lacks");
+      TORCH_CHECK(weight.scalar_type() == at::kByte && weight.dim() == 4 && weight.is_contiguous() &&
+                  weight.size(2) == 8 && weight.size(3) == 32 && scales.scalar_type() == at::kHalf &&
+                  scales.is_contiguous() && scales.dim() == 4 && scales.size(0) == weight.size(0) &&
+                  scales.size(1) == weight.size(1) && scales.size(2) == 2 && scales.size(3) == 16,
+                  "int4 tiles: uint8 [tiles, groups, 8, 32] and float16 [tiles, groups, 2, 16]");
     }
     return p;
   }
@@ -457,8 +629,9 @@ class Decoder {
 };
 
 at::Tensor apply_alone(const Projection& p, const at::Tensor& x) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous() &&
-              x.size(1) == p.weight.size(1), "x: contiguous float32 [rows, k]");
+  const int64_t k = p.kind == kInt4Tiles ? p.weight.size(1) * kTileGroup : p.weight.size(1);
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous() && x.size(1) == k,
+              "x: contiguous float32 [rows, k]");
   at::Tensor out = at::empty({x.size(0), p.outputs()}, x.options());
   pybind11::gil_scoped_release no_gil;
   p.apply(x.data_ptr<float>(), x.size(0), x.size(1), out.data_ptr<float>());
@@ -479,4 +652,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_matmul", [](at::Tensor x, at::Tensor weight, at::Tensor scale) {
     return apply_alone(Projection::make(kInt8, weight, scale, 0, at::Tensor(), 0), x);
   });
+  // The AMX int4 kernel alone: float32 x [rows, k], tile_layout's weight and scale_low.
+  m.def("int4_tiles_matmul", [](at::Tensor x, at::Tensor weight, at::Tensor scale_low) {
+    return apply_alone(Projection::make(kInt4Tiles, weight, scale_low, kTileGroup, at::Tensor(), 0), x);
+  });
+  m.def("amx_ready", &amx_ready);
 }

@@ -38,7 +38,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from modules.engine.cpu_profile import cpu_identity
+from modules.engine.cpu_profile import cpu_flags, cpu_identity
 from modules.engine.kernels.fused_llama import FusedLlamaLayer, project, signed_sin
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("native_step.cpp")
 MODULE_NAME = "playground_native_step"
 BUILD_SECONDS = 600  # a compiler that takes longer is stuck
-KIND_INT4, KIND_INT8, KIND_DENSE = 0, 1, 2
+KIND_INT4, KIND_INT8, KIND_DENSE, KIND_INT4_TILES = 0, 1, 2, 3
+TILE_OUTPUTS, TILE_GROUP = 16, 32  # native_step.cpp's int4 tiles: 16 outputs x 32 inputs
 # c10::ScalarType codes of the projections' input dtypes
 SCALAR_TYPES = {torch.float16: 5, torch.float32: 6, torch.bfloat16: 15}
 _ATTRIBUTE = "_playground_native_step"
@@ -61,6 +62,36 @@ def isa_flags() -> list[str]:
     if capability == "AVX2":
         return ["-mavx2", "-mfma", "-mf16c"]
     return []  # other CPUs (ARM's NEON is the baseline there): the compiler's default
+
+
+def amx_tiles_wanted() -> bool:
+    """Will the extension multiply int4 weights on AMX tiles here (native_step.cpp)? It is
+    compiled with -march=native where torch uses AVX-512, which brings AMX where the CPU
+    has it; int4 layers then keep a copy in `tile_layout` (0.625 bytes a weight)."""
+    return (os.environ.get("PLAYGROUND_AMX", "1") != "0" and "-march=native" in isa_flags()
+            and {"amx_tile", "amx_bf16", "avx512_bf16"} <= cpu_flags())
+
+
+def tile_layout(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """int4 weights W = (q - 8)·scale + zero (q [n, k] in 0..15, scale and zero [n, k / 32])
+    as native_step.cpp's AMX kernel reads them: uint8 [n/16, k/32, 8, 32] and float16
+    [n/16, k/32, 2, 16] (each group's scale, then its lowest value). None where float16
+    would hold a scale or low less exactly than torch's kernel's bf16 does (outside its
+    range)."""
+    n, k = q.shape
+    if n % TILE_OUTPUTS or k % TILE_GROUP:
+        return None
+    groups = k // TILE_GROUP
+    scale = scale.float()
+    scale_low = torch.stack([scale, zero.float() - 8 * scale])  # [2, n, groups]
+    if not torch.allclose(scale_low.half().float(), scale_low, rtol=2.0**-9, atol=0):
+        return None
+    scale_low = scale_low.half().reshape(2, n // TILE_OUTPUTS, TILE_OUTPUTS, groups).permute(1, 3, 0, 2)
+    q = q.to(torch.uint8).reshape(n // TILE_OUTPUTS, TILE_OUTPUTS, groups, 8, 4)  # tile, output, group, j, i
+    low, high = q[..., :2], q[..., 2:]  # inputs 4j, 4j+1 and 4j+2, 4j+3
+    packed = (low | (high << 4)).permute(0, 2, 3, 1, 4).reshape(n // TILE_OUTPUTS, groups, 8, 32)
+    return packed.contiguous(), scale_low.contiguous()
 
 
 def compile_command(output: Path) -> list[str]:
@@ -201,7 +232,7 @@ def _decoder(module: ModuleType, model: nn.Module):
     empty = torch.empty(0)
     for layer in layers:
         size = layer.input_norm_twice.shape[0] // 2
-        parts = [_projection(p) for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        parts = [_projection(module, p) for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
         decoder.add_layer(layer.input_norm_twice[:size], layer.post_attention_norm_twice[:size],
                           empty if layer.head_norm is None else layer.head_norm,
                           float(layer.head_norm_eps or 0.0), *map(list, zip(*parts)))
@@ -211,9 +242,12 @@ def _decoder(module: ModuleType, model: nn.Module):
     return decoder
 
 
-def _projection(linear: nn.Module) -> tuple[int, torch.Tensor, torch.Tensor, int, torch.Tensor, int]:
+def _projection(module: ModuleType, linear: nn.Module) -> tuple[int, torch.Tensor, torch.Tensor, int,
+                                                               torch.Tensor, int]:
     """(kind, weight, scales, group, bias or empty, input dtype code) of one projection."""
     bias = linear.bias if linear.bias is not None else torch.empty(0)
+    if getattr(linear, "tile_weight", None) is not None and module.amx_ready():
+        return KIND_INT4_TILES, linear.tile_weight, linear.tile_scale_low, TILE_GROUP, bias, 0
     if hasattr(linear, "packed"):  # Int4WeightOnlyLinear
         return KIND_INT4, linear.packed, linear.scales_and_zeros, linear.group, bias, \
             SCALAR_TYPES[linear.compute_dtype]
