@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import copy
 import shutil
+import threading
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from modules.engine.batching import BatchScheduler
+from modules.engine.batching import BatchScheduler, Sequence
 from modules.engine.kv_cache import growing_cache
 from modules.engine.cpu_profile import SpeedPlan
 from modules.engine.kernels import native_step
@@ -138,16 +139,18 @@ def _teacher_forced_reference(model) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-@pytest.mark.parametrize("weights", ["int8", "int4 tiles"])
+@pytest.mark.parametrize("weights, cache", [("int8", torch.float32), ("int8", torch.bfloat16),
+                                            ("int4 tiles", torch.bfloat16)])
 @torch.inference_mode()
-def test_each_padded_row_computes_exactly_what_it_computes_alone(extension, family, weights, tiny_causal_lm_dir):
+def test_each_padded_row_computes_exactly_what_it_computes_alone(extension, family, weights, cache,
+                                                                tiny_causal_lm_dir):
     original = _original(family, tiny_causal_lm_dir)
     if weights == "int4 tiles":
         _amx(extension)
         _make_four_bit(original)
     model = _prepared(original, weights)
-    batch = prefilled(model, PROMPTS, torch.float32)
-    alone = [prefilled(model, [ids], torch.float32) for ids in PROMPTS]
+    batch = prefilled(model, PROMPTS, cache)
+    alone = [prefilled(model, [ids], cache) for ids in PROMPTS]
     assert batch.starts() and len(set(batch.starts())) == len(PROMPTS)
     tokens = torch.tensor([[3]] * len(PROMPTS))
     for _ in range(6):
@@ -157,6 +160,27 @@ def test_each_padded_row_computes_exactly_what_it_computes_alone(extension, fami
             assert torch.equal(got[row], expected[0])
         tokens = got.argmax(-1, keepdim=True)
     assert batch.length == len(PROMPTS[2]) + 6
+
+
+@torch.inference_mode()
+def test_a_bf16_cache_steps_as_a_float32_one_and_the_scheduler_uses_it(extension, tiny_causal_lm_dir):
+    """A bf16 model's batches keep keys and values in bf16 (half the bytes each step reads):
+    the native step reads and writes them, with the logits of a float32 cache up to the
+    rounding of the new columns; the scheduler's native batches take that cache."""
+    model = _prepared(_original("llama", tiny_causal_lm_dir), "int8 bf16")
+    assert native_step.cache_dtype(model) == torch.bfloat16
+    caches = {dtype: prefilled(model, [PROMPTS[0]], dtype) for dtype in (torch.float32, torch.bfloat16)}
+    tokens = torch.tensor([[3]])
+    for _ in range(8):
+        logits = {dtype: native_step.native_decode_step(model, tokens, batch.positions(), None, batch.cache)
+                  for dtype, batch in caches.items()}
+        assert caches[torch.bfloat16].cache.layers[0].keys.dtype == torch.bfloat16
+        torch.testing.assert_close(logits[torch.bfloat16], logits[torch.float32], rtol=0.02, atol=0.02)
+        tokens = logits[torch.float32].argmax(-1, keepdim=True)
+    scheduler = BatchScheduler(model, threading.Lock())
+    done = scheduler.submit(Sequence(prompt_ids=PROMPTS[0], max_new_tokens=3))
+    assert done.wait(30) and done.error is None and len(done.tokens) == 3
+    assert scheduler._native_steps and scheduler._cache_dtype() == torch.bfloat16
 
 
 @torch.inference_mode()

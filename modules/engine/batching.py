@@ -293,9 +293,9 @@ class BatchScheduler:
     def _prefill(self, sequence: Sequence) -> None:
         sequence.started_at = time.perf_counter()
         sequence._picker = TokenPicker(sequence.sampling)
-        cache = growing_cache(self.model.config, torch.float32 if self._lean_steps else None)
         if self._batch.cache is None:  # a new batch: one kind of step for all its replies
             self._native_steps = self._lean_steps and native_step.ready(self.model)
+        cache = growing_cache(self.model.config, self._cache_dtype())
         try:
             ids = torch.tensor([sequence.prompt_ids], device=self.model.device)
             output = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -311,6 +311,13 @@ class BatchScheduler:
         with self._state:
             self._running.append(sequence)
         self._batch.add(cache)
+
+    def _cache_dtype(self) -> torch.dtype | None:
+        """The batch's keys and values: as the native step reads them (bf16 for a bf16 model),
+        float32 for the Python lean step (it attends in float32), else as the model makes them."""
+        if self._native_steps:
+            return native_step.cache_dtype(self.model)
+        return torch.float32 if self._lean_steps else None
 
     def _decode_step(self) -> None:
         last = torch.tensor([[s.tokens[-1]] for s in self._running], device=self.model.device)

@@ -2,8 +2,8 @@
 //
 // A one-token step of a small model on a CPU is mostly dispatch: ~20 tensor operations
 // a layer, each a few microseconds of Python and ATen for a few hundred multiply-adds.
-// Here a layer is four calls to torch's own weight-only kernels (the projections, as
-// the Python layer calls them) and plain loops for everything between them: RMSNorm,
+// Here a layer is four projections (torch's own weight-only int4 kernel, or this file's
+// int8 and AMX int4 kernels) and plain loops for everything between them: RMSNorm,
 // rotary embedding, writing the KV cache column, attention, SiLU. The loops work in
 // float32 and keep the residual stream in float32.
 //
@@ -34,13 +34,15 @@ namespace {
 
 constexpr int kLanes = 16;  // partial sums per reduction: one AVX-512 vector, two AVX2 ones
 
-float dot(const float* a, const float* b, int64_t n) {
+// b: float32, or bf16 (the KV cache's keys), widened as read.
+template <typename T>
+float dot(const float* a, const T* b, int64_t n) {
   float partial[kLanes] = {0.f};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) partial[j] += a[i + j] * b[i + j];
+    for (int j = 0; j < kLanes; ++j) partial[j] += a[i + j] * static_cast<float>(b[i + j]);
   float sum = 0.f;
-  for (; i < n; ++i) sum += a[i] * b[i];
+  for (; i < n; ++i) sum += a[i] * static_cast<float>(b[i]);
   for (int j = 0; j < kLanes; ++j) sum += partial[j];
   return sum;
 }
@@ -467,8 +469,10 @@ class Decoder {
 
   // hidden [rows, hidden] float32 (the embedded tokens); cos / sin [rows, head_dim] float32,
   // sin signed as fused_llama.signed_sin makes it; keys / values per layer: [rows, kv heads,
-  // capacity > length, head_dim] float32 buffers holding `length` columns, the new token's
-  // key and value go to column `length`; starts: each row's first real column.
+  // capacity > length, head_dim] buffers holding `length` columns, float32 or bf16 (a bf16
+  // model's batches: a step reads its whole cache, and at 600 tokens four rows' float32
+  // cache is 110 MB, more than the weights), the new token's key and value go to column
+  // `length`; starts: each row's first real column.
   at::Tensor step(at::Tensor hidden, at::Tensor cos, at::Tensor sin, std::vector<at::Tensor> keys,
                   std::vector<at::Tensor> values, int64_t length, std::vector<int64_t> starts) {
     const int64_t rows = hidden.size(0);
@@ -481,10 +485,12 @@ class Decoder {
     TORCH_CHECK(starts.empty() || static_cast<int64_t>(starts.size()) == rows, "one start per row");
     for (size_t l = 0; l < layers_.size(); ++l)
       for (const at::Tensor* buffer : {&keys[l], &values[l]})
-        TORCH_CHECK(buffer->scalar_type() == at::kFloat && buffer->dim() == 4 &&
+        TORCH_CHECK(buffer->scalar_type() == keys[0].scalar_type() &&
+                    (buffer->scalar_type() == at::kFloat || buffer->scalar_type() == at::kBFloat16) &&
+                    buffer->dim() == 4 &&
                     buffer->size(0) == rows && buffer->size(1) == kv_heads_ &&
                     buffer->size(2) > length && buffer->size(3) == head_dim_ && buffer->stride(3) == 1,
-                    "cache buffers: float32 [rows, kv heads, > length, head_dim]");
+                    "cache buffers: float32 or bf16 (all alike) [rows, kv heads, > length, head_dim]");
     for (int64_t start : starts) TORCH_CHECK(start >= 0 && start <= length, "start out of range");
 
     at::Tensor out = hidden.clone();
@@ -500,9 +506,15 @@ class Decoder {
       for (int64_t r = 0; r < rows; ++r)
         rms_norm(h + r * hidden_, layer.input_norm.data(), eps_, hidden_, normed.data() + r * hidden_);
       layer.qkv.apply(normed.data(), rows, hidden_, qkv.data());
-      rotate_and_store(layer, qkv.data(), cos.data_ptr<float>(), sin.data_ptr<float>(), rows,
-                       keys[l], values[l], length);
-      attend(qkv.data(), qkv_width, keys[l], values[l], length, starts, rows, attended.data());
+      if (keys[l].scalar_type() == at::kBFloat16) {
+        rotate_and_store<at::BFloat16>(layer, qkv.data(), cos.data_ptr<float>(), sin.data_ptr<float>(), rows,
+                                       keys[l], values[l], length);
+        attend<at::BFloat16>(qkv.data(), qkv_width, keys[l], values[l], length, starts, rows, attended.data());
+      } else {
+        rotate_and_store<float>(layer, qkv.data(), cos.data_ptr<float>(), sin.data_ptr<float>(), rows,
+                                keys[l], values[l], length);
+        attend<float>(qkv.data(), qkv_width, keys[l], values[l], length, starts, rows, attended.data());
+      }
       layer.o.apply(attended.data(), rows, query_heads_ * head_dim_, projected.data());
       for (int64_t i = 0; i < rows * hidden_; ++i) h[i] += projected[i];
       for (int64_t r = 0; r < rows; ++r)
@@ -551,13 +563,14 @@ class Decoder {
  private:
   // Qwen3's head norm, then the rotary embedding of each query and key head (in place in
   // `qkv`); the key and value heads go into the cache at column `length`.
+  template <typename T>
   void rotate_and_store(const Layer& layer, float* qkv, const float* cos, const float* sin,
                         int64_t rows, at::Tensor& keys, at::Tensor& values, int64_t length) const {
     const int64_t d = head_dim_, half = head_dim_ / 2, heads = query_heads_ + kv_heads_;
     const int64_t width = (heads + kv_heads_) * d;
     std::vector<float> head(d);
-    float* key_data = keys.data_ptr<float>();
-    float* value_data = values.data_ptr<float>();
+    T* key_data = keys.data_ptr<T>();
+    T* value_data = values.data_ptr<T>();
     for (int64_t r = 0; r < rows; ++r) {
       float* row = qkv + r * width;
       const float* c = cos + r * d;
@@ -577,47 +590,75 @@ class Decoder {
     }
   }
 
-  // softmax(q·kᵀ · scaling)·v of each query head over its row's columns start..length.
+  // softmax(q·kᵀ · scaling)·v of each query head over its row's columns start..length. The
+  // query heads that share a key/value head go together, so each cached row is read (and,
+  // from bf16, widened) once for all of them.
+  template <typename T>
   void attend(const float* qkv, int64_t width, const at::Tensor& keys, const at::Tensor& values,
               int64_t length, const std::vector<int64_t>& starts, int64_t rows, float* attended) const {
     const int64_t d = head_dim_, groups = query_heads_ / kv_heads_;
-    const float* key_data = keys.data_ptr<float>();
-    const float* value_data = values.data_ptr<float>();
+    const T* key_data = keys.data_ptr<T>();
+    const T* value_data = values.data_ptr<T>();
     const int64_t work = rows * query_heads_ * (length + 1) * d;
     const int64_t grain = work < (1 << 17) ? rows * kv_heads_ : 1;
     at::parallel_for(0, rows * kv_heads_, grain, [&](int64_t begin, int64_t end) {
-      std::vector<float> scores(length + 1), sum_v(d);
+      std::vector<float> scores(groups * (length + 1)), sums(groups * d), row(d);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t r = task / kv_heads_, k = task % kv_heads_;
         const int64_t start = starts.empty() ? 0 : starts[r], seen = length + 1 - start;
-        const float* key = key_data + r * keys.stride(0) + k * keys.stride(1) + start * keys.stride(2);
-        const float* value = value_data + r * values.stride(0) + k * values.stride(1) + start * values.stride(2);
+        const T* key = key_data + r * keys.stride(0) + k * keys.stride(1) + start * keys.stride(2);
+        const T* value = value_data + r * values.stride(0) + k * values.stride(1) + start * values.stride(2);
+        const float* queries = qkv + r * width + k * groups * d;
+        for (int64_t c = 0; c < seen; ++c) {
+          const float* cached = widened(key + c * keys.stride(2), row.data(), d);
+          for (int64_t g = 0; g < groups; ++g) scores[g * seen + c] = head_dot(queries + g * d, cached, d) * scaling_;
+        }
         for (int64_t g = 0; g < groups; ++g) {
-          const int64_t q_head = k * groups + g;
-          const float* query = qkv + r * width + q_head * d;
-          float top = -INFINITY;
-          for (int64_t c = 0; c < seen; ++c) {
-            scores[c] = dot(query, key + c * keys.stride(2), d) * scaling_;
-            top = std::max(top, scores[c]);
-          }
+          float* score = scores.data() + g * seen;
+          const float top = *std::max_element(score, score + seen);
           float total = 0.f;
           for (int64_t c = 0; c < seen; ++c) {
-            scores[c] = exp_approx(scores[c] - top);
-            total += scores[c];
+            score[c] = exp_approx(score[c] - top);
+            total += score[c];
           }
-          std::fill(sum_v.begin(), sum_v.end(), 0.f);
-          for (int64_t c = 0; c < seen; ++c) {
-            const float p = scores[c];
-            const float* v = value + c * values.stride(2);
-            for (int64_t i = 0; i < d; ++i) sum_v[i] += p * v[i];
-          }
-          float* out = attended + (r * query_heads_ + q_head) * d;
           const float inverse = 1.0f / total;
-          for (int64_t i = 0; i < d; ++i) out[i] = sum_v[i] * inverse;
+          for (int64_t c = 0; c < seen; ++c) score[c] *= inverse;
         }
+        std::fill(sums.begin(), sums.end(), 0.f);
+        for (int64_t c = 0; c < seen; ++c) {
+          const float* cached = widened(value + c * values.stride(2), row.data(), d);
+          for (int64_t g = 0; g < groups; ++g) {
+            const float p = scores[g * seen + c];
+            float* sum = sums.data() + g * d;
+            for (int64_t i = 0; i < d; ++i) sum[i] += p * cached[i];
+          }
+        }
+        std::copy(sums.begin(), sums.end(), attended + (r * query_heads_ + k * groups) * d);
       }
     });
   }
+
+  // A cached row as floats: itself when float32, else widened into `buffer`.
+  static const float* widened(const float* src, float*, int64_t) { return src; }
+  static const float* widened(const at::BFloat16* src, float* buffer, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) buffer[i] = static_cast<float>(src[i]);
+    return buffer;
+  }
+
+  // q·k for one head: one vector of partial sums and one reduction where the head's size
+  // allows (64 and 128 do), else `dot`.
+  static float head_dot(const float* q, const float* k, int64_t d) {
+#if defined(PLAYGROUND_FLOAT_VECTOR)
+    using V = FloatVector;
+    if (d % V::kLanes == 0) {
+      V::Type acc = V::zero();
+      for (int64_t i = 0; i < d; i += V::kLanes) acc = V::fmadd(V::floats(q + i), V::floats(k + i), acc);
+      return V::sum(acc);
+    }
+#endif
+    return dot(q, k, d);
+  }
+
 
   int64_t hidden_, query_heads_, kv_heads_, head_dim_, intermediate_;
   float eps_, scaling_;

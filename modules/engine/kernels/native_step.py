@@ -265,11 +265,12 @@ def ready(model: nn.Module) -> bool:
 def native_decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
                        starts: list[int] | None, cache) -> torch.Tensor | None:
     """`decode_step`'s logits through the native step; None where it does not apply (not
-    attached or not built, attention being recorded, a cache not held in float32 buffers)."""
+    attached or not built, attention being recorded, a cache not held in float32 or bf16
+    growing buffers)."""
     holder = getattr(model, _ATTRIBUTE, None)
     decoder = None if holder is None else holder.get(model)
     inner = model.model
-    if decoder is None or inner.layers[0].attention_sink is not None or not _float32_buffers(cache):
+    if decoder is None or inner.layers[0].attention_sink is not None or not _native_buffers(cache):
         return None
     rows = tokens.shape[0]
     hidden = inner.embed_tokens(tokens).float().view(rows, -1)
@@ -287,7 +288,15 @@ def native_decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.
     return project(model.lm_head, inner.norm(hidden))
 
 
-def _float32_buffers(cache) -> bool:
+def cache_dtype(model: nn.Module) -> torch.dtype:
+    """What the native step's batches hold keys and values in: bf16 for a bf16 model (a step
+    reads the whole cache, so half the bytes; the values are what the bf16 model's own
+    layers would store), float32 otherwise."""
+    return torch.bfloat16 if model.dtype == torch.bfloat16 else torch.float32
+
+
+def _native_buffers(cache) -> bool:
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(getattr(layer, "held_dtype", None) == torch.float32
+    return bool(layers) and all(getattr(layer, "held_dtype", None) in (torch.float32, torch.bfloat16)
+                                and layer.held_dtype == layers[0].held_dtype
                                 and getattr(layer, "is_initialized", False) for layer in layers)
