@@ -34,15 +34,13 @@ namespace {
 
 constexpr int kLanes = 16;  // partial sums per reduction: one AVX-512 vector, two AVX2 ones
 
-// b: float32, or bf16 (the KV cache's keys), widened as read.
-template <typename T>
-float dot(const float* a, const T* b, int64_t n) {
+float dot(const float* a, const float* b, int64_t n) {
   float partial[kLanes] = {0.f};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) partial[j] += a[i + j] * static_cast<float>(b[i + j]);
+    for (int j = 0; j < kLanes; ++j) partial[j] += a[i + j] * b[i + j];
   float sum = 0.f;
-  for (; i < n; ++i) sum += a[i] * static_cast<float>(b[i]);
+  for (; i < n; ++i) sum += a[i] * b[i];
   for (int j = 0; j < kLanes; ++j) sum += partial[j];
   return sum;
 }
@@ -351,11 +349,11 @@ void int4_tiles_matmul(const float* x, int64_t rows, const uint8_t* packed, cons
       sums[r * groups + g] = _mm512_reduce_add_ps(_mm512_add_ps(low, high));
     }
   at::parallel_for(0, (tiles + 1) / 2, 1, [&](int64_t begin, int64_t end) {
+    // each group's products for two tiles of up to four rows: 64 floats a tile, 64-byte aligned
+    std::vector<float> storage(groups * 2 * 64 + 16);
+    float* results = storage.data() + (16 - reinterpret_cast<uintptr_t>(storage.data()) / 4 % 16) % 16;
     for (int64_t r = 0; r < rows; r += kRowBlock) {
       const int block = static_cast<int>(std::min<int64_t>(kRowBlock, rows - r));
-      // each group's products for two tiles of up to four rows: 64 floats a tile
-      std::vector<float> storage(groups * 2 * 64 + 16);
-      float* results = storage.data() + (16 - reinterpret_cast<uintptr_t>(storage.data()) / 4 % 16) % 16;
       configure_tiles(block);
       for (int64_t pair = begin; pair < end; ++pair) {
         const int64_t t = pair * 2;
