@@ -130,6 +130,9 @@ class Settings:
     # Their decode steps through one native call, compiled here for this CPU (needs a C++
     # compiler; modules/engine/kernels/native_step.py). PLAYGROUND_NATIVE_STEP=0 turns it off.
     native_step: bool = True
+    # On CPUs with AMX-BF16, that step's int4 layers on AMX tiles (a second copy of the 4-bit
+    # weights; modules/engine/kernels/native_step.py). PLAYGROUND_AMX=0 keeps torch's int4 kernel.
+    amx: bool = True
     # Started by a Hugging Face Space: no share link (the Space has its own public URL).
     on_spaces: bool = False
     # The address users reach this app at when it differs from host:port (a Space's URL).
@@ -173,6 +176,7 @@ class Settings:
             remote_model=env.get(ENV_PREFIX + "REMOTE_MODEL") or None,
             fast_decode=_flag(env, ENV_PREFIX + "FAST_DECODE", defaults.fast_decode),
             native_step=_flag(env, ENV_PREFIX + "NATIVE_STEP", defaults.native_step),
+            amx=_flag(env, ENV_PREFIX + "AMX", defaults.amx),
             on_spaces=_on_spaces(env),
             public_url=_public_url(env),
         )

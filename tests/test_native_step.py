@@ -249,6 +249,20 @@ def _int4_weights(outputs: int, inputs: int, seed: int):
     return weight, native_step.tile_layout(q, scale, low + 8 * scale)
 
 
+@pytest.mark.parametrize("value, tiled", [(None, True), ("0", False)])
+def test_playground_amx_decides_whether_int4_layers_keep_the_tile_layout(extension, tmp_path, value, tiled):
+    from modules.config import Settings
+    from modules.engine.kernels.fast_decode import prepare_chat_model
+
+    if not native_step.amx_tiles_wanted():
+        pytest.skip("this CPU has no AMX-BF16: no int4 layer keeps the tile layout here")
+    settings = Settings.from_env({} if value is None else {"PLAYGROUND_AMX": value})
+    model = _four_bit_model("qwen2")
+    prepare_chat_model(model, torch.device("cpu"), torch.bfloat16, "test", str(tmp_path), probe=False,
+                       native=True, amx=settings.amx)
+    assert any(getattr(m, "tile_weight", None) is not None for m in model.modules()) == tiled
+
+
 @pytest.mark.parametrize("outputs, inputs", [(64, 64), (48, 96)])  # 48: an odd number of tiles
 def test_the_amx_int4_kernel_computes_the_int4_product_row_by_row(extension, outputs, inputs):
     """float32 rows (rounded to bf16, as torch's int4 kernel rounds them) times 4-bit weights,

@@ -299,7 +299,8 @@ class ModelCache:
         if kind is not ModelKind.CAUSAL_LM or not self.settings.fast_decode:
             return Prepared(dtype)
         return prepare_chat_model(model, self.device, dtype, model_key, self.settings.cache_dir,
-                                  probe=self.settings.dtype == "auto", native=self._native_steps)
+                                  probe=self.settings.dtype == "auto", native=self._native_steps,
+                                  amx=self.settings.amx)
 
     def _source(self, ref: ModelRef, on_status: StatusCallback | None) -> tuple[str, dict]:
         """Where from_pretrained reads, and with which options."""

@@ -284,13 +284,15 @@ SHORT_FORMATS = {INT4_TAG: "int4", INT8_TAG: "int8", FLOAT_TAG: "float"}
 
 
 def prepare_chat_model(model: nn.Module, device: torch.device, dtype: torch.dtype,
-                       model_key: str, cache_dir: str, probe: bool, native: bool = False) -> Prepared:
+                       model_key: str, cache_dir: str, probe: bool, native: bool = False,
+                       amx: bool = True) -> Prepared:
     """Fast decode for a chat model on CPU, with kernels and dtypes measured for this machine.
 
     `probe` (the dtype setting is "auto"): the CPU profile's plan, cached per model and
     machine. Otherwise the user chose `dtype`: bf16 runs the fast path all in bf16, any
     other explicit dtype (float32: precision wanted) leaves the model as it is.
-    `native`: decode steps go through the native step once it is built.
+    `native`: decode steps go through the native step once it is built; `amx`: its int4
+    layers on AMX tiles where the CPU has them (Settings.amx).
     """
     if device.type != "cpu" or not int8_kernel_available():
         return Prepared(dtype)
@@ -300,7 +302,7 @@ def prepare_chat_model(model: nn.Module, device: torch.device, dtype: torch.dtyp
         plan = SpeedPlan.fixed(dtype)
     else:
         return Prepared(dtype)
-    tiles = native and native_step.amx_tiles_wanted()
+    tiles = native and amx and native_step.amx_tiles_wanted()
     quantization = prepare_for_fast_decode(model, device, plan, tiles)
     if quantization is None:  # nothing fused or quantized; the model may have been cast
         return Prepared(plan.dtype)

@@ -68,7 +68,7 @@ def amx_tiles_wanted() -> bool:
     """Will the extension multiply int4 weights on AMX tiles here (native_step.cpp)? It is
     compiled with -march=native where torch uses AVX-512, which brings AMX where the CPU
     has it; int4 layers then keep a copy in `tile_layout` (0.625 bytes a weight)."""
-    return (os.environ.get("PLAYGROUND_AMX", "1") != "0" and "-march=native" in isa_flags()
+    return ("-march=native" in isa_flags()
             and {"amx_tile", "amx_bf16", "avx512_bf16"} <= cpu_flags())
 
 
