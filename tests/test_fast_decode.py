@@ -145,12 +145,17 @@ def _four_bit_model(family: str) -> nn.Module:
     from tests.test_fused_llama import FAMILIES, random_model
 
     model = random_model(FAMILIES[family]())
+    make_four_bit(model)
+    return model
+
+
+def make_four_bit(model: nn.Module) -> None:
+    """Give every projection 4-bit weights, as a GGUF file's (the LM head stays float)."""
     torch.manual_seed(1)
     with torch.no_grad():
         for name, module in model.named_modules():
             if type(module) is nn.Linear and "lm_head" not in name:
                 module.weight.copy_(four_bit_weight(*module.weight.shape))
-    return model
 
 
 def _picks_agree(reference: torch.Tensor, candidate: torch.Tensor) -> bool:

@@ -28,7 +28,7 @@ from modules.engine.kernels.fast_decode import prepare_for_fast_decode
 from modules.engine.kernels.fused_llama import PREFILL_ROWS, float_linear, fuse_layers, recording_attention
 from tests.conftest import make_settings
 from tests.test_decode_step import PROMPTS, prefilled
-from tests.test_fast_decode import _four_bit_model, _picks_agree, _similarity, four_bit_weight
+from tests.test_fast_decode import _four_bit_model, _picks_agree, _similarity, make_four_bit
 from tests.test_fused_llama import FAMILIES, random_model
 
 FAMILY_NAMES = ["llama", *FAMILIES]
@@ -95,15 +95,6 @@ def test_float32_models_step_as_the_python_step_does(extension, family, tiny_cau
         torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-5)
 
 
-def _make_four_bit(model: torch.nn.Module) -> None:
-    """Give every projection 4-bit weights, as a GGUF file's (the LM head stays float)."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if type(module) is torch.nn.Linear and "lm_head" not in name:
-                module.weight.copy_(four_bit_weight(*module.weight.shape))
-
-
 def _amx(extension) -> None:
     if not extension.amx_ready():
         pytest.skip("this CPU (or build) has no AMX-BF16: the int4 tiles kernel does not run here")
@@ -147,7 +138,7 @@ def test_each_padded_row_computes_exactly_what_it_computes_alone(extension, fami
     original = _original(family, tiny_causal_lm_dir)
     if weights == "int4 tiles":
         _amx(extension)
-        _make_four_bit(original)
+        make_four_bit(original)
     model = _prepared(original, weights)
     batch = prefilled(model, PROMPTS, cache)
     alone = [prefilled(model, [ids], cache) for ids in PROMPTS]
