@@ -1,10 +1,12 @@
 """The batch scheduler: batched replies equal replies alone; stop, budget and queue order.
 
-On the embedded model a greedy reply is compared with transformers' own
-`model.generate`. On the tiny random-weight model, whose logits are full of near-ties
-that any change of rounding flips (the native step keeps float32 where generate rounds
-to bf16), the reference is the same sequence run alone through the scheduler; that each
-row of a native step computes exactly what it computes alone is tests/test_native_step.py's.
+A greedy reply in a batch is compared with the same sequence run alone through the
+scheduler; that each row of a native step computes exactly what it computes alone is
+tests/test_native_step.py's. Exact equality with transformers' `model.generate` is not
+asked: the native step's logits are float32 where generate's are rounded to bf16, so
+near ties fall differently (which way depends on the CPU's kernels). On the embedded
+model each chosen token is instead checked to be the model's own top choice, within
+bf16 rounding, with the reply fed back through transformers' layers.
 A seeded sampled reply is compared with the same sequence run alone through the
 scheduler (its sampler's random stream is its own: tests/test_sampling.py checks it
 against transformers' warpers).
@@ -40,15 +42,6 @@ def prompt_ids(loaded, text: str) -> list[int]:
     return loaded.tokenizer.apply_chat_template(
         [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True,
         return_dict=False)
-
-
-def generate_alone(loaded, ids: list[int], tokens: int) -> list[int]:
-    """transformers' greedy generate as the reference."""
-    inputs = torch.tensor([ids])
-    with torch.inference_mode():
-        out = loaded.model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=tokens,
-                                    pad_token_id=0, do_sample=False)
-    return out[0, len(ids):].tolist()
 
 
 def alone(scheduler: BatchScheduler, ids: list[int], tokens: int) -> list[int]:
@@ -119,14 +112,33 @@ def test_seeded_sampling_in_a_batch_gives_the_same_text_as_alone(embedded_chat_m
     assert any(s.tokens != alone.tokens for s in others)  # the seed really decides the text
 
 
-def test_greedy_on_the_real_model_equals_generate(embedded_chat_model):
+def test_greedy_on_the_real_model_is_the_same_batched_and_is_the_models_choice(embedded_chat_model):
     loaded = embedded_chat_model
     ids = [prompt_ids(loaded, p) for p in PROMPTS]
-    expected = [generate_alone(loaded, i, 10) for i in ids]
     scheduler = BatchScheduler(loaded.model, loaded.lock)
+    expected = []
+    for i in ids:
+        running = scheduler.submit(sequence(i, 10, eos=end_tokens(loaded)))
+        assert running.wait(120)
+        expected.append(running.tokens)
     batch = [scheduler.submit(sequence(i, 10, eos=end_tokens(loaded))) for i in ids]
     assert all(s.wait(120) for s in batch)
     assert [s.tokens for s in batch] == expected
+    for prompt, reply in zip(ids, expected):  # each token is the model's greedy choice
+        assert model_top_gaps(loaded, prompt, reply) < BF16_LOGIT_ROUNDING
+
+
+BF16_LOGIT_ROUNDING = 0.25  # two steps of bf16 at logits of 16-32: where near ties may flip
+
+
+def model_top_gaps(loaded, prompt: list[int], reply: list[int]) -> float:
+    """The largest gap between the model's top logit and the chosen token's, with the reply
+    fed back (teacher forcing) through the model's own forward pass (transformers' layers)."""
+    with torch.inference_mode():
+        logits = loaded.model(input_ids=torch.tensor([prompt + reply])).logits[0].float()
+    steps = logits[len(prompt) - 1:len(prompt) - 1 + len(reply)]
+    chosen = steps.gather(1, torch.tensor(reply).unsqueeze(1)).squeeze(1)
+    return float((steps.max(dim=1).values - chosen).max())
 
 
 def test_a_cancelled_sequence_leaves_at_the_next_step_and_the_others_go_on(tiny_model, scheduler):

@@ -135,6 +135,40 @@ def test_embedded_model_runs_on_its_own_4bit_weights_and_answers_the_same(embedd
     assert reply.startswith("The capital of France is Paris.")
 
 
+def test_the_int8_heads_top_logits_are_exact_where_bf16_would_tie():
+    """Two vocabulary rows 1/64 apart at a logit of ~40: bf16 output rounds them equal, and
+    the int8 kernel alone would pick the lower id; the head picks the larger, as float32 does."""
+    base = torch.randint(-20, 20, (8, 64), generator=torch.Generator().manual_seed(3)).float()
+    base[:, 63] = 127.0  # integer weights with a 127 each: scale 1, int8 values exact
+    base[:, 0] = 100.0
+    base[2, 0] = 127.0
+    base[5] = base[2]
+    base[5, 1] += 1.0  # row 5 = row 2 + x[1]
+    rows = torch.zeros(PREFILL_ROWS + 4, 64)
+    rows[:, 0] = 40.0 / 127.0
+    rows[:, 1] = 1.0 / 64.0
+    rows = rows.bfloat16()
+    exact = rows.float() @ base.T
+    assert exact[0, 5] > exact[0, 2] and exact[0].argmax() == 5
+    head = Int8WeightOnlyLinear(base, compute_dtype=torch.bfloat16)
+    plain = head.few_rows(rows[:1])
+    assert plain.dtype == torch.bfloat16 and plain[0, 5] == plain[0, 2]  # the tie this is about
+    head.exact_top = True
+    for count in (1, 3, PREFILL_ROWS + 4):  # the int8 kernel, then the float prompt path
+        logits = head(rows[:count])
+        assert logits.dtype == torch.float32
+        assert logits.argmax(dim=1).tolist() == [5] * count
+        torch.testing.assert_close(logits[:, [2, 5]], exact[:count, [2, 5]])
+        far = exact[:count] < exact[:count].max() - 8  # far from the top: the kernel's values
+        torch.testing.assert_close(logits[far], plain.float().expand(count, -1)[far])
+
+
+def test_the_embedded_models_head_gives_exact_top_logits(embedded_chat_model):
+    head = embedded_chat_model.model.get_output_embeddings()
+    assert isinstance(head, Int8WeightOnlyLinear) and head.exact_top
+    assert sum(getattr(m, "exact_top", False) for m in embedded_chat_model.model.modules()) == 1
+
+
 def test_switch_reads_the_environment():
     assert Settings.from_env({"PLAYGROUND_FAST_DECODE": "off"}).fast_decode is False
     assert Settings.from_env({}).fast_decode is True

@@ -13,7 +13,8 @@ here (figures in benchmarks/decode_speed.py):
   exactly the file's values, so nothing is lost. Other weights get int8 with one
   scale per output row (`_weight_int8pack_mm`), an approximation whose agreement
   with float32 the benchmark reports.
-* The LM head (the token embedding, not 4-bit in the GGUF file) gets int8.
+* The LM head (the token embedding, not 4-bit in the GGUF file) gets int8, with its top
+  logits recomputed in float32 (`exact_top_logits`), so greedy picks do not hang on bf16 ties.
 
 Prompts (many rows at once) go through dense matmuls on the same quantized values, in
 the plan's prefill dtype: bf16 where the CPU has it natively; elsewhere the whole prompt
@@ -126,11 +127,44 @@ class Int8WeightOnlyLinear(_QuantizedLinear):
                     prefill_dtype: torch.dtype | None = None, dense_dtype: torch.dtype | None = None):
         return cls(linear.weight, linear.bias, compute_dtype, prefill_dtype, dense_dtype)
 
+    # The LM head's: float32 logits whose top entries are exact (`exact_top_logits`).
+    exact_top = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if self.exact_top and out.dtype != torch.float32:  # many rows (few_rows did its own)
+            out = exact_top_logits(out, x, self.weight_int8, self.scale)
+        return out
+
     def few_rows(self, flat: torch.Tensor) -> torch.Tensor:
-        return torch._weight_int8pack_mm(flat, self.weight_int8, self.scale)
+        out = torch._weight_int8pack_mm(flat, self.weight_int8, self.scale)
+        return exact_top_logits(out, flat, self.weight_int8, self.scale) if self.exact_top else out
 
     def many_rows(self, flat: torch.Tensor) -> torch.Tensor:
         return F.linear(flat, self.float_weight.to(flat.dtype)) * self.prefill_scale
+
+
+# bf16 logits sit within |logit|·2^-8 of their value, so the true top one is at most
+# 2^-7 of the top below it; twice that is searched.
+NEAR_TOP = 2.0**-6
+
+
+def exact_top_logits(rounded: torch.Tensor, rows: torch.Tensor, weight_int8: torch.Tensor,
+                     scale: torch.Tensor) -> torch.Tensor:
+    """float32 logits from an int8 head's bf16 ones, the few near each row's top recomputed
+    in float32 from the same int8 weights and inputs.
+
+    The int8 kernel rounds its output to bf16 (0.06-0.12 apart at logits of 16-32), so near
+    ties among the top tokens, common in a small model, came out equal and greedy decoding
+    took the lower token id: which token won depended on the CPU's kernel rounding. The
+    native step's head is float32 throughout (native_step.cpp); this makes the others pick
+    as it does, for a few hundred multiply-adds per row."""
+    logits = rounded.float().reshape(-1, rounded.shape[-1])
+    inputs = rows.reshape(-1, rows.shape[-1]).float()
+    top = logits.max(dim=1, keepdim=True).values
+    row, column = (logits >= top - top.abs() * NEAR_TOP).nonzero(as_tuple=True)
+    logits[row, column] = (inputs[row] * weight_int8[column].float()).sum(1) * scale[column].float()
+    return logits.reshape(rounded.shape)
 
 
 def exact_int4_groups(weight: torch.Tensor, group: int = INT4_GROUP):
@@ -201,9 +235,11 @@ def quantize_linears_int8(model: nn.Module, compute_dtype: torch.dtype = torch.b
         for name, child in parent.named_children()
         if type(child) is nn.Linear
     ]
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for parent, name, child in targets:
-        setattr(parent, name, Int8WeightOnlyLinear.from_linear(child, compute_dtype, prefill_dtype,
-                                                               dense_dtype))
+        quantized = Int8WeightOnlyLinear.from_linear(child, compute_dtype, prefill_dtype, dense_dtype)
+        quantized.exact_top = child is head and child.bias is None
+        setattr(parent, name, quantized)
     return len(targets)
 
 
