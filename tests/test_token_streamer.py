@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import torch
 from transformers import TextIteratorStreamer
 
-from modules.tasks.chat.token_streamer import TokenTextStreamer, settled_length
+from modules.tasks.chat.token_streamer import AsyncTokenTextStreamer, TokenTextStreamer, settled_length
 
 
 def pieces_per_token(streamer_class, tokenizer, text: str) -> list[str]:
@@ -56,3 +59,32 @@ def test_a_character_split_over_byte_tokens_comes_out_whole(embedded_chat_model)
     pieces = pieces_per_token(TokenTextStreamer, tokenizer, text)
     assert "".join(pieces) == text
     assert not any("\ufffd" in piece for piece in pieces)  # so each character came out whole
+
+
+def test_the_async_streamer_hands_an_event_loop_the_same_pieces(embedded_chat_model):
+    """Tokens put on another thread (the decode loop's) reach a coroutine as the same
+    pieces, and a token that settles no text wakes no one."""
+    tokenizer = embedded_chat_model.tokenizer
+    text = "Merci 🙂 et 你好\nTrès bien, merci ."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    async def read() -> list[str]:
+        streamer = AsyncTokenTextStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True,
+                                          timeout=30)
+
+        def decode_loop() -> None:
+            for token in ids:
+                streamer.put(torch.tensor([token]))
+            streamer.end()
+
+        thread = threading.Thread(target=decode_loop)
+        thread.start()
+        pieces = [piece async for piece in streamer]
+        thread.join()
+        return pieces
+
+    pieces = asyncio.run(read())
+    assert "".join(pieces) == text
+    assert all(pieces[:-1])  # only the end's flush (the library's `end`) may be empty
+    expected = pieces_per_token(TokenTextStreamer, tokenizer, text)
+    assert [piece for piece in pieces if piece] == [piece for piece in expected if piece]

@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -130,7 +130,7 @@ def create_api(context: AppContext) -> FastAPI:
         if processors:
             chat = replace(chat, params=replace(chat.params, logits_processors=processors))
         cancel = threading.Event()
-        chunks = backend.stream(chat.messages, chat.params, cancel, model=chat.model)
+        chunks = backend.astream(chat.messages, chat.params, cancel, model=chat.model)
         streaming = False
         try:
             # The first chunk is read before answering, so a bad request gets a real status.
@@ -168,7 +168,7 @@ async def _several_choices(request: Request, backend: ChatBackend, chat: ChatReq
         seed = None if chat.params.seed is None else (chat.params.seed + index) % (2**32)
         params = replace(chat.params, seed=seed,
                          logits_processors=tuple(p for p in (constraint, recorder) if p is not None))
-        runs.append((backend.stream(chat.messages, params, cancel, model=chat.model), recorder))
+        runs.append((backend.astream(chat.messages, params, cancel, model=chat.model), recorder))
     lasts: list[ChatChunk | None] = [None] * chat.n
 
     async def read_all() -> None:
@@ -453,10 +453,11 @@ def api_error_for(error: PlaygroundError) -> ApiError:
 
 
 # --- generation ------------------------------------------------------------------
-async def _next_chunk(chunks: Iterator[ChatChunk]) -> ChatChunk:
-    """The next chunk, read on a worker thread; errors mapped by `api_error_for`."""
+async def _next_chunk(chunks: AsyncIterator[ChatChunk]) -> ChatChunk:
+    """The next chunk (the backend's `astream` does not block the loop); errors mapped by
+    `api_error_for`."""
     try:
-        chunk = await run_in_threadpool(next, chunks, None)
+        chunk = await anext(chunks, None)
     except PlaygroundError as error:
         raise api_error_for(error) from None
     if chunk is None:
@@ -464,7 +465,7 @@ async def _next_chunk(chunks: Iterator[ChatChunk]) -> ChatChunk:
     return chunk
 
 
-async def _read_to_end(chunk: ChatChunk, chunks: Iterator[ChatChunk]) -> ChatChunk:
+async def _read_to_end(chunk: ChatChunk, chunks: AsyncIterator[ChatChunk]) -> ChatChunk:
     while chunk.finish_reason is None:
         chunk = await _next_chunk(chunks)
     return chunk
@@ -492,14 +493,14 @@ async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> No
     cancel.set()
 
 
-async def _close(chunks: Iterator[ChatChunk], cancel: threading.Event) -> None:
+async def _close(chunks: AsyncIterator[ChatChunk], cancel: threading.Event) -> None:
     """Stop generation and release the model, even while being cancelled ourselves."""
     cancel.set()
     with anyio.CancelScope(shield=True):
-        await run_in_threadpool(getattr(chunks, "close", lambda: None))
+        await chunks.aclose()
 
 
-async def _sse_stream(chat: ChatRequest, first: ChatChunk, chunks: Iterator[ChatChunk],
+async def _sse_stream(chat: ChatRequest, first: ChatChunk, chunks: AsyncIterator[ChatChunk],
                       cancel: threading.Event,
                       recorder: LogprobRecorder | None = None,
                       on_usage: Callable[[Usage | None], None] = lambda usage: None,

@@ -26,7 +26,7 @@ from modules.engine.compute import on_request_thread
 from modules.errors import PlaygroundError
 from modules.serving import openai_api as v1
 from modules.tasks.chat import ChatChunk, GenerationParams, Usage
-from modules.tasks.chat.generation import stream_prompt
+from modules.tasks.chat.generation import astream_prompt
 from modules.tasks.chat.logprobs import MAX_TOP_LOGPROBS, LogprobRecorder, TokenLogprob
 from modules.tasks.completion import prepare_prompt_ids, prepare_raw_prompt, score_prompt
 
@@ -170,7 +170,7 @@ def _start(loaded: Any, parsed: CompletionRequest, prompt: _Prompt, cancel: thre
         tokenizer = loaded.tokenizer
         recorder = LogprobRecorder(tokenizer, parsed.top_logprobs, frozenset(tokenizer.all_special_ids))
         params = replace(params, logits_processors=(recorder,))
-    return on_request_thread(stream_prompt)(loaded, prompt.prepared, params, cancel), recorder
+    return astream_prompt(loaded, prompt.prepared, params, cancel), recorder
 
 
 async def _complete(request: Request, loaded: Any, parsed: CompletionRequest, prompt: _Prompt,

@@ -14,15 +14,19 @@ always run on a local model from the cache.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from typing import Protocol, runtime_checkable
+
+import anyio
 
 from modules.config import Settings
 from modules.engine.callbacks import StatusCallback
+from modules.engine.compute import on_request_thread
 from modules.engine.model_cache import LoadedModel, ModelCache, ModelKind
 from modules.engine.model_choice import ActiveModel, chat_model_choices
 from modules.engine.batching import scheduler_for
-from modules.tasks.chat.generation import stream_chat
+from modules.tasks.chat.generation import astream_chat, stream_chat
 from modules.tasks.chat.logprobs import LogprobRecorder
 from modules.tasks.chat.params import ChatChunk, GenerationParams
 
@@ -56,6 +60,11 @@ class ChatBackend(Protocol):
                cancel: threading.Event | None = None, model: str | None = None,
                ) -> Iterator[ChatChunk]:
         """The growing reply; the last chunk carries finish_reason and usage."""
+
+    def astream(self, messages: list[Message], params: GenerationParams,
+                cancel: threading.Event | None = None, model: str | None = None,
+                ) -> AsyncIterator[ChatChunk]:
+        """`stream` for a reader on an event loop (the /v1 server), without blocking it."""
 
     def context_window(self, model: str | None = None) -> int | None:
         """Tokens `model` sees at once, when known without loading it (the context meter)."""
@@ -94,6 +103,15 @@ class LocalChatBackend:
                ) -> Iterator[ChatChunk]:
         loaded = self.load(model)
         yield from stream_chat(loaded, messages, params, cancel, self.settings.max_input_tokens)
+
+    async def astream(self, messages: list[Message], params: GenerationParams,
+                      cancel: threading.Event | None = None, model: str | None = None,
+                      ) -> AsyncIterator[ChatChunk]:
+        loaded = await anyio.to_thread.run_sync(on_request_thread(self.load), model)
+        async with aclosing(astream_chat(loaded, messages, params, cancel,
+                                         self.settings.max_input_tokens)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     def load(self, model: str | None = None) -> LoadedModel:
         """The model itself, for raw-text completion and prompt scoring (/v1/completions);

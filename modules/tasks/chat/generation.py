@@ -19,11 +19,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
+
+import anyio
 
 import torch
 
+from modules.engine.compute import on_request_thread
 from modules.engine.batching import FINISH_EOS, Sequence, live_sequences, scheduler_for
 from modules.engine.model_cache import LoadedModel
 from modules.engine.sampling import Sampling
@@ -38,7 +41,7 @@ from modules.tasks.chat.params import (
     Usage,
 )
 from modules.tasks.chat.processors import tell_token_chosen, with_request_processors
-from modules.tasks.chat.token_streamer import TokenTextStreamer
+from modules.tasks.chat.token_streamer import AsyncTokenTextStreamer, TokenTextStreamer
 from modules.tasks.chat.branching import reply_tokens
 from modules.tasks.chat.prompt import PreparedPrompt, prepare_prompt
 
@@ -75,6 +78,25 @@ def stream_chat(
     yield from stream_prompt(loaded, prompt, params, cancel, requested_at)
 
 
+async def astream_chat(
+    loaded: LoadedModel,
+    messages: list[dict[str, str]],
+    params: GenerationParams,
+    cancel: threading.Event | None = None,
+    max_input_tokens: int | None = None,
+) -> AsyncIterator[ChatChunk]:
+    """`stream_chat` for a reader on an event loop: the same chunks, each handed to the loop
+    by the decode thread itself (no pool thread per token); the prompt is prepared on a
+    pool thread."""
+    requested_at = time.perf_counter()
+    prompt = await anyio.to_thread.run_sync(
+        on_request_thread(prepare_prompt), loaded, messages, params.max_new_tokens,
+        max_input_tokens, params.template_options)
+    async with aclosing(astream_prompt(loaded, prompt, params, cancel, requested_at)) as chunks:
+        async for chunk in chunks:
+            yield chunk
+
+
 def stream_prompt(
     loaded: LoadedModel,
     prompt: PreparedPrompt,
@@ -85,49 +107,89 @@ def stream_prompt(
     """Stream the continuation of ready token ids (a chat prompt, or a raw /v1/completions one)."""
     requested_at = time.perf_counter() if requested_at is None else requested_at
     closed = threading.Event()  # set when the consumer stops reading
-    cancel = cancel or threading.Event()
-    streamer = TokenTextStreamer(
-        loaded.tokenizer, skip_prompt=False, skip_special_tokens=True, timeout=0.25
-    )
-    stops = _StopScanner(params.stop)
-    text = ""
-    emitted = 0
-    stopped_by_string = False
+    streamer = TokenTextStreamer(loaded.tokenizer, skip_prompt=False, skip_special_tokens=True,
+                                 timeout=QUIET_S)
+    reply = _Reply(params, prompt.notice)
     try:
-        sequence = scheduler_for(loaded).submit(Sequence(
-            prompt.input_ids, prompt.max_new_tokens, frozenset(loaded.end_token_ids()),
-            with_request_processors(_sampling(params), params.logits_processors),
-            on_token=lambda token: _hand_out(token, streamer, params), on_end=streamer.end,
-            cancelled=lambda: cancel.is_set() or closed.is_set(),
-            top_alternatives=params.alternatives,
-        ))
-        for piece in _pieces(streamer, sequence):
-            if isinstance(piece, _Waiting):
-                if params.report_waiting:
-                    yield ChatChunk(text, "", notice=prompt.notice, ahead=piece.ahead)
+        sequence = _submit(loaded, prompt, params, streamer, cancel, closed)
+        place = None
+        while True:
+            try:
+                piece = next(streamer)
+            except StopIteration:
+                break
+            except queue.Empty:
+                if _ended_quietly(sequence, streamer.text_queue.empty()):
+                    break
+                if params.report_waiting and _waiting(sequence) not in (None, place):
+                    place = sequence.ahead
+                    yield reply.waiting(place)
                 continue
-            text += piece
-            cut = stops.find(text)
-            if cut is not None:
-                text, stopped_by_string = text[:cut], True
-                closed.set()
-            safe = len(text) if stopped_by_string else stops.safe_length(text)
-            if safe > emitted:
-                yield ChatChunk(text[:safe], text[emitted:safe], notice=prompt.notice)
-                emitted = safe
-            if stopped_by_string:
+            chunk = reply.add(piece, closed)
+            if chunk is not None:
+                yield chunk
+            if reply.stopped:
                 break
         sequence.wait()
-        if sequence.error is not None:
-            raise _explain(sequence.error)
-        if emitted < len(text):  # a held-back partial stop string that never completed
-            yield ChatChunk(text, text[emitted:], notice=prompt.notice)
-            emitted = len(text)
-        reason = _finish_reason(sequence, stopped_by_string)
-        tokens = reply_tokens(loaded.tokenizer, sequence.tokens, sequence.alternatives, len(text))
-        yield ChatChunk(text, "", reason, _usage(prompt, sequence, requested_at), prompt.notice, tokens)
+        yield from reply.ending(loaded, prompt, sequence, requested_at)
     finally:
         closed.set()  # a consumer that closed us early: generate stops at the next token
+
+
+async def astream_prompt(
+    loaded: LoadedModel,
+    prompt: PreparedPrompt,
+    params: GenerationParams,
+    cancel: threading.Event | None = None,
+    requested_at: float | None = None,
+) -> AsyncIterator[ChatChunk]:
+    """`stream_prompt` for a reader on an event loop (see `astream_chat`)."""
+    requested_at = time.perf_counter() if requested_at is None else requested_at
+    closed = threading.Event()
+    streamer = AsyncTokenTextStreamer(loaded.tokenizer, skip_prompt=False, skip_special_tokens=True,
+                                      timeout=QUIET_S)
+    reply = _Reply(params, prompt.notice)
+    try:
+        sequence = _submit(loaded, prompt, params, streamer, cancel, closed)
+        place = None
+        while True:
+            try:
+                piece = await anext(streamer)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                if _ended_quietly(sequence, streamer.text_queue.empty()):
+                    break
+                if params.report_waiting and _waiting(sequence) not in (None, place):
+                    place = sequence.ahead
+                    yield reply.waiting(place)
+                continue
+            chunk = reply.add(piece, closed)
+            if chunk is not None:
+                yield chunk
+            if reply.stopped:
+                break
+        if not sequence.wait(0):  # its last text came a moment before it was marked done
+            await anyio.to_thread.run_sync(sequence.wait)
+        for chunk in reply.ending(loaded, prompt, sequence, requested_at):
+            yield chunk
+    finally:
+        closed.set()
+
+
+QUIET_S = 0.25  # how often a reader with no new text checks that its sequence still lives
+
+
+def _submit(loaded: LoadedModel, prompt: PreparedPrompt, params: GenerationParams, streamer,
+            cancel: threading.Event | None, closed: threading.Event) -> Sequence:
+    """Hand the prompt to the model's batch scheduler; its tokens go to `streamer`."""
+    return scheduler_for(loaded).submit(Sequence(
+        prompt.input_ids, prompt.max_new_tokens, frozenset(loaded.end_token_ids()),
+        with_request_processors(_sampling(params), params.logits_processors),
+        on_token=lambda token: _hand_out(token, streamer, params), on_end=streamer.end,
+        cancelled=lambda: closed.is_set() or (cancel is not None and cancel.is_set()),
+        top_alternatives=params.alternatives,
+    ))
 
 
 def _hand_out(token: int, streamer: TokenTextStreamer, params: GenerationParams) -> None:
@@ -135,29 +197,55 @@ def _hand_out(token: int, streamer: TokenTextStreamer, params: GenerationParams)
     streamer.put(torch.tensor([token]))
 
 
-@dataclass(frozen=True)
-class _Waiting:
-    ahead: int  # sequences in the line before this one
+def _ended_quietly(sequence: Sequence, nothing_queued: bool) -> bool:
+    """Did the sequence end without ending its streamer (so no more text will come)?"""
+    return not sequence.is_alive() and nothing_queued
 
 
-def _pieces(streamer: TokenTextStreamer, sequence: Sequence) -> Iterator[str | _Waiting]:
-    """The streamer's text, not hanging if the sequence ended without ending it; while the
-    sequence waits for a place in the batch, its place in the line whenever that changes."""
-    place = None
-    while True:
-        try:
-            piece = next(streamer)
-        except StopIteration:
-            return
-        except queue.Empty:
-            if not sequence.is_alive() and streamer.text_queue.empty():
-                return
-            if sequence.started_at is None and sequence.is_alive() and sequence.ahead != place:
-                place = sequence.ahead
-                yield _Waiting(place)
-            continue
-        if piece:
-            yield piece
+def _waiting(sequence: Sequence) -> int | None:
+    """Its place in the line while it waits for a place in the batch, else None."""
+    return sequence.ahead if sequence.started_at is None and sequence.is_alive() else None
+
+
+class _Reply:
+    """The reply as its text arrives: a stop string ends it, and text that may begin one
+    is held back until it is clear that it does not."""
+
+    def __init__(self, params: GenerationParams, notice: str | None) -> None:
+        self.stops = _StopScanner(params.stop)
+        self.notice = notice
+        self.text = ""
+        self.emitted = 0
+        self.stopped = False
+
+    def add(self, piece: str, closed: threading.Event) -> ChatChunk | None:
+        """Take a piece of text; the chunk to send, if any. A stop string sets `closed`."""
+        self.text += piece
+        cut = self.stops.find(self.text)
+        if cut is not None:
+            self.text, self.stopped = self.text[:cut], True
+            closed.set()
+        safe = len(self.text) if self.stopped else self.stops.safe_length(self.text)
+        if safe <= self.emitted:
+            return None
+        chunk = ChatChunk(self.text[:safe], self.text[self.emitted:safe], notice=self.notice)
+        self.emitted = safe
+        return chunk
+
+    def waiting(self, ahead: int) -> ChatChunk:
+        return ChatChunk(self.text, "", notice=self.notice, ahead=ahead)
+
+    def ending(self, loaded: LoadedModel, prompt: PreparedPrompt, sequence: Sequence,
+               requested_at: float) -> Iterator[ChatChunk]:
+        """Any held-back text, then the last chunk (finish reason, usage, tokens)."""
+        if sequence.error is not None:
+            raise _explain(sequence.error)
+        if self.emitted < len(self.text):  # a held-back partial stop string that never completed
+            yield ChatChunk(self.text, self.text[self.emitted:], notice=self.notice)
+            self.emitted = len(self.text)
+        reason = _finish_reason(sequence, self.stopped)
+        tokens = reply_tokens(loaded.tokenizer, sequence.tokens, sequence.alternatives, len(self.text))
+        yield ChatChunk(self.text, "", reason, _usage(prompt, sequence, requested_at), self.notice, tokens)
 
 
 def _finish_reason(sequence: Sequence, stopped_by_string: bool) -> str:

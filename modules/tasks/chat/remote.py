@@ -13,9 +13,10 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
+import anyio
 import httpx
 
 from modules.engine.callbacks import StatusCallback
@@ -67,6 +68,22 @@ class RemoteChatBackend:
                ) -> Iterator[ChatChunk]:
         return stream_remote_chat(self.base_url, self.api_key, (model or "").strip() or self.model,
                                   messages, params, cancel)
+
+    def astream(self, messages: Sequence[dict[str, str]], params: GenerationParams,
+                cancel: threading.Event | None = None, model: str | None = None,
+                ) -> AsyncIterator[ChatChunk]:
+        """`stream`, each chunk awaited on a pool thread (a token's wait here is the network's)."""
+        return read_on_pool_threads(self.stream(messages, params, cancel, model))
+
+
+async def read_on_pool_threads(chunks: Iterator[ChatChunk]) -> AsyncIterator[ChatChunk]:
+    """A blocking iterator, each `next` (and the closing) on a pool thread, not the loop's."""
+    try:
+        while (chunk := await anyio.to_thread.run_sync(next, chunks, None)) is not None:
+            yield chunk
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(getattr(chunks, "close", lambda: None))
 
 
 def _headers(api_key: str | None) -> dict[str, str]:

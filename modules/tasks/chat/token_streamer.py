@@ -8,13 +8,17 @@ change, as vLLM's incremental detokenizer does:
 - a trailing U+FFFD: the first bytes of a character split over byte-level tokens;
 - trailing whitespace: decoding may clean it up with what follows (" ." -> ".").
 A new line still flushes everything, as in the library.
+
+`AsyncTokenTextStreamer` does the same for a reader on an asyncio event loop (the
+/v1 server's): the decode thread hands each piece straight to the loop
+(transformers' `AsyncTextIteratorStreamer`), so no pool thread wakes for every token.
 """
 
 from __future__ import annotations
 
 from typing import cast
 
-from transformers import TextIteratorStreamer
+from transformers import AsyncTextIteratorStreamer, TextIteratorStreamer
 
 UNFINISHED_CHARACTER = "\ufffd"
 
@@ -24,8 +28,8 @@ def settled_length(text: str) -> int:
     return len(text.rstrip().rstrip(UNFINISHED_CHARACTER).rstrip())
 
 
-class TokenTextStreamer(TextIteratorStreamer):
-    """`TextIteratorStreamer`, but each step's settled text comes out at once (see above)."""
+class _SettledText:
+    """The `put` of both streamers below: each step's settled text, none held for a word end."""
 
     def put(self, value) -> None:
         if value.dim() > 1:
@@ -42,4 +46,13 @@ class TokenTextStreamer(TextIteratorStreamer):
         else:
             printable = text[self.print_len:settled_length(text)]
             self.print_len += len(printable)
-        self.on_finalized_text(printable)
+        if printable:  # nothing new: wake no reader
+            self.on_finalized_text(printable)
+
+
+class TokenTextStreamer(_SettledText, TextIteratorStreamer):
+    """`TextIteratorStreamer`, but each step's settled text comes out at once (see above)."""
+
+
+class AsyncTokenTextStreamer(_SettledText, AsyncTextIteratorStreamer):
+    """`AsyncTextIteratorStreamer`, each step's settled text at once; made on the reader's loop."""
