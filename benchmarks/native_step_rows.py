@@ -4,13 +4,13 @@ KV-cache dtype, at two cache lengths.
     HF_HUB_OFFLINE=1 python -m benchmarks.native_step_rows [--repeats 60]
 
 Two decoders over the same loaded model run interleaved, step by step, in one process:
-int4 layers on the AMX tiles kernel (where this CPU has AMX-BF16) and on torch's int4
-kernel. Each is fed batches of 1 and 4 rows whose caches hold 160 and 600 random prompt
+int4 layers on the native step's own kernel (AMX tiles where this CPU has AMX-BF16, else
+int8 rows with AVX512-VNNI where it has that) and on torch's int4 kernel. Each is fed batches of 1 and 4 rows whose caches hold 160 and 600 random prompt
 tokens, in float32 and in bf16 (what native batches of a bf16 model keep). Each figure
 is the median ms of one step (all layers, final norm and int8 head). Four rows against
 one is what decides how much four users gain from sharing a batch (*Many users*).
-Run under `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` for the AVX2 class (no AMX
-there: only torch's kernel).
+Run under `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` for the AVX2 class (neither
+kernel there: only torch's).
 """
 
 from __future__ import annotations
@@ -37,16 +37,16 @@ ROWS, LENGTHS, DTYPES = (1, 4), (160, 600), (torch.float32, torch.bfloat16)
 def decoders(model) -> dict[str, object]:
     """{kernel name: a native Decoder over `model`}: AMX tiles where the layers have them, torch's."""
     module = native_step.builder.module()
-    tiled = [m for m in model.modules() if getattr(m, "tile_weight", None) is not None]
+    tiled = [m for m in model.modules() if getattr(m, "tile_kernel", None)]
     found = {}
-    if tiled and module.amx_ready():
-        found["AMX int4"] = native_step._decoder(module, model)
-    kept = [(m, m.tile_weight) for m in tiled]
+    if tiled:  # the native step's own int4 kernel (AMX tiles, or int8 rows on AVX512-VNNI)
+        found[f"{tiled[0].tile_kernel.upper()} int4"] = native_step._decoder(module, model)
+    kept = [(m, m.tile_kernel) for m in tiled]
     for m, _ in kept:
-        m.tile_weight = None
+        m.tile_kernel = None
     found["torch int4"] = native_step._decoder(module, model)
-    for m, weight in kept:
-        m.tile_weight = weight
+    for m, kernel in kept:
+        m.tile_kernel = kernel
     return found
 
 

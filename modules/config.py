@@ -133,6 +133,9 @@ class Settings:
     # On CPUs with AMX-BF16, that step's int4 layers on AMX tiles (a second copy of the 4-bit
     # weights; modules/engine/kernels/native_step.py). PLAYGROUND_AMX=0 keeps torch's int4 kernel.
     amx: bool = True
+    # Without AMX, on CPUs with AVX512-VNNI: those layers multiply int8-rounded rows
+    # (llama.cpp's way; the same weights' copy). PLAYGROUND_VNNI=0 keeps torch's int4 kernel.
+    vnni: bool = True
     # Started by a Hugging Face Space: no share link (the Space has its own public URL).
     on_spaces: bool = False
     # The address users reach this app at when it differs from host:port (a Space's URL).
@@ -177,6 +180,7 @@ class Settings:
             fast_decode=_flag(env, ENV_PREFIX + "FAST_DECODE", defaults.fast_decode),
             native_step=_flag(env, ENV_PREFIX + "NATIVE_STEP", defaults.native_step),
             amx=_flag(env, ENV_PREFIX + "AMX", defaults.amx),
+            vnni=_flag(env, ENV_PREFIX + "VNNI", defaults.vnni),
             on_spaces=_on_spaces(env),
             public_url=_public_url(env),
         )

@@ -55,15 +55,16 @@ def _original(family: str, tiny_causal_lm_dir) -> torch.nn.Module:
 
 def _prepared(original: torch.nn.Module, weights: str) -> torch.nn.Module:
     """`original` fused as the app prepares it: "float fp32", or bf16 with quantized layers
-    ("int4 tiles": 4-bit layers also in the AMX kernel's layout, which the native step then uses)."""
+    ("int4 tiles" / "int4 vnni": 4-bit layers also in the tile layout, which the native step
+    then reads with its AMX or its AVX512-VNNI kernel)."""
     model = copy.deepcopy(original)
     if weights == "float fp32":
         fuse_layers(model, float_linear)
     else:
         plan = SpeedPlan("test", "quantized", "bf16", "bf16", "fixed")
-        tiles = weights == "int4 tiles"
+        tiles = TILE_KERNELS.get(weights)
         assert prepare_for_fast_decode(model, torch.device("cpu"), plan, tiles=tiles) is not None
-        assert any(getattr(m, "tile_weight", None) is not None for m in model.modules()) == tiles
+        assert any(getattr(m, "tile_weight", None) is not None for m in model.modules()) == bool(tiles)
     assert supports_decode_step(model)
     native_step.attach(model)
     return model
@@ -95,18 +96,33 @@ def test_float32_models_step_as_the_python_step_does(extension, family, tiny_cau
         torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-5)
 
 
+TILE_KERNELS = {"int4 tiles": "amx", "int4 vnni": "vnni"}
+
+
 def _amx(extension) -> None:
     if not extension.amx_ready():
         pytest.skip("this CPU (or build) has no AMX-BF16: the int4 tiles kernel does not run here")
 
 
+def _vnni(extension) -> None:
+    if not extension.vnni_ready():
+        pytest.skip("this CPU (or build) has no AVX512-VNNI: the int4 x int8 rows kernel does not run here")
+
+
+def _needs(extension, weights: str) -> None:
+    """Skip where the native step's own int4 kernel for `weights` cannot run."""
+    if weights == "int4 tiles":
+        _amx(extension)
+    if weights == "int4 vnni":
+        _vnni(extension)
+
+
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama-biases"])
-@pytest.mark.parametrize("weights", ["int4", "int8", "int4 tiles"])
+@pytest.mark.parametrize("weights", ["int4", "int8", "int4 tiles", "int4 vnni"])
 def test_quantized_bf16_models_predict_float32_as_well_as_the_python_step(extension, family, weights):
     """Against the float32 model with the same (4-bit) weights: the native step's logits
     are at least as close as the Python step's (it rounds less), and pick its tokens."""
-    if weights == "int4 tiles":
-        _amx(extension)
+    _needs(extension, weights)
     reference = _four_bit_model(family) if weights.startswith("int4") else random_model(FAMILIES[family]())
     model = _prepared(reference, weights)
     assert any(hasattr(m, "packed" if weights == "int4" else "weight_int8") for m in model.modules())
@@ -131,13 +147,13 @@ def _teacher_forced_reference(model) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 @pytest.mark.parametrize("weights, cache", [("int8", torch.float32), ("int8", torch.bfloat16),
-                                            ("int4 tiles", torch.bfloat16)])
+                                            ("int4 tiles", torch.bfloat16), ("int4 vnni", torch.bfloat16)])
 @torch.inference_mode()
 def test_each_padded_row_computes_exactly_what_it_computes_alone(extension, family, weights, cache,
                                                                 tiny_causal_lm_dir):
     original = _original(family, tiny_causal_lm_dir)
-    if weights == "int4 tiles":
-        _amx(extension)
+    if weights in TILE_KERNELS:
+        _needs(extension, weights)
         make_four_bit(original)
     model = _prepared(original, weights)
     batch = prefilled(model, PROMPTS, cache)
@@ -240,18 +256,37 @@ def _int4_weights(outputs: int, inputs: int, seed: int):
     return weight, native_step.tile_layout(q, scale, low + 8 * scale)
 
 
-@pytest.mark.parametrize("value, tiled", [(None, True), ("0", False)])
-def test_playground_amx_decides_whether_int4_layers_keep_the_tile_layout(extension, tmp_path, value, tiled):
+@pytest.mark.parametrize("env", [{}, {"PLAYGROUND_AMX": "0"}, {"PLAYGROUND_VNNI": "0"},
+                                 {"PLAYGROUND_AMX": "0", "PLAYGROUND_VNNI": "0"}])
+def test_playground_amx_and_vnni_decide_which_int4_kernel_the_layers_keep_a_layout_for(
+        extension, tmp_path, env):
     from modules.config import Settings
-    from modules.engine.kernels.fast_decode import prepare_chat_model
+    from modules.engine.kernels.fast_decode import Int4WeightOnlyLinear, prepare_chat_model
 
-    if not native_step.amx_tiles_wanted():
-        pytest.skip("this CPU has no AMX-BF16: no int4 layer keeps the tile layout here")
-    settings = Settings.from_env({} if value is None else {"PLAYGROUND_AMX": value})
+    settings = Settings.from_env(env)
+    expected = native_step.tile_kernel(settings.amx, settings.vnni)
+    if len(env) == 2:
+        assert expected is None
     model = _four_bit_model("qwen2")
     prepare_chat_model(model, torch.device("cpu"), torch.bfloat16, "test", str(tmp_path), probe=False,
-                       native=True, amx=settings.amx)
-    assert any(getattr(m, "tile_weight", None) is not None for m in model.modules()) == tiled
+                       native=True, amx=settings.amx, vnni=settings.vnni)
+    layers = [m for m in model.modules() if isinstance(m, Int4WeightOnlyLinear)]
+    assert layers and {m.tile_kernel for m in layers} == {expected}
+    assert all((m.tile_weight is not None) == (expected is not None) for m in layers)
+
+
+def test_the_native_int4_kernel_follows_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(native_step, "isa_flags", lambda: ["-march=native"])
+    for flags, expected in [({"amx_tile", "amx_bf16", "avx512_bf16", "avx512_vnni", "avx512bw"}, "amx"),
+                            ({"avx512_vnni", "avx512bw", "avx512_bf16"}, "vnni"), ({"avx512f", "avx2"}, None)]:
+        monkeypatch.setattr(native_step, "cpu_flags", lambda flags=flags: flags)
+        assert native_step.tile_kernel() == expected
+    monkeypatch.setattr(native_step, "cpu_flags", lambda: {"amx_tile", "amx_bf16", "avx512_bf16",
+                                                           "avx512_vnni", "avx512bw"})
+    assert native_step.tile_kernel(amx=False) == "vnni"
+    assert native_step.tile_kernel(amx=False, vnni=False) is None
+    monkeypatch.setattr(native_step, "isa_flags", lambda: ["-mavx2", "-mfma", "-mf16c"])  # AVX2 builds
+    assert native_step.tile_kernel() is None
 
 
 @pytest.mark.parametrize("outputs, inputs", [(64, 64), (48, 96)])  # 48: an odd number of tiles
@@ -271,6 +306,29 @@ def test_the_amx_int4_kernel_computes_the_int4_product_row_by_row(extension, out
         extension.int4_tiles_matmul(rows.bfloat16(), packed, scale_low)
     with pytest.raises(RuntimeError, match="float16"):
         extension.int4_tiles_matmul(rows, packed, scale_low.float())
+
+
+@pytest.mark.parametrize("outputs, inputs", [(64, 64), (48, 96)])
+def test_the_vnni_int4_kernel_computes_the_int4_product_row_by_row(extension, outputs, inputs):
+    """float32 rows (rounded to int16 per group of 32: 2^-16 of its largest value) times
+    4-bit weights, against float64, closer than bf16 rows get; six rows (a block of four,
+    then two): each row exactly what it gives alone."""
+    _vnni(extension)
+    weight, (packed, scale_low) = _int4_weights(outputs, inputs, seed=outputs)
+    rows = torch.randn(6, inputs, generator=torch.Generator().manual_seed(3))
+    rows[1, :32] *= 1000.0  # one group's values far apart: each group has its own step
+    got = extension.int4_vnni_matmul(rows, packed, scale_low)
+    expected = rows.double() @ weight.double().T
+    assert got.dtype == torch.float32 and got.shape == (6, outputs)
+    error = (got.double() - expected).abs().max() / expected.abs().max()
+    bf16_error = (rows.bfloat16().double() @ weight.double().T - expected).abs().max() / expected.abs().max()
+    assert error < 1e-4 and error < bf16_error / 10
+    for row in range(6):
+        assert torch.equal(extension.int4_vnni_matmul(rows[row:row + 1].clone(), packed, scale_low)[0], got[row])
+    zeros = extension.int4_vnni_matmul(torch.zeros(1, inputs), packed, scale_low)
+    assert torch.equal(zeros, torch.zeros(1, outputs))  # an all-zero group: no division by zero
+    with pytest.raises(RuntimeError, match="float32"):
+        extension.int4_vnni_matmul(rows.bfloat16(), packed, scale_low)
 
 
 def test_the_tile_layout_holds_every_weight_and_refuses_what_float16_cannot_hold():

@@ -300,7 +300,7 @@ class ModelCache:
             return Prepared(dtype)
         return prepare_chat_model(model, self.device, dtype, model_key, self.settings.cache_dir,
                                   probe=self.settings.dtype == "auto", native=self._native_steps,
-                                  amx=self.settings.amx)
+                                  amx=self.settings.amx, vnni=self.settings.vnni)
 
     def _source(self, ref: ModelRef, on_status: StatusCallback | None) -> tuple[str, dict]:
         """Where from_pretrained reads, and with which options."""

@@ -193,14 +193,15 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
     """4-bit weights in groups of 32 with a bf16 scale and zero point, torch's CPU int4 kernel.
 
     Built from weights that are 4-bit already (`exact_int4_groups`), so the bf16 weight
-    itself serves the many-rows path. `tiles`: also keep them as the native step's AMX
-    kernel reads them (`native_step.tile_layout`), where their scales are float16 values.
+    itself serves the many-rows path. `tiles` ("amx" or "vnni", `native_step.tile_kernel`):
+    also keep them as that kernel of the native step reads them (`native_step.tile_layout`),
+    where their scales are float16 values.
     """
 
     def __init__(self, weight: torch.Tensor, groups, compute_dtype: torch.dtype = torch.bfloat16,
                  group: int = INT4_GROUP, bias: torch.Tensor | None = None,
                  prefill_dtype: torch.dtype | None = None,
-                 dense_dtype: torch.dtype | None = None, tiles: bool = False) -> None:
+                 dense_dtype: torch.dtype | None = None, tiles: str | None = None) -> None:
         super().__init__(weight.shape[0], weight.shape[1], bias, compute_dtype, prefill_dtype,
                          dense_dtype)
         self.group = group
@@ -213,6 +214,7 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
         tiled = native_step.tile_layout(q, scale, zero) if tiles and group == native_step.TILE_GROUP else None
         self.register_buffer("tile_weight", tiled and tiled[0], persistent=False)
         self.register_buffer("tile_scale_low", tiled and tiled[1], persistent=False)
+        self.tile_kernel = tiles if tiled else None
 
     def few_rows(self, flat: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -263,14 +265,14 @@ def dense_copy_dtype(model: nn.Module, prefill_dtype: torch.dtype) -> torch.dtyp
 
 
 def prepare_for_fast_decode(model: nn.Module, device: torch.device, plan: SpeedPlan,
-                            tiles: bool = False) -> str | None:
+                            tiles: str | None = None) -> str | None:
     """Fuse and quantize a causal LM on CPU in place, as `plan` says; how its weights are held.
 
     The model is first cast to the plan's decode dtype (its activations' dtype); prompt
     matmuls run in the plan's prefill dtype. Returns INT4_TAG when the layers run on
     4-bit weights, INT8_TAG when on int8, "float weights" for fused float layers, None
     when the model was left as it is (not on CPU, or no weight-only kernels in torch).
-    `tiles`: int4 layers also keep the native step's AMX layout.
+    `tiles`: the native step's int4 kernel ("amx", "vnni"), whose layout int4 layers also keep.
     """
     if device.type != "cpu" or not int8_kernel_available():
         return None
@@ -321,14 +323,14 @@ SHORT_FORMATS = {INT4_TAG: "int4", INT8_TAG: "int8", FLOAT_TAG: "float"}
 
 def prepare_chat_model(model: nn.Module, device: torch.device, dtype: torch.dtype,
                        model_key: str, cache_dir: str, probe: bool, native: bool = False,
-                       amx: bool = True) -> Prepared:
+                       amx: bool = True, vnni: bool = True) -> Prepared:
     """Fast decode for a chat model on CPU, with kernels and dtypes measured for this machine.
 
     `probe` (the dtype setting is "auto"): the CPU profile's plan, cached per model and
     machine. Otherwise the user chose `dtype`: bf16 runs the fast path all in bf16, any
     other explicit dtype (float32: precision wanted) leaves the model as it is.
-    `native`: decode steps go through the native step once it is built; `amx`: its int4
-    layers on AMX tiles where the CPU has them (Settings.amx).
+    `native`: decode steps go through the native step once it is built; `amx`, `vnni`: its
+    int4 layers on AMX tiles or AVX512-VNNI where the CPU has them (Settings.amx, .vnni).
     """
     if device.type != "cpu" or not int8_kernel_available():
         return Prepared(dtype)
@@ -338,7 +340,7 @@ def prepare_chat_model(model: nn.Module, device: torch.device, dtype: torch.dtyp
         plan = SpeedPlan.fixed(dtype)
     else:
         return Prepared(dtype)
-    tiles = native and amx and native_step.amx_tiles_wanted()
+    tiles = native_step.tile_kernel(amx, vnni) if native else None
     quantization = prepare_for_fast_decode(model, device, plan, tiles)
     if quantization is None:  # nothing fused or quantized; the model may have been cast
         return Prepared(plan.dtype)

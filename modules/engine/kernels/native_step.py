@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("native_step.cpp")
 MODULE_NAME = "playground_native_step"
 BUILD_SECONDS = 600  # a compiler that takes longer is stuck
-KIND_INT4, KIND_INT8, KIND_DENSE, KIND_INT4_TILES = 0, 1, 2, 3
+KIND_INT4, KIND_INT8, KIND_DENSE, KIND_INT4_TILES, KIND_INT4_VNNI = 0, 1, 2, 3, 4
 TILE_OUTPUTS, TILE_GROUP = 16, 32  # native_step.cpp's int4 tiles: 16 outputs x 32 inputs
 # c10::ScalarType codes of the projections' input dtypes
 SCALAR_TYPES = {torch.float16: 5, torch.float32: 6, torch.bfloat16: 15}
@@ -70,6 +70,23 @@ def amx_tiles_wanted() -> bool:
     has it; int4 layers then keep a copy in `tile_layout` (0.625 bytes a weight)."""
     return ("-march=native" in isa_flags()
             and {"amx_tile", "amx_bf16", "avx512_bf16"} <= cpu_flags())
+
+
+def vnni_wanted() -> bool:
+    """Will the extension multiply int4 weights by int8 rows with AVX512-VNNI here
+    (native_step.cpp's `int4_vnni_matmul`, on the same `tile_layout` copy)?"""
+    return "-march=native" in isa_flags() and {"avx512_vnni", "avx512bw"} <= cpu_flags()
+
+
+def tile_kernel(amx: bool = True, vnni: bool = True) -> str | None:
+    """The native step's own int4 kernel here, reading `tile_layout`: "amx" (bf16 rows on AMX
+    tiles), else "vnni" (int8 rows, AVX512-VNNI), else None (torch's int4 kernel). `amx` and
+    `vnni` are the settings that allow each (Settings.amx, Settings.vnni)."""
+    if amx and amx_tiles_wanted():
+        return "amx"
+    if vnni and vnni_wanted():
+        return "vnni"
+    return None
 
 
 def tile_layout(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
@@ -246,8 +263,11 @@ def _projection(module: ModuleType, linear: nn.Module) -> tuple[int, torch.Tenso
                                                                torch.Tensor, int]:
     """(kind, weight, scales, group, bias or empty, input dtype code) of one projection."""
     bias = linear.bias if linear.bias is not None else torch.empty(0)
-    if getattr(linear, "tile_weight", None) is not None and module.amx_ready():
+    kernel = getattr(linear, "tile_kernel", None)
+    if kernel == "amx" and module.amx_ready():
         return KIND_INT4_TILES, linear.tile_weight, linear.tile_scale_low, TILE_GROUP, bias, 0
+    if kernel == "vnni" and module.vnni_ready():
+        return KIND_INT4_VNNI, linear.tile_weight, linear.tile_scale_low, TILE_GROUP, bias, 0
     if hasattr(linear, "packed"):  # Int4WeightOnlyLinear
         return KIND_INT4, linear.packed, linear.scales_and_zeros, linear.group, bias, \
             SCALAR_TYPES[linear.compute_dtype]
