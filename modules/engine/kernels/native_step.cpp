@@ -421,44 +421,75 @@ void quantize_rows(const float* x, int64_t rows, int64_t k, int16_t* q, float* s
     }
 }
 
-// One tile of 16 outputs for R (<= 4) rows. Block j of a group holds, for output n, the
-// 16-bit word v = q[4j] | q[4j+2] << 4 | q[4j+1] << 8 | q[4j+3] << 12: (v | v << 8) & 0xF000F
-// is the pair q[4j], q[4j+1] as two int16, (v >> 4 | v << 4) & 0xF000F the pair q[4j+2],
-// q[4j+3], each in the order of the row's two int16 values it meets.
-template <int R>
-void vnni_tile(const int16_t* xq, const float* step, const float* sum, int64_t k, const uint8_t* packed,
-               const at::Half* scale_low, float* out, int64_t ldo) {
+// T (1 or 2) tiles of 16 outputs for R (<= 4) rows. Block j of a group holds, for output
+// n, the 16-bit word v = q[4j] | q[4j+2] << 4 | q[4j+1] << 8 | q[4j+3] << 12: (v | v << 8) &
+// 0xF000F is the pair q[4j], q[4j+1] as two int16, (v >> 4 | v << 4) & 0xF000F the pair
+// q[4j+2], q[4j+3], each in the order of the row's two int16 values it meets. Each of a
+// row's pairs is broadcast once for both tiles.
+constexpr int kVnniTiles = 2;  // tiles sharing each row's broadcasts
+
+template <int T, int R>
+void vnni_tiles(const int16_t* xq, const float* step, const float* sum, int64_t k, const uint8_t* packed,
+                const at::Half* scale_low, float* out, int64_t ldo) {
   const int64_t groups = k / kTileGroup;
   const __m512i nibbles = _mm512_set1_epi32(0x000F000F);
-  __m512 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  __m512 acc[T][R];
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) acc[t][r] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
-    const uint8_t* p = packed + g * kTileBytes;
-    const char* next = reinterpret_cast<const char*>(p + kPrefetchGroups * kTileBytes);
-    for (int line = 0; line < 4; ++line) _mm_prefetch(next + line * 64, _MM_HINT_T0);
-    __m512i w[16];
-    for (int j = 0; j < 8; ++j) {
-      const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + j * 32)));
-      w[2 * j] = _mm512_and_si512(_mm512_or_si512(v, _mm512_slli_epi32(v, 8)), nibbles);
-      w[2 * j + 1] = _mm512_and_si512(_mm512_or_si512(_mm512_srli_epi32(v, 4), _mm512_slli_epi32(v, 4)), nibbles);
+    __m512i dot[T][R];
+    for (int t = 0; t < T; ++t) {
+      const char* next = reinterpret_cast<const char*>(packed + (t * groups + g + kPrefetchGroups) * kTileBytes);
+      for (int line = 0; line < 4; ++line) _mm_prefetch(next + line * 64, _MM_HINT_T0);
+      for (int r = 0; r < R; ++r) dot[t][r] = _mm512_setzero_si512();
     }
-    const at::Half* sl = scale_low + g * 32;
-    const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sl)));
-    const __m512 low = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sl + 16)));
-    for (int r = 0; r < R; ++r) {
-      const int16_t* xr = xq + r * k + g * kTileGroup;
-      __m512i dot = _mm512_setzero_si512();
-      for (int i = 0; i < 16; ++i) {
-        int32_t pair;
-        std::memcpy(&pair, xr + 2 * i, 4);
-        dot = _mm512_dpwssd_epi32(dot, w[i], _mm512_set1_epi32(pair));
+    for (int j = 0; j < 8; ++j) {
+      __m512i low_pair[T], high_pair[T];
+      for (int t = 0; t < T; ++t) {
+        const uint8_t* p = packed + (t * groups + g) * kTileBytes + j * 32;
+        const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+        low_pair[t] = _mm512_and_si512(_mm512_or_si512(v, _mm512_slli_epi32(v, 8)), nibbles);
+        high_pair[t] = _mm512_and_si512(_mm512_or_si512(_mm512_srli_epi32(v, 4), _mm512_slli_epi32(v, 4)), nibbles);
       }
-      const int64_t i = r * groups + g;
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(scale, _mm512_set1_ps(step[i])), acc[r]);
-      acc[r] = _mm512_fmadd_ps(low, _mm512_set1_ps(sum[i]), acc[r]);
+      for (int r = 0; r < R; ++r) {
+        int32_t pairs[2];
+        std::memcpy(pairs, xq + r * k + g * kTileGroup + 4 * j, 8);
+        const __m512i first = _mm512_set1_epi32(pairs[0]), second = _mm512_set1_epi32(pairs[1]);
+        for (int t = 0; t < T; ++t)
+          dot[t][r] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(dot[t][r], low_pair[t], first), high_pair[t], second);
+      }
+    }
+    for (int t = 0; t < T; ++t) {
+      const at::Half* sl = scale_low + (t * groups + g) * 32;
+      const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sl)));
+      const __m512 low = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sl + 16)));
+      for (int r = 0; r < R; ++r) {
+        const int64_t i = r * groups + g;
+        acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t][r]), _mm512_mul_ps(scale, _mm512_set1_ps(step[i])), acc[t][r]);
+        acc[t][r] = _mm512_fmadd_ps(low, _mm512_set1_ps(sum[i]), acc[t][r]);
+      }
     }
   }
-  for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + r * ldo, acc[r]);
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + r * ldo + t * kTileOutputs, acc[t][r]);
+}
+
+template <int T>
+void vnni_rows(const int16_t* q, const float* step, const float* sum, int64_t rows, int64_t k,
+               const uint8_t* p, const at::Half* sl, float* out, int64_t n) {
+  const int64_t groups = k / kTileGroup;
+  for (int64_t r = 0; r < rows; r += kRowBlock) {
+    const int16_t* xr = q + r * k;
+    const float* st = step + r * groups;
+    const float* su = sum + r * groups;
+    float* o = out + r * n;
+    switch (std::min<int64_t>(kRowBlock, rows - r)) {
+      case 1: vnni_tiles<T, 1>(xr, st, su, k, p, sl, o, n); break;
+      case 2: vnni_tiles<T, 2>(xr, st, su, k, p, sl, o, n); break;
+      case 3: vnni_tiles<T, 3>(xr, st, su, k, p, sl, o, n); break;
+      default: vnni_tiles<T, 4>(xr, st, su, k, p, sl, o, n); break;
+    }
+  }
 }
 #endif
 
@@ -470,21 +501,17 @@ void int4_vnni_matmul(const float* x, int64_t rows, const uint8_t* packed, const
   std::vector<int16_t> q(rows * k);
   std::vector<float> step(rows * groups), sum(rows * groups);
   quantize_rows(x, rows, k, q.data(), step.data(), sum.data());
-  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
+  at::parallel_for(0, (tiles + kVnniTiles - 1) / kVnniTiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t t = block * kVnniTiles;
       const uint8_t* p = packed + t * groups * kTileBytes;
       const at::Half* sl = scale_low + t * groups * 32;
-      for (int64_t r = 0; r < rows; r += kRowBlock) {
-        const int16_t* xr = q.data() + r * k;
-        const float* st = step.data() + r * groups;
-        const float* su = sum.data() + r * groups;
-        float* o = out + r * n + t * kTileOutputs;
-        switch (std::min<int64_t>(kRowBlock, rows - r)) {
-          case 1: vnni_tile<1>(xr, st, su, k, p, sl, o, n); break;
-          case 2: vnni_tile<2>(xr, st, su, k, p, sl, o, n); break;
-          case 3: vnni_tile<3>(xr, st, su, k, p, sl, o, n); break;
-          default: vnni_tile<4>(xr, st, su, k, p, sl, o, n); break;
-        }
+      float* o = out + t * kTileOutputs;
+      switch (std::min<int64_t>(kVnniTiles, tiles - t)) {
+        case 1: vnni_rows<1>(q.data(), step.data(), sum.data(), rows, k, p, sl, o, n); break;
+        case 2: vnni_rows<2>(q.data(), step.data(), sum.data(), rows, k, p, sl, o, n); break;
+        case 3: vnni_rows<3>(q.data(), step.data(), sum.data(), rows, k, p, sl, o, n); break;
+        default: vnni_rows<kVnniTiles>(q.data(), step.data(), sum.data(), rows, k, p, sl, o, n); break;
       }
     }
   });
