@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from modules.config import EMBEDDED_MODEL, Settings
 from modules.engine.kernels.fast_decode import (
+    EXACT_TOP_COUNT,
     INT4_TAG,
     INT8_TAG,
     PREFILL_ROWS,
@@ -158,9 +159,25 @@ def test_the_int8_heads_top_logits_are_exact_where_bf16_would_tie():
         logits = head(rows[:count])
         assert logits.dtype == torch.float32
         assert logits.argmax(dim=1).tolist() == [5] * count
-        torch.testing.assert_close(logits[:, [2, 5]], exact[:count, [2, 5]])
-        far = exact[:count] < exact[:count].max() - 8  # far from the top: the kernel's values
-        torch.testing.assert_close(logits[far], plain.float().expand(count, -1)[far])
+        torch.testing.assert_close(logits, exact[:count])  # 8 tokens: all among the top 32
+
+
+def test_only_the_top_logits_are_recomputed():
+    """Past the top EXACT_TOP_COUNT and the band near the top, the kernel's values stay."""
+    vocabulary = EXACT_TOP_COUNT * 4
+    weight = torch.randint(-127, 128, (vocabulary, 64), generator=torch.Generator().manual_seed(5)).float()
+    weight[:, 0] = 127.0
+    rows = torch.randn(2, 64, generator=torch.Generator().manual_seed(6)).bfloat16()
+    head = Int8WeightOnlyLinear(weight, compute_dtype=torch.bfloat16)
+    plain = head.few_rows(rows).float()
+    head.exact_top = True
+    logits = head(rows)
+    exact = rows.float() @ weight.T
+    for row in range(2):
+        top = exact[row].topk(EXACT_TOP_COUNT).indices
+        torch.testing.assert_close(logits[row, top], exact[row, top])
+        changed = (logits[row] != plain[row]).sum().item()
+        assert EXACT_TOP_COUNT // 2 <= changed <= EXACT_TOP_COUNT + 8  # the rest: the kernel's values
 
 
 def test_the_embedded_models_head_gives_exact_top_logits(embedded_chat_model):
