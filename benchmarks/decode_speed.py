@@ -334,8 +334,8 @@ def main() -> None:
     else:
         models = embedded_models()
     native = native_step.ready(models["app default"].model)
-    print(f"App default here: {models['app default'].speed_plan}; decode steps: "
-          f"{'native step' if native else 'Python step (' + str(native_step.builder.error) + ')'}")
+    print(f"App default here: {models['app default'].speed_line}"
+          f"{'' if native else ' (' + str(native_step.builder.error) + ')'}")
     if not args.no_agreement:
         print_agreement(models)
 

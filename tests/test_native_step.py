@@ -275,6 +275,18 @@ def test_playground_amx_and_vnni_decide_which_int4_kernel_the_layers_keep_a_layo
     assert all((m.tile_weight is not None) == (expected is not None) for m in layers)
 
 
+@pytest.mark.parametrize("weights", ["int4", "int4 vnni", "int4 tiles"])
+def test_the_step_line_names_the_kernel_that_runs(extension, weights):
+    _needs(extension, weights)
+    model = _prepared(_four_bit_model("qwen2"), weights)
+    expected = {"int4": "native step, torch int4 kernel",
+                "int4 vnni": "native step, int4 x int16 rows (VNNI)",
+                "int4 tiles": "native step, int4 on AMX tiles"}[weights]
+    assert native_step.step_line(model) == expected
+    delattr(model, "_playground_native_step")
+    assert native_step.step_line(model) is None
+
+
 def test_the_native_int4_kernel_follows_the_cpu_flags(monkeypatch):
     monkeypatch.setattr(native_step, "isa_flags", lambda: ["-march=native"])
     for flags, expected in [({"amx_tile", "amx_bf16", "avx512_bf16", "avx512_vnni", "avx512bw"}, "amx"),

@@ -98,6 +98,16 @@ class LoadedModel:
             dtype += f", {self.quantization}"
         return f"{self.name} ({self.device.type}, {dtype})"
 
+    @property
+    def speed_line(self) -> str | None:
+        """The CPU speed plan and how decode steps run now (the native step is built in the
+        background, so this can change after the load), e.g. "decode: fused int4 (bf16) ·
+        prefill: bf16 (AVX512) · native step, int4 x int16 rows (VNNI)"."""
+        if self.speed_plan is None:
+            return None
+        step = native_step.step_line(self.model)
+        return self.speed_plan if step is None else f"{self.speed_plan} · {step}"
+
     def end_token_ids(self) -> list[int]:
         """The tokens that end a reply: the generation config's and the tokenizer's end
         token (one rule for the batch scheduler and constrained decoding)."""

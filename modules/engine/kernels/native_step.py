@@ -308,6 +308,25 @@ def native_decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.
     return project(model.lm_head, inner.norm(hidden))
 
 
+KERNEL_NAMES = {"amx": "int4 on AMX tiles", "vnni": "int4 x int16 rows (VNNI)"}
+
+
+def step_line(model: nn.Module) -> str | None:
+    """How decode steps run now, for people: "native step, int4 x int16 rows (VNNI)",
+    "native step, torch int4 kernel", "Python step" (attached, extension not built or
+    unavailable), or None (no native step for this model)."""
+    if getattr(model, _ATTRIBUTE, None) is None:
+        return None
+    if not ready(model):
+        return "Python step"
+    kernels = {getattr(m, "tile_kernel", None) for m in model.modules() if hasattr(m, "packed")}
+    module = builder.module()
+    usable = {k for k in kernels if k and getattr(module, f"{k}_ready", lambda: False)()}
+    if usable:
+        return f"native step, {' / '.join(KERNEL_NAMES[k] for k in sorted(usable))}"
+    return "native step, torch int4 kernel" if kernels else "native step"
+
+
 def cache_dtype(model: nn.Module) -> torch.dtype:
     """What the native step's batches hold keys and values in: bf16 for a bf16 model (a step
     reads the whole cache, so half the bytes; the values are what the bf16 model's own

@@ -96,7 +96,9 @@ class LocalChatBackend:
         return self.cache.is_loaded(self.resolve(model), ModelKind.CAUSAL_LM)
 
     def prepare(self, model: str | None = None, on_status: StatusCallback | None = None) -> str:
-        return self.cache.get(self.resolve(model), ModelKind.CAUSAL_LM, on_status).description
+        loaded = self.cache.get(self.resolve(model), ModelKind.CAUSAL_LM, on_status)
+        speed = loaded.speed_line  # on a CPU: the plan and kernels this machine runs it with
+        return loaded.description if speed is None else f"{loaded.description}; {speed}"
 
     def stream(self, messages: list[Message], params: GenerationParams,
                cancel: threading.Event | None = None, model: str | None = None,
