@@ -236,12 +236,17 @@ def test_the_int8_kernel_computes_the_int8_product_row_by_row(extension, outputs
     expected = rows.double() @ (weight.double() * scale.double()[:, None]).T
     assert got.dtype == torch.float32 and got.shape == (6, outputs)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
-    for row in range(6):
-        assert torch.equal(extension.int8_matmul(rows[row:row + 1].clone(), weight, scale)[0], got[row])
+    assert_each_row_as_alone(extension.int8_matmul, rows, got, weight, scale)
     with pytest.raises(RuntimeError, match="float32"):
         extension.int8_matmul(rows.bfloat16(), weight, scale)
     with pytest.raises(RuntimeError, match="int8"):
         extension.int8_matmul(rows, weight.float(), scale)
+
+
+def assert_each_row_as_alone(matmul, rows: torch.Tensor, got: torch.Tensor, *weights) -> None:
+    """Each row through the kernel alone gives exactly its row of the batch's result."""
+    for row in range(rows.shape[0]):
+        assert torch.equal(matmul(rows[row:row + 1].clone(), *weights)[0], got[row])
 
 
 def _int4_weights(outputs: int, inputs: int, seed: int):
@@ -312,8 +317,7 @@ def test_the_amx_int4_kernel_computes_the_int4_product_row_by_row(extension, out
     expected = rows.bfloat16().double() @ weight.double().T
     assert got.dtype == torch.float32 and got.shape == (6, outputs)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
-    for row in range(6):
-        assert torch.equal(extension.int4_tiles_matmul(rows[row:row + 1].clone(), packed, scale_low)[0], got[row])
+    assert_each_row_as_alone(extension.int4_tiles_matmul, rows, got, packed, scale_low)
     with pytest.raises(RuntimeError, match="float32"):
         extension.int4_tiles_matmul(rows.bfloat16(), packed, scale_low)
     with pytest.raises(RuntimeError, match="float16"):
@@ -335,8 +339,7 @@ def test_the_vnni_int4_kernel_computes_the_int4_product_row_by_row(extension, ou
     error = (got.double() - expected).abs().max() / expected.abs().max()
     bf16_error = (rows.bfloat16().double() @ weight.double().T - expected).abs().max() / expected.abs().max()
     assert error < 1e-4 and error < bf16_error / 10
-    for row in range(6):
-        assert torch.equal(extension.int4_vnni_matmul(rows[row:row + 1].clone(), packed, scale_low)[0], got[row])
+    assert_each_row_as_alone(extension.int4_vnni_matmul, rows, got, packed, scale_low)
     zeros = extension.int4_vnni_matmul(torch.zeros(1, inputs), packed, scale_low)
     assert torch.equal(zeros, torch.zeros(1, outputs))  # an all-zero group: no division by zero
     with pytest.raises(RuntimeError, match="float32"):

@@ -109,29 +109,20 @@ def stream_prompt(
     closed = threading.Event()  # set when the consumer stops reading
     streamer = TokenTextStreamer(loaded.tokenizer, skip_prompt=False, skip_special_tokens=True,
                                  timeout=QUIET_S)
-    reply = _Reply(params, prompt.notice)
     try:
-        sequence = _submit(loaded, prompt, params, streamer, cancel, closed)
-        place = None
-        while True:
+        reply = _Reply(params, prompt.notice, _submit(loaded, prompt, params, streamer, cancel, closed),
+                       closed)
+        while not reply.done:
             try:
-                piece = next(streamer)
+                chunk = reply.add(next(streamer))
             except StopIteration:
                 break
             except queue.Empty:
-                if _ended_quietly(sequence, streamer.text_queue.empty()):
-                    break
-                if params.report_waiting and _waiting(sequence) not in (None, place):
-                    place = sequence.ahead
-                    yield reply.waiting(place)
-                continue
-            chunk = reply.add(piece, closed)
+                chunk = reply.quiet(streamer.text_queue.empty())
             if chunk is not None:
                 yield chunk
-            if reply.stopped:
-                break
-        sequence.wait()
-        yield from reply.ending(loaded, prompt, sequence, requested_at)
+        reply.sequence.wait()
+        yield from reply.ending(loaded, prompt, requested_at)
     finally:
         closed.set()  # a consumer that closed us early: generate stops at the next token
 
@@ -148,30 +139,21 @@ async def astream_prompt(
     closed = threading.Event()
     streamer = AsyncTokenTextStreamer(loaded.tokenizer, skip_prompt=False, skip_special_tokens=True,
                                       timeout=QUIET_S)
-    reply = _Reply(params, prompt.notice)
     try:
-        sequence = _submit(loaded, prompt, params, streamer, cancel, closed)
-        place = None
-        while True:
+        reply = _Reply(params, prompt.notice, _submit(loaded, prompt, params, streamer, cancel, closed),
+                       closed)
+        while not reply.done:
             try:
-                piece = await anext(streamer)
+                chunk = reply.add(await anext(streamer))
             except StopAsyncIteration:
                 break
             except TimeoutError:
-                if _ended_quietly(sequence, streamer.text_queue.empty()):
-                    break
-                if params.report_waiting and _waiting(sequence) not in (None, place):
-                    place = sequence.ahead
-                    yield reply.waiting(place)
-                continue
-            chunk = reply.add(piece, closed)
+                chunk = reply.quiet(streamer.text_queue.empty())
             if chunk is not None:
                 yield chunk
-            if reply.stopped:
-                break
-        if not sequence.wait(0):  # its last text came a moment before it was marked done
-            await anyio.to_thread.run_sync(sequence.wait)
-        for chunk in reply.ending(loaded, prompt, sequence, requested_at):
+        if not reply.sequence.wait(0):  # its last text came a moment before it was marked done
+            await anyio.to_thread.run_sync(reply.sequence.wait)
+        for chunk in reply.ending(loaded, prompt, requested_at):
             yield chunk
     finally:
         closed.set()
@@ -197,34 +179,31 @@ def _hand_out(token: int, streamer: TokenTextStreamer, params: GenerationParams)
     streamer.put(torch.tensor([token]))
 
 
-def _ended_quietly(sequence: Sequence, nothing_queued: bool) -> bool:
-    """Did the sequence end without ending its streamer (so no more text will come)?"""
-    return not sequence.is_alive() and nothing_queued
-
-
-def _waiting(sequence: Sequence) -> int | None:
-    """Its place in the line while it waits for a place in the batch, else None."""
-    return sequence.ahead if sequence.started_at is None and sequence.is_alive() else None
-
-
 class _Reply:
-    """The reply as its text arrives: a stop string ends it, and text that may begin one
-    is held back until it is clear that it does not."""
+    """One sequence's reply as its text arrives, for a reader of its streamer: a stop string
+    ends it (setting `closed`, so the sequence leaves the batch), text that may begin one is
+    held back until it is clear that it does not, and while the sequence waits for a place
+    in the batch the reader hears its place in the line."""
 
-    def __init__(self, params: GenerationParams, notice: str | None) -> None:
+    def __init__(self, params: GenerationParams, notice: str | None, sequence: Sequence,
+                 closed: threading.Event) -> None:
         self.stops = _StopScanner(params.stop)
-        self.notice = notice
+        self.report_waiting = params.report_waiting
+        self.notice, self.sequence, self.closed = notice, sequence, closed
         self.text = ""
         self.emitted = 0
-        self.stopped = False
+        self.place: int | None = None  # the last place in the line reported
+        self.stopped = False  # by a stop string
+        self.done = False  # no more text to read
 
-    def add(self, piece: str, closed: threading.Event) -> ChatChunk | None:
-        """Take a piece of text; the chunk to send, if any. A stop string sets `closed`."""
+    def add(self, piece: str) -> ChatChunk | None:
+        """Take a piece of text; the chunk to send, if any."""
         self.text += piece
         cut = self.stops.find(self.text)
         if cut is not None:
             self.text, self.stopped = self.text[:cut], True
-            closed.set()
+            self.done = True
+            self.closed.set()
         safe = len(self.text) if self.stopped else self.stops.safe_length(self.text)
         if safe <= self.emitted:
             return None
@@ -232,12 +211,22 @@ class _Reply:
         self.emitted = safe
         return chunk
 
-    def waiting(self, ahead: int) -> ChatChunk:
-        return ChatChunk(self.text, "", notice=self.notice, ahead=ahead)
+    def quiet(self, nothing_queued: bool) -> ChatChunk | None:
+        """No text for a while: done if the sequence ended without ending its streamer, else
+        its place in the line when that changed (and is to be reported)."""
+        sequence = self.sequence
+        if not sequence.is_alive() and nothing_queued:
+            self.done = True
+            return None
+        waiting = sequence.started_at is None and sequence.is_alive()
+        if not self.report_waiting or not waiting or sequence.ahead == self.place:
+            return None
+        self.place = sequence.ahead
+        return ChatChunk(self.text, "", notice=self.notice, ahead=self.place)
 
-    def ending(self, loaded: LoadedModel, prompt: PreparedPrompt, sequence: Sequence,
-               requested_at: float) -> Iterator[ChatChunk]:
+    def ending(self, loaded: LoadedModel, prompt: PreparedPrompt, requested_at: float) -> Iterator[ChatChunk]:
         """Any held-back text, then the last chunk (finish reason, usage, tokens)."""
+        sequence = self.sequence
         if sequence.error is not None:
             raise _explain(sequence.error)
         if self.emitted < len(self.text):  # a held-back partial stop string that never completed
