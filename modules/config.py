@@ -133,8 +133,8 @@ class Settings:
     # On CPUs with AMX-BF16, that step's int4 layers on AMX tiles (a second copy of the 4-bit
     # weights; modules/engine/kernels/native_step.py). PLAYGROUND_AMX=0 keeps torch's int4 kernel.
     amx: bool = True
-    # Without AMX, on CPUs with AVX512-VNNI: those layers multiply int8-rounded rows
-    # (llama.cpp's way; the same weights' copy). PLAYGROUND_VNNI=0 keeps torch's int4 kernel.
+    # Without AMX, on CPUs with AVX512-VNNI: those layers multiply int16-rounded rows with
+    # VNNI (the same weights' copy). PLAYGROUND_VNNI=0 keeps torch's int4 kernel.
     vnni: bool = True
     # Started by a Hugging Face Space: no share link (the Space has its own public URL).
     on_spaces: bool = False

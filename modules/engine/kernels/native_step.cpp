@@ -3,7 +3,7 @@
 // A one-token step of a small model on a CPU is mostly dispatch: ~20 tensor operations
 // a layer, each a few microseconds of Python and ATen for a few hundred multiply-adds.
 // Here a layer is four projections (torch's own weight-only int4 kernel, or this file's
-// int8 and AMX int4 kernels) and plain loops for everything between them: RMSNorm,
+// int8, AMX int4 and VNNI int4 kernels) and plain loops for everything between them: RMSNorm,
 // rotary embedding, writing the KV cache column, attention, SiLU. The loops work in
 // float32 and keep the residual stream in float32.
 //
@@ -522,8 +522,9 @@ void int4_vnni_matmul(const float* x, int64_t rows, const uint8_t* packed, const
 
 enum Kind : int64_t { kInt4 = 0, kInt8 = 1, kDense = 2, kInt4Tiles = 3, kInt4Vnni = 4 };
 
-// y = x Wᵀ (+ b) for how the weights are held: int8 through the kernel above, int4
-// through torch's kernel, as the Python layer calls it, a dense matmul otherwise.
+// y = x Wᵀ (+ b) for how the weights are held: int8, and int4 in the tile layout, through
+// this file's kernels above; other int4 through torch's kernel, as the Python layer calls
+// it; a dense matmul otherwise.
 struct Projection {
   int64_t kind;
   at::Tensor weight, scales;  // int4: packed + scales_and_zeros; int8: int8 + scale; dense: W

@@ -73,14 +73,14 @@ def amx_tiles_wanted() -> bool:
 
 
 def vnni_wanted() -> bool:
-    """Will the extension multiply int4 weights by int8 rows with AVX512-VNNI here
+    """Will the extension multiply int4 weights by int16-rounded rows with AVX512-VNNI here
     (native_step.cpp's `int4_vnni_matmul`, on the same `tile_layout` copy)?"""
     return "-march=native" in isa_flags() and {"avx512_vnni", "avx512bw"} <= cpu_flags()
 
 
 def tile_kernel(amx: bool = True, vnni: bool = True) -> str | None:
     """The native step's own int4 kernel here, reading `tile_layout`: "amx" (bf16 rows on AMX
-    tiles), else "vnni" (int8 rows, AVX512-VNNI), else None (torch's int4 kernel). `amx` and
+    tiles), else "vnni" (int16 rows, AVX512-VNNI), else None (torch's int4 kernel). `amx` and
     `vnni` are the settings that allow each (Settings.amx, Settings.vnni)."""
     if amx and amx_tiles_wanted():
         return "amx"
@@ -92,7 +92,7 @@ def tile_kernel(amx: bool = True, vnni: bool = True) -> str | None:
 def tile_layout(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """int4 weights W = (q - 8)·scale + zero (q [n, k] in 0..15, scale and zero [n, k / 32])
-    as native_step.cpp's AMX kernel reads them: uint8 [n/16, k/32, 8, 32] and float16
+    as native_step.cpp's AMX and VNNI kernels read them: uint8 [n/16, k/32, 8, 32] and float16
     [n/16, k/32, 2, 16] (each group's scale, then its lowest value). None where float16
     would hold a scale or low less exactly than torch's kernel's bf16 does (outside its
     range)."""
@@ -263,17 +263,25 @@ def _projection(module: ModuleType, linear: nn.Module) -> tuple[int, torch.Tenso
                                                                torch.Tensor, int]:
     """(kind, weight, scales, group, bias or empty, input dtype code) of one projection."""
     bias = linear.bias if linear.bias is not None else torch.empty(0)
-    kernel = getattr(linear, "tile_kernel", None)
-    if kernel == "amx" and module.amx_ready():
-        return KIND_INT4_TILES, linear.tile_weight, linear.tile_scale_low, TILE_GROUP, bias, 0
-    if kernel == "vnni" and module.vnni_ready():
-        return KIND_INT4_VNNI, linear.tile_weight, linear.tile_scale_low, TILE_GROUP, bias, 0
+    kernel = _tile_kernel_in_use(module, linear)
+    if kernel is not None:
+        return TILE_KINDS[kernel], linear.tile_weight, linear.tile_scale_low, TILE_GROUP, bias, 0
     if hasattr(linear, "packed"):  # Int4WeightOnlyLinear
         return KIND_INT4, linear.packed, linear.scales_and_zeros, linear.group, bias, \
             SCALAR_TYPES[linear.compute_dtype]
     if hasattr(linear, "weight_int8"):  # Int8WeightOnlyLinear
         return KIND_INT8, linear.weight_int8, linear.scale, 0, bias, SCALAR_TYPES[linear.compute_dtype]
     return KIND_DENSE, linear.weight, torch.empty(0), 0, bias, SCALAR_TYPES[linear.weight.dtype]
+
+
+TILE_KINDS = {"amx": KIND_INT4_TILES, "vnni": KIND_INT4_VNNI}
+
+
+def _tile_kernel_in_use(module: ModuleType, linear: nn.Module) -> str | None:
+    """The int4 layer's own native kernel ("amx", "vnni") where this build runs it, else
+    None (torch's int4 kernel, or not an int4 layer)."""
+    kernel = getattr(linear, "tile_kernel", None)
+    return kernel if kernel and getattr(module, f"{kernel}_ready")() else None
 
 
 def ready(model: nn.Module) -> bool:
@@ -319,12 +327,11 @@ def step_line(model: nn.Module) -> str | None:
         return None
     if not ready(model):
         return "Python step"
-    kernels = {getattr(m, "tile_kernel", None) for m in model.modules() if hasattr(m, "packed")}
-    module = builder.module()
-    usable = {k for k in kernels if k and getattr(module, f"{k}_ready", lambda: False)()}
+    int4 = [m for m in model.modules() if hasattr(m, "packed")]  # Int4WeightOnlyLinear
+    usable = {_tile_kernel_in_use(builder.module(), m) for m in int4} - {None}
     if usable:
         return f"native step, {' / '.join(KERNEL_NAMES[k] for k in sorted(usable))}"
-    return "native step, torch int4 kernel" if kernels else "native step"
+    return "native step, torch int4 kernel" if int4 else "native step"
 
 
 def cache_dtype(model: nn.Module) -> torch.dtype:
