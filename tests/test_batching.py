@@ -135,7 +135,7 @@ def model_top_gaps(loaded, prompt: list[int], reply: list[int]) -> float:
     """The largest gap between the model's top logit and the chosen token's, with the reply
     fed back (teacher forcing) through the model's own forward pass (transformers' layers)."""
     with torch.inference_mode():
-        logits = loaded.model(input_ids=torch.tensor([prompt + reply])).logits[0].float()
+        logits = loaded.model(input_ids=torch.tensor([prompt + reply], device=loaded.device)).logits[0].float().cpu()
     steps = logits[len(prompt) - 1:len(prompt) - 1 + len(reply)]
     chosen = steps.gather(1, torch.tensor(reply).unsqueeze(1)).squeeze(1)
     return float((steps.max(dim=1).values - chosen).max())

@@ -28,8 +28,8 @@ def tiny(shared_cache, tiny_causal_lm_dir):
 def direct_logits(loaded, ids) -> torch.Tensor:
     """The reference: one plain forward pass over the whole text, no cache, no chunks."""
     with torch.inference_mode():
-        out = loaded.model(input_ids=torch.tensor([ids]), use_cache=False)
-    return out.logits[0].float()
+        out = loaded.model(input_ids=torch.tensor([ids], device=loaded.model.device), use_cache=False)
+    return out.logits[0].float().cpu()
 
 
 def assert_same_scores(cached: torch.Tensor, fresh: torch.Tensor) -> None:

@@ -29,7 +29,7 @@ def classifier(shared_cache, tiny_distilbert_dir):
 def _first_window_probs(classifier, text: str) -> torch.Tensor:
     batch = classifier.tokenizer(text, truncation=True, max_length=512, return_tensors="pt")
     with torch.inference_mode():
-        return torch.softmax(classifier.model(**batch).logits, -1)[0]
+        return torch.softmax(classifier.model(**batch.to(classifier.device)).logits.float(), -1)[0].cpu()
 
 
 def test_scores_cover_all_labels_and_sum_to_one(classifier):

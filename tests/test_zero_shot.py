@@ -65,9 +65,9 @@ def test_scores_sum_to_one_for_every_label(tiny_lm):
 
 
 def _unpadded_logprob(model, prompt: list[int], continuation: list[int]) -> float:
-    ids = torch.tensor([prompt + continuation])
+    ids = torch.tensor([prompt + continuation], device=model.device)
     with torch.inference_mode():
-        logits = model.model(input_ids=ids).logits.float()
+        logits = model.model(input_ids=ids).logits.float().cpu()
     logprobs = torch.log_softmax(logits[0, len(prompt) - 1 : -1], -1)
     return float(logprobs.gather(-1, torch.tensor(continuation)[:, None]).sum())
 

@@ -140,25 +140,31 @@ class _BatchCache:
             self.cache, self.pads = None, []
             return
         trim = min(self.pads[row] for row in rows)
-        index = torch.tensor(rows)
+        index = torch.tensor(rows, device=self.device)
         for layer in self.cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, trim:]
             layer.values = layer.values.index_select(0, index)[:, :, trim:]
         self.pads = [self.pads[row] - trim for row in rows]
 
+    @property
+    def device(self) -> torch.device:
+        """Where the cache lives (the model's device): the step's index tensors go there too."""
+        return self.cache.layers[0].keys.device
+
     def positions(self) -> torch.Tensor:
         """Position ids [rows, 1] of each row's next token: its own tokens so far."""
-        return (self.length - torch.tensor(self.pads)).unsqueeze(1)
+        return (self.length - torch.tensor(self.pads, device=self.device)).unsqueeze(1)
 
     def mask(self, attention: str) -> torch.Tensor | None:
         """The attention mask for one new token per row (None: no padding), for `model(...)`."""
         if not any(self.pads):
             return None
-        length = self.length
-        mask = (torch.arange(length + 1).unsqueeze(0) >= torch.tensor(self.pads).unsqueeze(1))[:, None, None, :]
+        length, device = self.length, self.device
+        mask = (torch.arange(length + 1, device=device).unsqueeze(0)
+                >= torch.tensor(self.pads, device=device).unsqueeze(1))[:, None, None, :]
         if attention == "eager":  # eager attention adds its mask
             dtype = self.cache.layers[0].keys.dtype
-            mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+            mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
         return mask
 
     def starts(self) -> list[int] | None:

@@ -217,6 +217,11 @@ def top_p_cut(kept: torch.Tensor, kept_scores: torch.Tensor,
 
 
 def exponential_race(probabilities: torch.Tensor, generator: torch.Generator) -> int:
-    """Index i with probability p_i: argmax p_i / E_i with E_i ~ Exp(1), multinomial's own method."""
+    """Index i with probability p_i: argmax p_i / E_i with E_i ~ Exp(1), multinomial's own method.
+
+    The draw happens where `generator` lives (the CPU: `Sampling.generator`), so a seed gives
+    the same random numbers on any device; on a GPU the (few) kept probabilities come over."""
+    if probabilities.device != generator.device:
+        probabilities = probabilities.to(generator.device)
     races = torch.empty_like(probabilities).exponential_(1, generator=generator)
     return int(torch.argmax(probabilities / races))
