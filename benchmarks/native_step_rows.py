@@ -5,12 +5,13 @@ KV-cache dtype, at two cache lengths.
 
 Two decoders over the same loaded model run interleaved, step by step, in one process:
 int4 layers on the native step's own kernel (AMX tiles where this CPU has AMX-BF16, else
-int16 rows with AVX512-VNNI where it has that) and on torch's int4 kernel. Each is fed batches of 1 and 4 rows whose caches hold 160 and 600 random prompt
+int16 rows: AVX512-VNNI, AVX-VNNI or AVX2) and on torch's int4 kernel. Each is fed
+batches of 1 and 4 rows whose caches hold 160 and 600 random prompt
 tokens, in float32 and in bf16 (what native batches of a bf16 model keep). Each figure
 is the median ms of one step (all layers, final norm and int8 head). Four rows against
 one is what decides how much four users gain from sharing a batch (*Many users*).
-Run under `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` for the AVX2 class (neither
-kernel there: only torch's).
+Run under `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` for the AVX2 class (int16 rows
+with AVX2 instructions against torch's AVX2 int4 kernel).
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ ROWS, LENGTHS, DTYPES = (1, 4), (160, 600), (torch.float32, torch.bfloat16)
 
 def decoders(model) -> dict[str, object]:
     """{kernel name: a native Decoder over `model`}: the layers' own native kernel (AMX or
-    VNNI) where they have one, and torch's."""
+    int16 rows) where they have one, and torch's."""
     module = native_step.builder.module()
     tiled = [m for m in model.modules() if getattr(m, "tile_kernel", None)]
     found = {}
-    if tiled:  # the native step's own int4 kernel (AMX tiles, or int16 rows on AVX512-VNNI)
-        found[f"{tiled[0].tile_kernel.upper()} int4"] = native_step._decoder(module, model)
+    if tiled:  # the native step's own int4 kernel (AMX tiles, or int16 rows)
+        found[native_step._kernel_name(module, tiled[0].tile_kernel)] = native_step._decoder(module, model)
     kept = [(m, m.tile_kernel) for m in tiled]
     for m, _ in kept:
         m.tile_kernel = None

@@ -133,9 +133,10 @@ class Settings:
     # On CPUs with AMX-BF16, that step's int4 layers on AMX tiles (a second copy of the 4-bit
     # weights; modules/engine/kernels/native_step.py). PLAYGROUND_AMX=0 keeps torch's int4 kernel.
     amx: bool = True
-    # Without AMX, on CPUs with AVX512-VNNI: those layers multiply int16-rounded rows with
-    # VNNI (the same weights' copy). PLAYGROUND_VNNI=0 keeps torch's int4 kernel.
-    vnni: bool = True
+    # Without AMX (any CPU with AVX2): those layers multiply int16-rounded rows with integer
+    # instructions (AVX512-VNNI, AVX-VNNI or AVX2; the same weights' copy).
+    # PLAYGROUND_INT16_ROWS=0 keeps torch's int4 kernel.
+    int16_rows: bool = True
     # Started by a Hugging Face Space: no share link (the Space has its own public URL).
     on_spaces: bool = False
     # The address users reach this app at when it differs from host:port (a Space's URL).
@@ -180,7 +181,7 @@ class Settings:
             fast_decode=_flag(env, ENV_PREFIX + "FAST_DECODE", defaults.fast_decode),
             native_step=_flag(env, ENV_PREFIX + "NATIVE_STEP", defaults.native_step),
             amx=_flag(env, ENV_PREFIX + "AMX", defaults.amx),
-            vnni=_flag(env, ENV_PREFIX + "VNNI", defaults.vnni),
+            int16_rows=_flag(env, ENV_PREFIX + "INT16_ROWS", defaults.int16_rows),
             on_spaces=_on_spaces(env),
             public_url=_public_url(env),
         )

@@ -55,8 +55,8 @@ def _original(family: str, tiny_causal_lm_dir) -> torch.nn.Module:
 
 def _prepared(original: torch.nn.Module, weights: str) -> torch.nn.Module:
     """`original` fused as the app prepares it: "float fp32", or bf16 with quantized layers
-    ("int4 tiles" / "int4 vnni": 4-bit layers also in the tile layout, which the native step
-    then reads with its AMX or its AVX512-VNNI kernel)."""
+    ("int4 tiles" / "int4 int16": 4-bit layers also in the tile layout, which the native step
+    then reads with its AMX kernel or multiplies by int16-rounded rows)."""
     model = copy.deepcopy(original)
     if weights == "float fp32":
         fuse_layers(model, float_linear)
@@ -96,7 +96,7 @@ def test_float32_models_step_as_the_python_step_does(extension, family, tiny_cau
         torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-5)
 
 
-TILE_KERNELS = {"int4 tiles": "amx", "int4 vnni": "vnni"}
+TILE_KERNELS = {"int4 tiles": "amx", "int4 int16": "int16"}
 
 
 def _amx(extension) -> None:
@@ -104,21 +104,21 @@ def _amx(extension) -> None:
         pytest.skip("this CPU (or build) has no AMX-BF16: the int4 tiles kernel does not run here")
 
 
-def _vnni(extension) -> None:
-    if not extension.vnni_ready():
-        pytest.skip("this CPU (or build) has no AVX512-VNNI: the int4 x int8 rows kernel does not run here")
+def _int16_rows(extension) -> None:
+    if not extension.int16_rows_ready():
+        pytest.skip("this build has no AVX2: the int4 x int16 rows kernel does not run here")
 
 
 def _needs(extension, weights: str) -> None:
     """Skip where the native step's own int4 kernel for `weights` cannot run."""
     if weights == "int4 tiles":
         _amx(extension)
-    if weights == "int4 vnni":
-        _vnni(extension)
+    if weights == "int4 int16":
+        _int16_rows(extension)
 
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama-biases"])
-@pytest.mark.parametrize("weights", ["int4", "int8", "int4 tiles", "int4 vnni"])
+@pytest.mark.parametrize("weights", ["int4", "int8", "int4 tiles", "int4 int16"])
 def test_quantized_bf16_models_predict_float32_as_well_as_the_python_step(extension, family, weights):
     """Against the float32 model with the same (4-bit) weights: the native step's logits
     are at least as close as the Python step's (it rounds less), and pick its tokens."""
@@ -147,7 +147,7 @@ def _teacher_forced_reference(model) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 @pytest.mark.parametrize("weights, cache", [("int8", torch.float32), ("int8", torch.bfloat16),
-                                            ("int4 tiles", torch.bfloat16), ("int4 vnni", torch.bfloat16)])
+                                            ("int4 tiles", torch.bfloat16), ("int4 int16", torch.bfloat16)])
 @torch.inference_mode()
 def test_each_padded_row_computes_exactly_what_it_computes_alone(extension, family, weights, cache,
                                                                 tiny_causal_lm_dir):
@@ -261,31 +261,31 @@ def _int4_weights(outputs: int, inputs: int, seed: int):
     return weight, native_step.tile_layout(q, scale, low + 8 * scale)
 
 
-@pytest.mark.parametrize("env", [{}, {"PLAYGROUND_AMX": "0"}, {"PLAYGROUND_VNNI": "0"},
-                                 {"PLAYGROUND_AMX": "0", "PLAYGROUND_VNNI": "0"}])
-def test_playground_amx_and_vnni_decide_which_int4_kernel_the_layers_keep_a_layout_for(
+@pytest.mark.parametrize("env", [{}, {"PLAYGROUND_AMX": "0"}, {"PLAYGROUND_INT16_ROWS": "0"},
+                                 {"PLAYGROUND_AMX": "0", "PLAYGROUND_INT16_ROWS": "0"}])
+def test_playground_amx_and_int16_rows_decide_which_int4_kernel_the_layers_keep_a_layout_for(
         extension, tmp_path, env):
     from modules.config import Settings
     from modules.engine.kernels.fast_decode import Int4WeightOnlyLinear, prepare_chat_model
 
     settings = Settings.from_env(env)
-    expected = native_step.tile_kernel(settings.amx, settings.vnni)
+    expected = native_step.tile_kernel(settings.amx, settings.int16_rows)
     if len(env) == 2:
         assert expected is None
     model = _four_bit_model("qwen2")
     prepare_chat_model(model, torch.device("cpu"), torch.bfloat16, "test", str(tmp_path), probe=False,
-                       native=True, amx=settings.amx, vnni=settings.vnni)
+                       native=True, amx=settings.amx, int16_rows=settings.int16_rows)
     layers = [m for m in model.modules() if isinstance(m, Int4WeightOnlyLinear)]
     assert layers and {m.tile_kernel for m in layers} == {expected}
     assert all((m.tile_weight is not None) == (expected is not None) for m in layers)
 
 
-@pytest.mark.parametrize("weights", ["int4", "int4 vnni", "int4 tiles"])
+@pytest.mark.parametrize("weights", ["int4", "int4 int16", "int4 tiles"])
 def test_the_step_line_names_the_kernel_that_runs(extension, weights):
     _needs(extension, weights)
     model = _prepared(_four_bit_model("qwen2"), weights)
     expected = {"int4": "native step, torch int4 kernel",
-                "int4 vnni": "native step, int4 x int16 rows (VNNI)",
+                "int4 int16": f"native step, int4 x int16 rows ({extension.int16_rows_isa()})",
                 "int4 tiles": "native step, int4 on AMX tiles"}[weights]
     assert native_step.step_line(model) == expected
     delattr(model, "_playground_native_step")
@@ -295,15 +295,27 @@ def test_the_step_line_names_the_kernel_that_runs(extension, weights):
 def test_the_native_int4_kernel_follows_the_cpu_flags(monkeypatch):
     monkeypatch.setattr(native_step, "isa_flags", lambda: ["-march=native"])
     for flags, expected in [({"amx_tile", "amx_bf16", "avx512_bf16", "avx512_vnni", "avx512bw"}, "amx"),
-                            ({"avx512_vnni", "avx512bw", "avx512_bf16"}, "vnni"), ({"avx512f", "avx2"}, None)]:
+                            ({"avx512_vnni", "avx512bw", "avx512_bf16"}, "int16"), ({"avx512f", "avx2"}, "int16")]:
         monkeypatch.setattr(native_step, "cpu_flags", lambda flags=flags: flags)
         assert native_step.tile_kernel() == expected
     monkeypatch.setattr(native_step, "cpu_flags", lambda: {"amx_tile", "amx_bf16", "avx512_bf16",
                                                            "avx512_vnni", "avx512bw"})
-    assert native_step.tile_kernel(amx=False) == "vnni"
-    assert native_step.tile_kernel(amx=False, vnni=False) is None
+    assert native_step.tile_kernel(amx=False) == "int16"
+    assert native_step.tile_kernel(amx=False, int16_rows=False) is None
     monkeypatch.setattr(native_step, "isa_flags", lambda: ["-mavx2", "-mfma", "-mf16c"])  # AVX2 builds
+    assert native_step.tile_kernel() == "int16"
+    monkeypatch.setattr(native_step, "isa_flags", lambda: [])  # no x86 vector ISA (ARM): torch's kernel
     assert native_step.tile_kernel() is None
+
+
+def test_avx2_builds_take_avx_vnni_where_a_cpu_without_avx512_has_it(monkeypatch):
+    """AVX-VNNI fuses the AVX2 kernel's multiply and add; an AVX-512 CPU running as AVX2
+    (ATEN_CPU_CAPABILITY=avx2) builds as a plain AVX2 one."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    for flags, expected in [({"avx2", "avx_vnni"}, True), ({"avx2"}, False),
+                            ({"avx2", "avx_vnni", "avx512f"}, False)]:
+        monkeypatch.setattr(native_step, "cpu_flags", lambda flags=flags: flags)
+        assert ("-mavxvnni" in native_step.isa_flags()) == expected
 
 
 @pytest.mark.parametrize("outputs, inputs", [(64, 64), (48, 96)])  # 48: an odd number of tiles
@@ -325,25 +337,25 @@ def test_the_amx_int4_kernel_computes_the_int4_product_row_by_row(extension, out
 
 
 @pytest.mark.parametrize("outputs, inputs", [(64, 64), (48, 96)])
-def test_the_vnni_int4_kernel_computes_the_int4_product_row_by_row(extension, outputs, inputs):
+def test_the_int16_rows_int4_kernel_computes_the_int4_product_row_by_row(extension, outputs, inputs):
     """float32 rows (rounded to int16 per group of 32: 2^-16 of its largest value) times
     4-bit weights, against float64, closer than bf16 rows get; six rows (a block of four,
     then two): each row exactly what it gives alone."""
-    _vnni(extension)
+    _int16_rows(extension)
     weight, (packed, scale_low) = _int4_weights(outputs, inputs, seed=outputs)
     rows = torch.randn(6, inputs, generator=torch.Generator().manual_seed(3))
     rows[1, :32] *= 1000.0  # one group's values far apart: each group has its own step
-    got = extension.int4_vnni_matmul(rows, packed, scale_low)
+    got = extension.int4_int16_matmul(rows, packed, scale_low)
     expected = rows.double() @ weight.double().T
     assert got.dtype == torch.float32 and got.shape == (6, outputs)
     error = (got.double() - expected).abs().max() / expected.abs().max()
     bf16_error = (rows.bfloat16().double() @ weight.double().T - expected).abs().max() / expected.abs().max()
     assert error < 1e-4 and error < bf16_error / 10
-    assert_each_row_as_alone(extension.int4_vnni_matmul, rows, got, packed, scale_low)
-    zeros = extension.int4_vnni_matmul(torch.zeros(1, inputs), packed, scale_low)
+    assert_each_row_as_alone(extension.int4_int16_matmul, rows, got, packed, scale_low)
+    zeros = extension.int4_int16_matmul(torch.zeros(1, inputs), packed, scale_low)
     assert torch.equal(zeros, torch.zeros(1, outputs))  # an all-zero group: no division by zero
     with pytest.raises(RuntimeError, match="float32"):
-        extension.int4_vnni_matmul(rows.bfloat16(), packed, scale_low)
+        extension.int4_int16_matmul(rows.bfloat16(), packed, scale_low)
 
 
 def test_the_tile_layout_holds_every_weight_and_refuses_what_float16_cannot_hold():

@@ -102,7 +102,7 @@ class LoadedModel:
     def speed_line(self) -> str | None:
         """The CPU speed plan and how decode steps run now (the native step is built in the
         background, so this can change after the load), e.g. "decode: fused int4 (bf16) ·
-        prefill: bf16 (AVX512) · native step, int4 x int16 rows (VNNI)"."""
+        prefill: bf16 (AVX512) · native step, int4 x int16 rows (AVX512-VNNI)"."""
         if self.speed_plan is None:
             return None
         step = native_step.step_line(self.model)
@@ -310,7 +310,7 @@ class ModelCache:
             return Prepared(dtype)
         return prepare_chat_model(model, self.device, dtype, model_key, self.settings.cache_dir,
                                   probe=self.settings.dtype == "auto", native=self._native_steps,
-                                  amx=self.settings.amx, vnni=self.settings.vnni)
+                                  amx=self.settings.amx, int16_rows=self.settings.int16_rows)
 
     def _source(self, ref: ModelRef, on_status: StatusCallback | None) -> tuple[str, dict]:
         """Where from_pretrained reads, and with which options."""

@@ -197,7 +197,7 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
     """4-bit weights in groups of 32 with a bf16 scale and zero point, torch's CPU int4 kernel.
 
     Built from weights that are 4-bit already (`exact_int4_groups`), so the bf16 weight
-    itself serves the many-rows path. `tiles` ("amx" or "vnni", `native_step.tile_kernel`):
+    itself serves the many-rows path. `tiles` ("amx" or "int16", `native_step.tile_kernel`):
     also keep them as that kernel of the native step reads them (`native_step.tile_layout`),
     where their scales are float16 values.
     """
@@ -276,7 +276,7 @@ def prepare_for_fast_decode(model: nn.Module, device: torch.device, plan: SpeedP
     matmuls run in the plan's prefill dtype. Returns INT4_TAG when the layers run on
     4-bit weights, INT8_TAG when on int8, "float weights" for fused float layers, None
     when the model was left as it is (not on CPU, or no weight-only kernels in torch).
-    `tiles`: the native step's int4 kernel ("amx", "vnni"), whose layout int4 layers also keep.
+    `tiles`: the native step's int4 kernel ("amx", "int16"), whose layout int4 layers also keep.
     """
     if device.type != "cpu" or not int8_kernel_available():
         return None
@@ -327,14 +327,15 @@ SHORT_FORMATS = {INT4_TAG: "int4", INT8_TAG: "int8", FLOAT_TAG: "float"}
 
 def prepare_chat_model(model: nn.Module, device: torch.device, dtype: torch.dtype,
                        model_key: str, cache_dir: str, probe: bool, native: bool = False,
-                       amx: bool = True, vnni: bool = True) -> Prepared:
+                       amx: bool = True, int16_rows: bool = True) -> Prepared:
     """Fast decode for a chat model on CPU, with kernels and dtypes measured for this machine.
 
     `probe` (the dtype setting is "auto"): the CPU profile's plan, cached per model and
     machine. Otherwise the user chose `dtype`: bf16 runs the fast path all in bf16, any
     other explicit dtype (float32: precision wanted) leaves the model as it is.
-    `native`: decode steps go through the native step once it is built; `amx`, `vnni`: its
-    int4 layers on AMX tiles or AVX512-VNNI where the CPU has them (Settings.amx, .vnni).
+    `native`: decode steps go through the native step once it is built; `amx`, `int16_rows`:
+    its int4 layers on AMX tiles, or by int16-rounded rows, where the CPU allows (Settings.amx,
+    .int16_rows).
     """
     if device.type != "cpu" or not int8_kernel_available():
         return Prepared(dtype)
@@ -344,7 +345,7 @@ def prepare_chat_model(model: nn.Module, device: torch.device, dtype: torch.dtyp
         plan = SpeedPlan.fixed(dtype)
     else:
         return Prepared(dtype)
-    tiles = native_step.tile_kernel(amx, vnni) if native else None
+    tiles = native_step.tile_kernel(amx, int16_rows) if native else None
     quantization = prepare_for_fast_decode(model, device, plan, tiles)
     if quantization is None:  # nothing fused or quantized; the model may have been cast
         return Prepared(plan.dtype)

@@ -3,7 +3,7 @@
 // A one-token step of a small model on a CPU is mostly dispatch: ~20 tensor operations
 // a layer, each a few microseconds of Python and ATen for a few hundred multiply-adds.
 // Here a layer is four projections (torch's own weight-only int4 kernel, or this file's
-// int8, AMX int4 and VNNI int4 kernels) and plain loops for everything between them: RMSNorm,
+// int8, AMX int4 and int16-rows int4 kernels) and plain loops for everything between them: RMSNorm,
 // rotary embedding, writing the KV cache column, attention, SiLU. The loops work in
 // float32 and keep the residual stream in float32.
 //
@@ -373,13 +373,17 @@ void int4_tiles_matmul(const float* x, int64_t rows, const uint8_t* packed, cons
 #endif
 }
 
-// ---- int4 weights times int16 rows with AVX512-VNNI (CPUs without AMX) ----
+// ---- int4 weights times int16 rows: AVX512-VNNI, AVX-VNNI or AVX2 (CPUs without AMX) ----
 //
 // Without AMX, torch's int4 kernel does one float multiply-add per weight and row, so
 // each extra row of a batch costs ~1.4 ms a step here. llama.cpp's CPU path multiplies
 // integers instead: its rows are rounded to int8 per block of 32 inputs. Here the rows
 // are rounded to int16 (a block's largest value to 32767), and one VNNI instruction
-// (vpdpwssd) does 32 products of 16-bit integers where a float one does 16. int8 rows
+// (vpdpwssd) does 32 products of 16-bit integers where a float one does 16. AVX2 has
+// no VNNI: vpmaddwd + vpaddd do 16 products in two instructions where float does 8 in
+// one, but the weights' unpacking, shared by all rows, costs about half of a float
+// kernel's (2.4x torch's int4 kernel's speed for one row, 1.8x for four, under AVX2).
+// CPUs with AVX-VNNI (Intel since Alder Lake, AMD Zen 5) fuse the two. int8 rows
 // (vpdpbusd, 64 products) made a four-row step ~20 % faster still, but took the embedded
 // model's teacher-forced agreement with float32 from 98.9 % to 93.2 % (94.9-96.0 % with
 // int8 rows in half of the projections), so they are not used. On the AMX kernel's
@@ -393,13 +397,28 @@ void int4_tiles_matmul(const float* x, int64_t rows, const uint8_t* packed, cons
 // alone exactly what it computes in a batch.
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define PLAYGROUND_VNNI 1
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define PLAYGROUND_MADD 1  // the same arithmetic on 256-bit registers: vpmaddwd + vpaddd (or AVX-VNNI)
 #endif
 
-bool vnni_ready() {
-#if defined(PLAYGROUND_VNNI)
+bool int16_rows_ready() {
+#if defined(PLAYGROUND_VNNI) || defined(PLAYGROUND_MADD)
   return true;
 #else
   return false;
+#endif
+}
+
+// Which instructions multiply the int16 rows in this build, for people.
+const char* int16_rows_isa() {
+#if defined(PLAYGROUND_VNNI)
+  return "AVX512-VNNI";
+#elif defined(PLAYGROUND_MADD) && defined(__AVXVNNI__)
+  return "AVX-VNNI";
+#elif defined(PLAYGROUND_MADD)
+  return "AVX2";
+#else
+  return "";
 #endif
 }
 
@@ -426,10 +445,10 @@ void quantize_rows(const float* x, int64_t rows, int64_t k, int16_t* q, float* s
 // 0xF000F is the pair q[4j], q[4j+1] as two int16, (v >> 4 | v << 4) & 0xF000F the pair
 // q[4j+2], q[4j+3], each in the order of the row's two int16 values it meets. Each of a
 // row's pairs is broadcast once for both tiles.
-constexpr int kVnniTiles = 2;  // tiles sharing each row's broadcasts
+constexpr int kInt16Tiles = 2;  // tiles sharing each row's broadcasts
 
 template <int T, int R>
-void vnni_tiles(const int16_t* xq, const float* step, const float* sum, int64_t k, const uint8_t* packed,
+void int16_tiles(const int16_t* xq, const float* step, const float* sum, int64_t k, const uint8_t* packed,
                 const at::Half* scale_low, float* out, int64_t ldo) {
   const int64_t groups = k / kTileGroup;
   const __m512i nibbles = _mm512_set1_epi32(0x000F000F);
@@ -474,8 +493,127 @@ void vnni_tiles(const int16_t* xq, const float* step, const float* sum, int64_t 
     for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + r * ldo + t * kTileOutputs, acc[t][r]);
 }
 
+#endif
+
+#if defined(PLAYGROUND_MADD)
+inline float reduce_max(__m256 v) {
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+}
+
+inline float reduce_add(__m256 v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+
+void quantize_rows(const float* x, int64_t rows, int64_t k, int16_t* q, float* step, float* sum) {
+  const int64_t groups = k / kTileGroup;
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* src = x + r * k + g * kTileGroup;
+      __m256 v[4], largest = _mm256_setzero_ps(), total = _mm256_setzero_ps();
+      for (int i = 0; i < 4; ++i) {
+        v[i] = _mm256_loadu_ps(src + 8 * i);
+        largest = _mm256_max_ps(largest, _mm256_andnot_ps(sign, v[i]));
+        total = _mm256_add_ps(total, v[i]);
+      }
+      const float top = reduce_max(largest);
+      const __m256 inverse = _mm256_set1_ps(top > 0.f ? 32767.f / top : 0.f);
+      int16_t* dst = q + r * k + g * kTileGroup;
+      for (int i = 0; i < 4; i += 2) {
+        const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inverse));
+        const __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(v[i + 1], inverse));
+        // packs works per 128-bit lane: a0-3 b0-3 a4-7 b4-7, put back in order
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 8 * i),
+                            _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8));
+      }
+      step[r * groups + g] = top / 32767.f;
+      sum[r * groups + g] = reduce_add(total);
+    }
+}
+
+inline __m256i add_products(__m256i dot, __m256i a, __m256i b) {
+#if defined(__AVXVNNI__)
+  return _mm256_dpwssd_avx_epi32(dot, a, b);
+#else
+  return _mm256_add_epi32(dot, _mm256_madd_epi16(a, b));
+#endif
+}
+
+// The VNNI kernel's arithmetic with 256-bit registers. Masking a block's 16 words with
+// 0x0F0F leaves, per output, the bytes q[4j], q[4j+1]; shifted by 4 first, q[4j+2],
+// q[4j+3]. Interleaving those bytes with zeros makes them int16 pairs in 32-bit lanes,
+// for outputs 0-3 and 8-11 (unpacklo) and 4-7 and 12-15 (unpackhi), the order the
+// scales are put in and the results taken out of.
+constexpr int kInt16Tiles = 2;  // two tiles share each row's broadcasts (one tile: 2-7 % slower)
+
+template <int T, int R>
+void int16_tiles(const int16_t* xq, const float* step, const float* sum, int64_t k, const uint8_t* packed,
+                const at::Half* scale_low, float* out, int64_t ldo) {
+  const int64_t groups = k / kTileGroup;
+  const __m256i nibbles = _mm256_set1_epi16(0x0F0F), zero = _mm256_setzero_si256();
+  __m256 acc[T][2][R];
+  for (int t = 0; t < T; ++t)
+    for (int h = 0; h < 2; ++h)
+      for (int r = 0; r < R; ++r) acc[t][h][r] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i dot[T][2][R];
+    for (int t = 0; t < T; ++t) {
+      const char* next = reinterpret_cast<const char*>(packed + (t * groups + g + kPrefetchGroups) * kTileBytes);
+      for (int line = 0; line < 4; ++line) _mm_prefetch(next + line * 64, _MM_HINT_T0);
+      for (int h = 0; h < 2; ++h)
+        for (int r = 0; r < R; ++r) dot[t][h][r] = _mm256_setzero_si256();
+    }
+    for (int j = 0; j < 8; ++j) {
+      __m256i low_pair[T][2], high_pair[T][2];
+      for (int t = 0; t < T; ++t) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + (t * groups + g) * kTileBytes + j * 32));
+        const __m256i low = _mm256_and_si256(v, nibbles), high = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibbles);
+        low_pair[t][0] = _mm256_unpacklo_epi8(low, zero);
+        low_pair[t][1] = _mm256_unpackhi_epi8(low, zero);
+        high_pair[t][0] = _mm256_unpacklo_epi8(high, zero);
+        high_pair[t][1] = _mm256_unpackhi_epi8(high, zero);
+      }
+      for (int r = 0; r < R; ++r) {
+        int32_t pairs[2];
+        std::memcpy(pairs, xq + r * k + g * kTileGroup + 4 * j, 8);
+        const __m256i first = _mm256_set1_epi32(pairs[0]), second = _mm256_set1_epi32(pairs[1]);
+        for (int t = 0; t < T; ++t)
+          for (int h = 0; h < 2; ++h)
+            dot[t][h][r] = add_products(add_products(dot[t][h][r], low_pair[t][h], first), high_pair[t][h], second);
+      }
+    }
+    for (int t = 0; t < T; ++t) {
+      const at::Half* sl = scale_low + (t * groups + g) * 32;
+      const auto halves = [&](int i) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sl + i))); };
+      const __m256 s0 = halves(0), s1 = halves(8), l0 = halves(16), l1 = halves(24);
+      const __m256 scale[2] = {_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31)};
+      const __m256 low[2] = {_mm256_permute2f128_ps(l0, l1, 0x20), _mm256_permute2f128_ps(l0, l1, 0x31)};
+      for (int r = 0; r < R; ++r) {
+        const int64_t i = r * groups + g;
+        const __m256 st = _mm256_set1_ps(step[i]), su = _mm256_set1_ps(sum[i]);
+        for (int h = 0; h < 2; ++h) {
+          acc[t][h][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[t][h][r]), _mm256_mul_ps(scale[h], st), acc[t][h][r]);
+          acc[t][h][r] = _mm256_fmadd_ps(low[h], su, acc[t][h][r]);
+        }
+      }
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) {
+      float* o = out + r * ldo + t * kTileOutputs;
+      _mm256_storeu_ps(o, _mm256_permute2f128_ps(acc[t][0][r], acc[t][1][r], 0x20));
+      _mm256_storeu_ps(o + 8, _mm256_permute2f128_ps(acc[t][0][r], acc[t][1][r], 0x31));
+    }
+}
+#endif
+
+#if defined(PLAYGROUND_VNNI) || defined(PLAYGROUND_MADD)
 template <int T>
-void vnni_rows(const int16_t* q, const float* step, const float* sum, int64_t rows, int64_t k,
+void int16_rows(const int16_t* q, const float* step, const float* sum, int64_t rows, int64_t k,
                const uint8_t* p, const at::Half* sl, float* out, int64_t n) {
   const int64_t groups = k / kTileGroup;
   for (int64_t r = 0; r < rows; r += kRowBlock) {
@@ -484,43 +622,43 @@ void vnni_rows(const int16_t* q, const float* step, const float* sum, int64_t ro
     const float* su = sum + r * groups;
     float* o = out + r * n;
     switch (std::min<int64_t>(kRowBlock, rows - r)) {
-      case 1: vnni_tiles<T, 1>(xr, st, su, k, p, sl, o, n); break;
-      case 2: vnni_tiles<T, 2>(xr, st, su, k, p, sl, o, n); break;
-      case 3: vnni_tiles<T, 3>(xr, st, su, k, p, sl, o, n); break;
-      default: vnni_tiles<T, 4>(xr, st, su, k, p, sl, o, n); break;
+      case 1: int16_tiles<T, 1>(xr, st, su, k, p, sl, o, n); break;
+      case 2: int16_tiles<T, 2>(xr, st, su, k, p, sl, o, n); break;
+      case 3: int16_tiles<T, 3>(xr, st, su, k, p, sl, o, n); break;
+      default: int16_tiles<T, 4>(xr, st, su, k, p, sl, o, n); break;
     }
   }
 }
 #endif
 
 // out [rows, n] = x [rows, k] · Wᵀ for int4 weights in the tile layout, rows as int16.
-void int4_vnni_matmul(const float* x, int64_t rows, const uint8_t* packed, const at::Half* scale_low,
+void int4_int16_matmul(const float* x, int64_t rows, const uint8_t* packed, const at::Half* scale_low,
                       int64_t n, int64_t k, float* out) {
-#if defined(PLAYGROUND_VNNI)
+#if defined(PLAYGROUND_VNNI) || defined(PLAYGROUND_MADD)
   const int64_t groups = k / kTileGroup, tiles = n / kTileOutputs;
   std::vector<int16_t> q(rows * k);
   std::vector<float> step(rows * groups), sum(rows * groups);
   quantize_rows(x, rows, k, q.data(), step.data(), sum.data());
-  at::parallel_for(0, (tiles + kVnniTiles - 1) / kVnniTiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, (tiles + kInt16Tiles - 1) / kInt16Tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
-      const int64_t t = block * kVnniTiles;
+      const int64_t t = block * kInt16Tiles;
       const uint8_t* p = packed + t * groups * kTileBytes;
       const at::Half* sl = scale_low + t * groups * 32;
       float* o = out + t * kTileOutputs;
-      switch (std::min<int64_t>(kVnniTiles, tiles - t)) {
-        case 1: vnni_rows<1>(q.data(), step.data(), sum.data(), rows, k, p, sl, o, n); break;
-        case 2: vnni_rows<2>(q.data(), step.data(), sum.data(), rows, k, p, sl, o, n); break;
-        case 3: vnni_rows<3>(q.data(), step.data(), sum.data(), rows, k, p, sl, o, n); break;
-        default: vnni_rows<kVnniTiles>(q.data(), step.data(), sum.data(), rows, k, p, sl, o, n); break;
+      switch (std::min<int64_t>(kInt16Tiles, tiles - t)) {
+        case 1: int16_rows<1>(q.data(), step.data(), sum.data(), rows, k, p, sl, o, n); break;
+        case 2: int16_rows<2>(q.data(), step.data(), sum.data(), rows, k, p, sl, o, n); break;
+        case 3: int16_rows<3>(q.data(), step.data(), sum.data(), rows, k, p, sl, o, n); break;
+        default: int16_rows<kInt16Tiles>(q.data(), step.data(), sum.data(), rows, k, p, sl, o, n); break;
       }
     }
   });
 #else
-  TORCH_CHECK(false, "int4 x int16 rows need AVX512-VNNI (this build has none)");
+  TORCH_CHECK(false, "int4 x int16 rows need AVX2 with FMA and F16C (this build has none)");
 #endif
 }
 
-enum Kind : int64_t { kInt4 = 0, kInt8 = 1, kDense = 2, kInt4Tiles = 3, kInt4Vnni = 4 };
+enum Kind : int64_t { kInt4 = 0, kInt8 = 1, kDense = 2, kInt4Tiles = 3, kInt4Int16 = 4 };
 
 // y = x Wᵀ (+ b) for how the weights are held: int8, and int4 in the tile layout, through
 // this file's kernels above; other int4 through torch's kernel, as the Python layer calls
@@ -532,7 +670,7 @@ struct Projection {
   at::ScalarType input_dtype;
   std::vector<float> bias, float_scale;  // float_scale: int8's, as floats
 
-  bool tiled() const { return kind == kInt4Tiles || kind == kInt4Vnni; }
+  bool tiled() const { return kind == kInt4Tiles || kind == kInt4Int16; }
   int64_t outputs() const { return tiled() ? weight.size(0) * kTileOutputs : weight.size(0); }
 
   at::Tensor run(const at::Tensor& x) const {
@@ -548,8 +686,8 @@ struct Projection {
       int8_matmul(x, rows, weight.data_ptr<int8_t>(), float_scale.data(), outputs(), in, out);
     } else if (kind == kInt4Tiles) {
       int4_tiles_matmul(x, rows, weight.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), outputs(), in, out);
-    } else if (kind == kInt4Vnni) {
-      int4_vnni_matmul(x, rows, weight.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), outputs(), in, out);
+    } else if (kind == kInt4Int16) {
+      int4_int16_matmul(x, rows, weight.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), outputs(), in, out);
     } else {
       at::Tensor y = run(to_tensor(x, rows, in, input_dtype)).contiguous();
       read_floats(y, out);
@@ -571,8 +709,8 @@ struct Projection {
       p.float_scale = floats(scales);
     }
     if (p.tiled()) {
-      TORCH_CHECK(kind == kInt4Vnni ? vnni_ready() : amx_ready(),
-                  "this int4 kernel needs AMX-BF16 or AVX512-VNNI, which this build or process lacks");
+      TORCH_CHECK(kind == kInt4Int16 ? int16_rows_ready() : amx_ready(),
+                  "this int4 kernel needs AMX-BF16, or AVX2 for int16 rows, which this build or process lacks");
       TORCH_CHECK(weight.scalar_type() == at::kByte && weight.dim() == 4 && weight.is_contiguous() &&
                   weight.size(2) == 8 && weight.size(3) == 32 && scales.scalar_type() == at::kHalf &&
                   scales.is_contiguous() && scales.dim() == 4 && scales.size(0) == weight.size(0) &&
@@ -847,10 +985,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int4_tiles_matmul", [](at::Tensor x, at::Tensor weight, at::Tensor scale_low) {
     return apply_alone(Projection::make(kInt4Tiles, weight, scale_low, kTileGroup, at::Tensor(), 0), x);
   });
-  // The VNNI int4 kernel alone: the same layout, the rows rounded to int16 per group.
-  m.def("int4_vnni_matmul", [](at::Tensor x, at::Tensor weight, at::Tensor scale_low) {
-    return apply_alone(Projection::make(kInt4Vnni, weight, scale_low, kTileGroup, at::Tensor(), 0), x);
+  // The int16-rows int4 kernel alone: the same layout, the rows rounded to int16 per group.
+  m.def("int4_int16_matmul", [](at::Tensor x, at::Tensor weight, at::Tensor scale_low) {
+    return apply_alone(Projection::make(kInt4Int16, weight, scale_low, kTileGroup, at::Tensor(), 0), x);
   });
   m.def("amx_ready", &amx_ready);
-  m.def("vnni_ready", &vnni_ready);
+  m.def("int16_rows_ready", &int16_rows_ready);
+  m.def("int16_rows_isa", &int16_rows_isa);
 }

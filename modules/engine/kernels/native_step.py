@@ -3,8 +3,9 @@
 Through the fused Python layers a one-token step of SmolLM2-135M still issues ~600
 tensor operations; their dispatch took about half of the step (profile: 6.2 ms int4
 kernels and 3 ms int8 head in a ~17-21 ms step, AVX-512). native_step.cpp runs all
-layers in one call: torch's int4 kernel for int4 projections, its own int8 kernel for
-int8 ones and the int8 LM head (float32 rows, each weight read once for up to four
+layers in one call: its own int4 kernels (AMX tiles, or int16-rounded rows on AVX2 and
+AVX-512; torch's int4 kernel elsewhere), its own int8 kernel for int8 projections and
+the int8 LM head (float32 rows, each weight read once for up to four
 rows: 0.75-0.9x torch's time, float32 logits), plain loops for the norms, rotary
 embedding, KV-cache writes, attention and SiLU. The step then costs about what its
 kernels cost (figures in benchmarks/decode_speed.py).
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("native_step.cpp")
 MODULE_NAME = "playground_native_step"
 BUILD_SECONDS = 600  # a compiler that takes longer is stuck
-KIND_INT4, KIND_INT8, KIND_DENSE, KIND_INT4_TILES, KIND_INT4_VNNI = 0, 1, 2, 3, 4
+KIND_INT4, KIND_INT8, KIND_DENSE, KIND_INT4_TILES, KIND_INT4_INT16 = 0, 1, 2, 3, 4
 TILE_OUTPUTS, TILE_GROUP = 16, 32  # native_step.cpp's int4 tiles: 16 outputs x 32 inputs
 # c10::ScalarType codes of the projections' input dtypes
 SCALAR_TYPES = {torch.float16: 5, torch.float32: 6, torch.bfloat16: 15}
@@ -60,7 +61,11 @@ def isa_flags() -> list[str]:
     if capability.startswith("AVX512"):
         return ["-march=native"]
     if capability == "AVX2":
-        return ["-mavx2", "-mfma", "-mf16c"]
+        flags = cpu_flags()
+        # AVX-VNNI where a CPU without AVX-512 has it (Intel since Alder Lake, AMD Zen 5); an
+        # AVX-512 CPU running as AVX2 (ATEN_CPU_CAPABILITY=avx2) stays a plain AVX2 machine
+        vnni = "avx_vnni" in flags and "avx512f" not in flags
+        return ["-mavx2", "-mfma", "-mf16c", *(["-mavxvnni"] if vnni else [])]
     return []  # other CPUs (ARM's NEON is the baseline there): the compiler's default
 
 
@@ -72,27 +77,29 @@ def amx_tiles_wanted() -> bool:
             and {"amx_tile", "amx_bf16", "avx512_bf16"} <= cpu_flags())
 
 
-def vnni_wanted() -> bool:
-    """Will the extension multiply int4 weights by int16-rounded rows with AVX512-VNNI here
-    (native_step.cpp's `int4_vnni_matmul`, on the same `tile_layout` copy)?"""
-    return "-march=native" in isa_flags() and {"avx512_vnni", "avx512bw"} <= cpu_flags()
+def int16_rows_wanted() -> bool:
+    """Will the extension multiply int4 weights by int16-rounded rows here (native_step.cpp's
+    `int4_int16_matmul`, on the same `tile_layout` copy)? Every x86 build for AVX2 or
+    AVX-512 has it: AVX512-VNNI, AVX-VNNI or plain AVX2 instructions, as the CPU has."""
+    flags = isa_flags()
+    return "-march=native" in flags or "-mavx2" in flags
 
 
-def tile_kernel(amx: bool = True, vnni: bool = True) -> str | None:
+def tile_kernel(amx: bool = True, int16_rows: bool = True) -> str | None:
     """The native step's own int4 kernel here, reading `tile_layout`: "amx" (bf16 rows on AMX
-    tiles), else "vnni" (int16 rows, AVX512-VNNI), else None (torch's int4 kernel). `amx` and
-    `vnni` are the settings that allow each (Settings.amx, Settings.vnni)."""
+    tiles), else "int16" (int16 rows), else None (torch's int4 kernel). `amx` and
+    `int16_rows` are the settings that allow each (Settings.amx, Settings.int16_rows)."""
     if amx and amx_tiles_wanted():
         return "amx"
-    if vnni and vnni_wanted():
-        return "vnni"
+    if int16_rows and int16_rows_wanted():
+        return "int16"
     return None
 
 
 def tile_layout(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """int4 weights W = (q - 8)·scale + zero (q [n, k] in 0..15, scale and zero [n, k / 32])
-    as native_step.cpp's AMX and VNNI kernels read them: uint8 [n/16, k/32, 8, 32] and float16
+    as native_step.cpp's AMX and int16-rows kernels read them: uint8 [n/16, k/32, 8, 32] and float16
     [n/16, k/32, 2, 16] (each group's scale, then its lowest value). None where float16
     would hold a scale or low less exactly than torch's kernel's bf16 does (outside its
     range)."""
@@ -274,14 +281,15 @@ def _projection(module: ModuleType, linear: nn.Module) -> tuple[int, torch.Tenso
     return KIND_DENSE, linear.weight, torch.empty(0), 0, bias, SCALAR_TYPES[linear.weight.dtype]
 
 
-TILE_KINDS = {"amx": KIND_INT4_TILES, "vnni": KIND_INT4_VNNI}
+TILE_KINDS = {"amx": KIND_INT4_TILES, "int16": KIND_INT4_INT16}
+_READY = {"amx": "amx_ready", "int16": "int16_rows_ready"}
 
 
 def _tile_kernel_in_use(module: ModuleType, linear: nn.Module) -> str | None:
-    """The int4 layer's own native kernel ("amx", "vnni") where this build runs it, else
+    """The int4 layer's own native kernel ("amx", "int16") where this build runs it, else
     None (torch's int4 kernel, or not an int4 layer)."""
     kernel = getattr(linear, "tile_kernel", None)
-    return kernel if kernel and getattr(module, f"{kernel}_ready")() else None
+    return kernel if kernel and getattr(module, _READY[kernel])() else None
 
 
 def ready(model: nn.Module) -> bool:
@@ -316,11 +324,14 @@ def native_decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.
     return project(model.lm_head, inner.norm(hidden))
 
 
-KERNEL_NAMES = {"amx": "int4 on AMX tiles", "vnni": "int4 x int16 rows (VNNI)"}
+def _kernel_name(module: ModuleType, kernel: str) -> str:
+    if kernel == "amx":
+        return "int4 on AMX tiles"
+    return f"int4 x int16 rows ({module.int16_rows_isa()})"
 
 
 def step_line(model: nn.Module) -> str | None:
-    """How decode steps run now, for people: "native step, int4 x int16 rows (VNNI)",
+    """How decode steps run now, for people: "native step, int4 x int16 rows (AVX2)",
     "native step, torch int4 kernel", "Python step" (attached, extension not built or
     unavailable), or None (no native step for this model)."""
     if getattr(model, _ATTRIBUTE, None) is None:
@@ -330,7 +341,7 @@ def step_line(model: nn.Module) -> str | None:
     int4 = [m for m in model.modules() if hasattr(m, "packed")]  # Int4WeightOnlyLinear
     usable = {_tile_kernel_in_use(builder.module(), m) for m in int4} - {None}
     if usable:
-        return f"native step, {' / '.join(KERNEL_NAMES[k] for k in sorted(usable))}"
+        return f"native step, {' / '.join(_kernel_name(builder.module(), k) for k in sorted(usable))}"
     return "native step, torch int4 kernel" if int4 else "native step"
 
 
