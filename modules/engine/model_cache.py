@@ -65,6 +65,9 @@ class ModelKind(enum.Enum):
     CLASSIFIER = AutoModelForSequenceClassification
 
 
+DTYPE_KINDS = {ModelKind.CAUSAL_LM: "chat", ModelKind.SEQ2SEQ: "translation", ModelKind.CLASSIFIER: "classifier"}
+
+
 @dataclass
 class LoadedModel:
     """A model ready to use, with what the UI needs to say about it."""
@@ -276,8 +279,7 @@ class ModelCache:
 
     def _load(self, text: str, kind: ModelKind, on_status: StatusCallback | None) -> LoadedModel:
         ref = parse_model_ref(text)
-        generative = kind is not ModelKind.CLASSIFIER
-        dtype = pick_dtype(self.settings.dtype, self.device, generative=generative)
+        dtype = pick_dtype(self.settings.dtype, self.device, DTYPE_KINDS[kind])
         source, options = self._source(ref, on_status)
         if on_status:
             on_status(message("models.loading", model=ref.display_name).english())
