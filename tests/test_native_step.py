@@ -358,6 +358,42 @@ def test_the_int16_rows_int4_kernel_computes_the_int4_product_row_by_row(extensi
         extension.int4_int16_matmul(rows.bfloat16(), packed, scale_low)
 
 
+def test_prompt_rows_go_to_the_kernel_up_to_the_last_count_it_won():
+    assert native_step.pick_prompt_rows({16: (1.0, 2.0), 64: (3.0, 4.0), 256: (12.0, 10.0)}) == 64
+    assert native_step.pick_prompt_rows({16: (1.0, 2.0), 64: (3.0, 4.0), 256: (8.0, 10.0)}) == 256
+    assert native_step.pick_prompt_rows({16: (1.0, 1.05), 64: (1.0, 4.0)}) == 0  # within the margin: dense
+    assert native_step.pick_prompt_rows({}) == 0
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama-biases"])
+@torch.inference_mode()
+def test_prompt_passes_take_the_native_int4_kernel_up_to_the_measured_rows(extension, family):
+    """A prompt pass's int4 projections: the kernel where measured faster (each projection's
+    result is the kernel's own), and logits as close to the float32 model as the bf16 dense
+    copy's; beyond the rows measured, the dense copy as before."""
+    _int16_rows(extension)
+    reference = _four_bit_model(family)
+    model = _prepared(reference, "int4 int16")
+    layers = [m for m in model.modules() if getattr(m, "tile_kernel", None)]
+    limit = native_step.measure_prompt_rows(model)
+    assert limit in (0, *native_step.PROMPT_ROWS) and {m.native_prompt_rows for m in layers} == {limit}
+    rows = torch.randn(PROMPT, layers[0].in_features).bfloat16()
+    expected = {0: layers[0].many_rows(rows, native=False)}
+    for m in layers:
+        m.native_prompt_rows = PROMPT
+    assert torch.equal(layers[0].many_rows(rows), native_step.tile_matmul(layers[0], rows).bfloat16())
+    assert not torch.equal(layers[0].many_rows(rows), expected[0])
+    ids = IDS[:, :PROMPT]
+    native = model(input_ids=ids).logits[0].float()
+    for m in layers:
+        m.native_prompt_rows = PROMPT - 1  # one row too many: dense
+    dense = model(input_ids=ids).logits[0].float()
+    exact = reference(input_ids=ids).logits[0].float()
+    assert not torch.equal(native, dense)
+    for e, n, d in zip(exact, native, dense):
+        assert _similarity(e, n) >= min(_similarity(e, d), 0.999) - 0.002
+
+
 def test_the_tile_layout_holds_every_weight_and_refuses_what_float16_cannot_hold():
     """Unpacked as native_step.cpp reads it, the layout gives back each weight; scales too
     small for float16 (held less exactly than torch's bf16 would) get no layout."""

@@ -219,12 +219,19 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
         self.register_buffer("tile_weight", tiled and tiled[0], persistent=False)
         self.register_buffer("tile_scale_low", tiled and tiled[1], persistent=False)
         self.tile_kernel = tiles if tiled else None
+        self.native_prompt_rows = 0  # prompt passes of up to this many rows: the tile kernel (measured)
 
     def few_rows(self, flat: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
             flat, self.packed, self.group, self.scales_and_zeros)
 
-    def many_rows(self, flat: torch.Tensor) -> torch.Tensor:
+    def many_rows(self, flat: torch.Tensor, native: bool = True) -> torch.Tensor:
+        """A prompt pass: the native kernel where it measured faster for this many rows
+        (`native_step.measure_prompt_rows`), else the dense copy in the prefill dtype."""
+        if native and flat.shape[0] <= self.native_prompt_rows:
+            out = native_step.tile_matmul(self, flat)
+            if out is not None:
+                return out.to(flat.dtype)
         return F.linear(flat, self.float_weight.to(flat.dtype))
 
 

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import sysconfig
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -233,6 +234,7 @@ class _NativeDecoder:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.decoder = None
+        self.measured = False
 
     def __deepcopy__(self, memo: dict) -> _NativeDecoder:
         return _NativeDecoder()  # a copied model gets a decoder over its own layers
@@ -246,6 +248,80 @@ class _NativeDecoder:
                 if self.decoder is None:
                     self.decoder = _decoder(module, model)
         return self.decoder
+
+    def measure_prompt_rows(self, model: nn.Module) -> None:
+        """Once, from the first native step (the thread that runs model work): which prompt
+        passes the int4 layers' own kernel takes (`measure_prompt_rows`)."""
+        if not self.measured:
+            with self._lock:
+                if not self.measured:
+                    measure_prompt_rows(model)
+                    self.measured = True
+
+
+# Prompt passes: the int4 layers' own kernel against the dense matmul of the prefill dtype.
+# Without AMX, int16 rows took 40 prompt rows in 0.50x bf16's time and 400 in 0.64x (AVX-512
+# + VNNI), but under AVX2 8 rows in 0.40x float32's and 40 in 1.15x; so each machine times
+# both at the model's own shapes, once, when its native step is first built.
+PROMPT_ROWS = (16, 64, 256)  # row counts timed
+_PROMPT_MARGIN = 0.9  # the kernel must take under this share of the dense time
+
+
+def tile_matmul(linear: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """x [rows, in] times an int4 layer's weights through its native kernel (AMX tiles or
+    int16 rows), float32; None where that kernel does not run here."""
+    module = builder.module()
+    kernel = None if module is None else _tile_kernel_in_use(module, linear)
+    if kernel is None:
+        return None
+    matmul = module.int4_tiles_matmul if kernel == "amx" else module.int4_int16_matmul
+    return matmul(x.float().contiguous(), linear.tile_weight, linear.tile_scale_low)
+
+
+def pick_prompt_rows(timings: dict[int, tuple[float, float]]) -> int:
+    """The most rows (of those timed, in order) up to which the kernel beat the dense matmul
+    by the margin at every count; 0 where it lost at the first. timings: rows -> (kernel s,
+    dense s)."""
+    limit = 0
+    for rows in sorted(timings):
+        kernel, dense = timings[rows]
+        if kernel > _PROMPT_MARGIN * dense:
+            break
+        limit = rows
+    return limit
+
+
+def measure_prompt_rows(model: nn.Module) -> int:
+    """Time the first layer's int4 projections both ways at PROMPT_ROWS and let every int4
+    layer with a native kernel take prompts of up to the rows it won (`native_prompt_rows`)."""
+    int4 = [m for m in model.modules() if getattr(m, "tile_kernel", None)]
+    first = [m for m in model.model.layers[0].modules() if getattr(m, "tile_kernel", None)]
+    if not first or tile_matmul(first[0], torch.zeros(1, first[0].in_features)) is None:
+        return 0
+    timings = {}
+    with torch.inference_mode():
+        for rows in PROMPT_ROWS:
+            inputs = [torch.randn(rows, m.in_features) for m in first]
+            kernel = _fastest(lambda: [tile_matmul(m, x) for m, x in zip(first, inputs)])
+            dense = _fastest(lambda: [m.many_rows(x.to(m.prefill_dtype), native=False)
+                                      for m, x in zip(first, inputs)])
+            timings[rows] = (kernel, dense)
+    limit = pick_prompt_rows(timings)
+    for m in int4:
+        m.native_prompt_rows = limit
+    log.info("Prompt rows through the int4 layers' native kernel: up to %d (%s)", limit,
+             ", ".join(f"{rows}: {k * 1e3:.1f} / {d * 1e3:.1f} ms" for rows, (k, d) in timings.items()))
+    return limit
+
+
+def _fastest(run, repeats: int = 3) -> float:
+    run()  # warm: the dense copy and the tiles come into cache
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def _decoder(module: ModuleType, model: nn.Module):
@@ -308,6 +384,7 @@ def native_decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.
     inner = model.model
     if decoder is None or inner.layers[0].attention_sink is not None or not _native_buffers(cache):
         return None
+    holder.measure_prompt_rows(model)
     rows = tokens.shape[0]
     hidden = inner.embed_tokens(tokens).float().view(rows, -1)
     cos, sin = inner.rotary_emb(hidden, position_ids=positions)
