@@ -199,7 +199,8 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
     Built from weights that are 4-bit already (`exact_int4_groups`), so the bf16 weight
     itself serves the many-rows path. `tiles` ("amx" or "int16", `native_step.tile_kernel`):
     also keep them as that kernel of the native step reads them (`native_step.tile_layout`),
-    where their scales are float16 values.
+    where their scales are float16 values; prompts then take that kernel up to the rows it
+    measured faster for (`native_prompt_rows`).
     """
 
     def __init__(self, weight: torch.Tensor, groups, compute_dtype: torch.dtype = torch.bfloat16,
