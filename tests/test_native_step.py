@@ -367,16 +367,22 @@ def test_prompt_rows_go_to_the_kernel_up_to_the_last_count_it_won():
 
 @pytest.mark.parametrize("family", ["qwen2", "llama-biases"])
 @torch.inference_mode()
-def test_prompt_passes_take_the_native_int4_kernel_up_to_the_measured_rows(extension, family):
+def test_prompt_passes_take_the_native_int4_kernel_up_to_the_measured_rows(extension, family, monkeypatch):
     """A prompt pass's int4 projections: the kernel where measured faster (each projection's
     result is the kernel's own), and logits as close to the float32 model as the bf16 dense
-    copy's; beyond the rows measured, the dense copy as before."""
+    copy's; beyond the rows measured, the dense copy as before. The rows are measured when
+    the scheduler first asks whether native steps run (`ready`), before that batch's prompts."""
     _int16_rows(extension)
     reference = _four_bit_model(family)
     model = _prepared(reference, "int4 int16")
     layers = [m for m in model.modules() if getattr(m, "tile_kernel", None)]
-    limit = native_step.measure_prompt_rows(model)
-    assert limit in (0, *native_step.PROMPT_ROWS) and {m.native_prompt_rows for m in layers} == {limit}
+    assert {m.native_prompt_rows for m in layers} == {0}
+    timed = []
+    monkeypatch.setattr(native_step, "pick_prompt_rows", lambda timings: timed.append(timings) or 64)
+    assert native_step.step_line(model) and not timed  # the status line measures nothing
+    assert native_step.ready(model) and native_step.ready(model)
+    assert len(timed) == 1 and set(timed[0]) == set(native_step.PROMPT_ROWS)  # once per model
+    assert {m.native_prompt_rows for m in layers} == {64}
     rows = torch.randn(PROMPT, layers[0].in_features).bfloat16()
     expected = {0: layers[0].many_rows(rows, native=False)}
     for m in layers:

@@ -234,7 +234,6 @@ class _NativeDecoder:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.decoder = None
-        self.measured = False
 
     def __deepcopy__(self, memo: dict) -> _NativeDecoder:
         return _NativeDecoder()  # a copied model gets a decoder over its own layers
@@ -246,23 +245,18 @@ class _NativeDecoder:
                 return None
             with self._lock:
                 if self.decoder is None:
+                    # prompts switch to the native kernel with the steps: before the batch
+                    # that first takes native steps prefills (BatchScheduler asks `ready`)
+                    measure_prompt_rows(model)
                     self.decoder = _decoder(module, model)
         return self.decoder
-
-    def measure_prompt_rows(self, model: nn.Module) -> None:
-        """Once, from the first native step (the thread that runs model work): which prompt
-        passes the int4 layers' own kernel takes (`measure_prompt_rows`)."""
-        if not self.measured:
-            with self._lock:
-                if not self.measured:
-                    measure_prompt_rows(model)
-                    self.measured = True
 
 
 # Prompt passes: the int4 layers' own kernel against the dense matmul of the prefill dtype.
 # Without AMX, int16 rows took 40 prompt rows in 0.50x bf16's time and 400 in 0.64x (AVX-512
 # + VNNI), but under AVX2 8 rows in 0.40x float32's and 40 in 1.15x; so each machine times
-# both at the model's own shapes, once, when its native step is first built.
+# both at the model's own shapes, once, when the model's native decoder is made: then
+# prompts change path together with the steps, between two batches.
 PROMPT_ROWS = (16, 64, 256)  # row counts timed
 _PROMPT_MARGIN = 0.9  # the kernel must take under this share of the dense time
 
@@ -384,7 +378,6 @@ def native_decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.
     inner = model.model
     if decoder is None or inner.layers[0].attention_sink is not None or not _native_buffers(cache):
         return None
-    holder.measure_prompt_rows(model)
     rows = tokens.shape[0]
     hidden = inner.embed_tokens(tokens).float().view(rows, -1)
     cos, sin = inner.rotary_emb(hidden, position_ids=positions)
@@ -413,7 +406,7 @@ def step_line(model: nn.Module) -> str | None:
     unavailable), or None (no native step for this model)."""
     if getattr(model, _ATTRIBUTE, None) is None:
         return None
-    if not ready(model):
+    if builder.module() is None:  # (not `ready`: that builds the decoder, on the compute thread)
         return "Python step"
     int4 = [m for m in model.modules() if hasattr(m, "packed")]  # Int4WeightOnlyLinear
     usable = {_tile_kernel_in_use(builder.module(), m) for m in int4} - {None}
