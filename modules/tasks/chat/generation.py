@@ -106,12 +106,9 @@ def stream_prompt(
 ) -> Iterator[ChatChunk]:
     """Stream the continuation of ready token ids (a chat prompt, or a raw /v1/completions one)."""
     requested_at = time.perf_counter() if requested_at is None else requested_at
-    closed = threading.Event()  # set when the consumer stops reading
-    streamer = TokenTextStreamer(loaded.tokenizer, skip_prompt=False, skip_special_tokens=True,
-                                 timeout=QUIET_S)
+    streamer = _streamer(TokenTextStreamer, loaded)
+    reply = _Reply(params, loaded, prompt, streamer, cancel)
     try:
-        reply = _Reply(params, prompt.notice, _submit(loaded, prompt, params, streamer, cancel, closed),
-                       closed)
         while not reply.done:
             try:
                 chunk = reply.add(next(streamer))
@@ -124,7 +121,7 @@ def stream_prompt(
         reply.sequence.wait()
         yield from reply.ending(loaded, prompt, requested_at)
     finally:
-        closed.set()  # a consumer that closed us early: generate stops at the next token
+        reply.closed.set()  # a consumer that closed us early: generate stops at the next token
 
 
 async def astream_prompt(
@@ -136,12 +133,9 @@ async def astream_prompt(
 ) -> AsyncIterator[ChatChunk]:
     """`stream_prompt` for a reader on an event loop (see `astream_chat`)."""
     requested_at = time.perf_counter() if requested_at is None else requested_at
-    closed = threading.Event()
-    streamer = AsyncTokenTextStreamer(loaded.tokenizer, skip_prompt=False, skip_special_tokens=True,
-                                      timeout=QUIET_S)
+    streamer = _streamer(AsyncTokenTextStreamer, loaded)
+    reply = _Reply(params, loaded, prompt, streamer, cancel)
     try:
-        reply = _Reply(params, prompt.notice, _submit(loaded, prompt, params, streamer, cancel, closed),
-                       closed)
         while not reply.done:
             try:
                 chunk = reply.add(await anext(streamer))
@@ -156,10 +150,15 @@ async def astream_prompt(
         for chunk in reply.ending(loaded, prompt, requested_at):
             yield chunk
     finally:
-        closed.set()
+        reply.closed.set()
 
 
 QUIET_S = 0.25  # how often a reader with no new text checks that its sequence still lives
+
+
+def _streamer(kind: type, loaded: LoadedModel):
+    """The reply's text streamer (`TokenTextStreamer`, or `AsyncTokenTextStreamer` on a loop)."""
+    return kind(loaded.tokenizer, skip_prompt=False, skip_special_tokens=True, timeout=QUIET_S)
 
 
 def _submit(loaded: LoadedModel, prompt: PreparedPrompt, params: GenerationParams, streamer,
@@ -185,11 +184,14 @@ class _Reply:
     held back until it is clear that it does not, and while the sequence waits for a place
     in the batch the reader hears its place in the line."""
 
-    def __init__(self, params: GenerationParams, notice: str | None, sequence: Sequence,
-                 closed: threading.Event) -> None:
+    def __init__(self, params: GenerationParams, loaded: LoadedModel, prompt: PreparedPrompt,
+                 streamer, cancel: threading.Event | None) -> None:
+        """Submit the prompt; `closed` is set when the reader stops (or a stop string ends it)."""
         self.stops = _StopScanner(params.stop)
         self.report_waiting = params.report_waiting
-        self.notice, self.sequence, self.closed = notice, sequence, closed
+        self.closed = threading.Event()
+        self.notice = prompt.notice
+        self.sequence = _submit(loaded, prompt, params, streamer, cancel, self.closed)
         self.text = ""
         self.emitted = 0
         self.place: int | None = None  # the last place in the line reported
