@@ -42,7 +42,8 @@ def decoders(model) -> dict[str, object]:
     tiled = [m for m in model.modules() if getattr(m, "tile_kernel", None)]
     found = {}
     if tiled:  # the native step's own int4 kernel (AMX tiles, or int16 rows)
-        found[native_step._kernel_name(module, tiled[0].tile_kernel)] = native_step._decoder(module, model)
+        found[native_step.kernel_name(module, native_step.TILE_KERNELS[tiled[0].tile_kernel])] = \
+            native_step._decoder(module, model)
     kept = [(m, m.tile_kernel) for m in tiled]
     for m, _ in kept:
         m.tile_kernel = None

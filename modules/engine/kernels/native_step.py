@@ -34,6 +34,7 @@ import sys
 import sysconfig
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -268,8 +269,7 @@ def tile_matmul(linear: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     kernel = None if module is None else _tile_kernel_in_use(module, linear)
     if kernel is None:
         return None
-    matmul = module.int4_tiles_matmul if kernel == "amx" else module.int4_int16_matmul
-    return matmul(x.float().contiguous(), linear.tile_weight, linear.tile_scale_low)
+    return getattr(module, kernel.matmul)(x.float().contiguous(), linear.tile_weight, linear.tile_scale_low)
 
 
 def pick_prompt_rows(timings: dict[int, tuple[float, float]]) -> int:
@@ -290,7 +290,8 @@ def measure_prompt_rows(model: nn.Module) -> int:
     layer with a native kernel take prompts of up to the rows it won (`native_prompt_rows`)."""
     int4 = [m for m in model.modules() if getattr(m, "tile_kernel", None)]
     first = [m for m in model.model.layers[0].modules() if getattr(m, "tile_kernel", None)]
-    if not first or tile_matmul(first[0], torch.zeros(1, first[0].in_features)) is None:
+    module = builder.module()
+    if not first or module is None or _tile_kernel_in_use(module, first[0]) is None:
         return 0
     timings = {}
     with torch.inference_mode():
@@ -342,7 +343,7 @@ def _projection(module: ModuleType, linear: nn.Module) -> tuple[int, torch.Tenso
     bias = linear.bias if linear.bias is not None else torch.empty(0)
     kernel = _tile_kernel_in_use(module, linear)
     if kernel is not None:
-        return TILE_KINDS[kernel], linear.tile_weight, linear.tile_scale_low, TILE_GROUP, bias, 0
+        return kernel.kind, linear.tile_weight, linear.tile_scale_low, TILE_GROUP, bias, 0
     if hasattr(linear, "packed"):  # Int4WeightOnlyLinear
         return KIND_INT4, linear.packed, linear.scales_and_zeros, linear.group, bias, \
             SCALAR_TYPES[linear.compute_dtype]
@@ -351,15 +352,30 @@ def _projection(module: ModuleType, linear: nn.Module) -> tuple[int, torch.Tenso
     return KIND_DENSE, linear.weight, torch.empty(0), 0, bias, SCALAR_TYPES[linear.weight.dtype]
 
 
-TILE_KINDS = {"amx": KIND_INT4_TILES, "int16": KIND_INT4_INT16}
-_READY = {"amx": "amx_ready", "int16": "int16_rows_ready"}
+@dataclass(frozen=True)
+class _TileKernel:
+    """One of the native step's int4 kernels on the tile layout, as the extension names it."""
+    kind: int  # its Projection kind in native_step.cpp
+    ready: str  # the extension's function: does this build and process run it?
+    matmul: str  # the extension's function: that kernel alone, float32 rows
+    name: str  # for people; {isa}: the instructions the int16 rows use in this build
 
 
-def _tile_kernel_in_use(module: ModuleType, linear: nn.Module) -> str | None:
-    """The int4 layer's own native kernel ("amx", "int16") where this build runs it, else
-    None (torch's int4 kernel, or not an int4 layer)."""
-    kernel = getattr(linear, "tile_kernel", None)
-    return kernel if kernel and getattr(module, _READY[kernel])() else None
+TILE_KERNELS = {
+    "amx": _TileKernel(KIND_INT4_TILES, "amx_ready", "int4_tiles_matmul", "int4 on AMX tiles"),
+    "int16": _TileKernel(KIND_INT4_INT16, "int16_rows_ready", "int4_int16_matmul", "int4 x int16 rows ({isa})"),
+}
+
+
+def _tile_kernel_in_use(module: ModuleType, linear: nn.Module) -> _TileKernel | None:
+    """The int4 layer's own native kernel where this build runs it, else None (torch's int4
+    kernel, or not an int4 layer)."""
+    kernel = TILE_KERNELS.get(getattr(linear, "tile_kernel", None) or "")
+    return kernel if kernel and getattr(module, kernel.ready)() else None
+
+
+def kernel_name(module: ModuleType, kernel: _TileKernel) -> str:
+    return kernel.name.format(isa=module.int16_rows_isa())
 
 
 def ready(model: nn.Module) -> bool:
@@ -394,24 +410,19 @@ def native_decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.
     return project(model.lm_head, inner.norm(hidden))
 
 
-def _kernel_name(module: ModuleType, kernel: str) -> str:
-    if kernel == "amx":
-        return "int4 on AMX tiles"
-    return f"int4 x int16 rows ({module.int16_rows_isa()})"
-
-
 def step_line(model: nn.Module) -> str | None:
     """How decode steps run now, for people: "native step, int4 x int16 rows (AVX2)",
     "native step, torch int4 kernel", "Python step" (attached, extension not built or
     unavailable), or None (no native step for this model)."""
     if getattr(model, _ATTRIBUTE, None) is None:
         return None
-    if builder.module() is None:  # (not `ready`: that builds the decoder, on the compute thread)
+    module = builder.module()
+    if module is None:  # (not `ready`: that builds the decoder, on the compute thread)
         return "Python step"
     int4 = [m for m in model.modules() if hasattr(m, "packed")]  # Int4WeightOnlyLinear
-    usable = {_tile_kernel_in_use(builder.module(), m) for m in int4} - {None}
+    usable = sorted({kernel_name(module, k) for m in int4 if (k := _tile_kernel_in_use(module, m))})
     if usable:
-        return f"native step, {' / '.join(_kernel_name(builder.module(), k) for k in sorted(usable))}"
+        return f"native step, {' / '.join(usable)}"
     return "native step, torch int4 kernel" if int4 else "native step"
 
 
