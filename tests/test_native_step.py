@@ -56,14 +56,15 @@ def _original(family: str, tiny_causal_lm_dir) -> torch.nn.Module:
 def _prepared(original: torch.nn.Module, weights: str) -> torch.nn.Module:
     """`original` fused as the app prepares it: "float fp32", or bf16 with quantized layers
     ("int4 tiles" / "int4 int16": 4-bit layers also in the tile layout, which the native step
-    then reads with its AMX kernel or multiplies by int16-rounded rows)."""
+    then reads with its AMX kernel or multiplies by int16-rounded rows). Their int8 LM head
+    takes int16-rounded rows where the extension has that kernel."""
     model = copy.deepcopy(original)
     if weights == "float fp32":
         fuse_layers(model, float_linear)
     else:
         plan = SpeedPlan("test", "quantized", "bf16", "bf16", "fixed")
         tiles = TILE_KERNELS.get(weights)
-        assert prepare_for_fast_decode(model, torch.device("cpu"), plan, tiles=tiles) is not None
+        assert prepare_for_fast_decode(model, torch.device("cpu"), plan, tiles=tiles, int16_head=True) is not None
         assert any(getattr(m, "tile_weight", None) is not None for m in model.modules()) == bool(tiles)
     assert supports_decode_step(model)
     native_step.attach(model)
@@ -278,6 +279,7 @@ def test_playground_amx_and_int16_rows_decide_which_int4_kernel_the_layers_keep_
     layers = [m for m in model.modules() if isinstance(m, Int4WeightOnlyLinear)]
     assert layers and {m.tile_kernel for m in layers} == {expected}
     assert all((m.tile_weight is not None) == (expected is not None) for m in layers)
+    assert model.lm_head.int16_rows == (settings.int16_rows and native_step.int16_rows_wanted())
 
 
 @pytest.mark.parametrize("weights", ["int4", "int4 int16", "int4 tiles"])
@@ -358,6 +360,29 @@ def test_the_int16_rows_int4_kernel_computes_the_int4_product_row_by_row(extensi
         extension.int4_int16_matmul(rows.bfloat16(), packed, scale_low)
 
 
+@pytest.mark.parametrize("outputs, inputs", [(64, 64), (48, 96)])  # 48: an odd number of tiles
+def test_the_int16_rows_int8_kernel_computes_the_int8_product_row_by_row(extension, outputs, inputs):
+    """float32 rows (rounded to int16 per group of 32) times int8 weights with a scale per
+    output, against float64, closer than bf16 rows get; each row exactly what it gives alone."""
+    _int16_rows(extension)
+    generator = torch.Generator().manual_seed(outputs)
+    weight = torch.randint(-127, 128, (outputs, inputs), dtype=torch.int8, generator=generator)
+    scale = (torch.rand(outputs, generator=generator) * 0.01 + 1e-3).bfloat16()
+    rows = torch.randn(6, inputs, generator=generator)
+    rows[1, :32] *= 1000.0  # one group's values far apart: each group has its own step
+    got = extension.int8_int16_matmul(rows, weight, scale)
+    full = weight.double() * scale.double()[:, None]
+    expected = rows.double() @ full.T
+    assert got.dtype == torch.float32 and got.shape == (6, outputs)
+    error = (got.double() - expected).abs().max() / expected.abs().max()
+    bf16_error = (rows.bfloat16().double() @ full.T - expected).abs().max() / expected.abs().max()
+    assert error < 1e-4 and error < bf16_error / 10
+    assert_each_row_as_alone(extension.int8_int16_matmul, rows, got, weight, scale)
+    assert torch.equal(extension.int8_int16_matmul(torch.zeros(1, inputs), weight, scale), torch.zeros(1, outputs))
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        extension.int8_int16_matmul(rows[:, :48], weight[:40, :48].contiguous(), scale[:40])
+
+
 def test_prompt_rows_go_to_the_kernel_up_to_the_last_count_it_won():
     assert native_step.pick_prompt_rows({16: (1.0, 2.0), 64: (3.0, 4.0), 256: (12.0, 10.0)}) == 64
     assert native_step.pick_prompt_rows({16: (1.0, 2.0), 64: (3.0, 4.0), 256: (8.0, 10.0)}) == 256
@@ -415,13 +440,19 @@ def test_the_tile_layout_holds_every_weight_and_refuses_what_float16_cannot_hold
     assert native_step.tile_layout(q[:24], scale[:24], low[:24] + 8 * scale[:24]) is None  # not 16 outputs a tile
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
 @torch.inference_mode()
-def test_an_int8_head_gives_float32_logits_of_its_int8_weights(extension, tiny_causal_lm_dir):
+def test_an_int8_head_gives_float32_logits_of_its_int8_weights(extension, family, tiny_causal_lm_dir):
     """The final norm and the int8 LM head run in the native call: float32 logits of the
-    head's int8 values (the Python head rounds its input and its logits to bf16)."""
-    model = _prepared(_original("llama", tiny_causal_lm_dir), "int8 bf16")
+    head's int8 values (the Python head rounds its input and its logits to bf16), by
+    int16-rounded rows where the vocabulary is whole tiles of 16 (qwen2's 512), else by
+    float32 rows (the tiny llama's)."""
+    model = _prepared(_original(family, tiny_causal_lm_dir), "int8 bf16")
     decoder = model._playground_native_step.get(model)
     assert decoder.has_head()
+    whole_tiles = model.config.vocab_size % 16 == 0
+    assert decoder.head_int16_rows() == (extension.int16_rows_ready() and whole_tiles)
+    assert whole_tiles == (family == "qwen2")
     cache = prefilled(model, [PROMPTS[0]], torch.float32)
     hidden = torch.randn(2, model.config.hidden_size)
     logits = decoder.logits(hidden)

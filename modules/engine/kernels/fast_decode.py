@@ -129,6 +129,8 @@ class Int8WeightOnlyLinear(_QuantizedLinear):
 
     # The LM head's: float32 logits whose top entries are exact (`exact_top_logits`).
     exact_top = False
+    # The LM head's in the native step: rows rounded to int16 (`native_step.int16_rows_wanted`).
+    int16_rows = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
@@ -238,8 +240,9 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
 
 def quantize_linears_int8(model: nn.Module, compute_dtype: torch.dtype = torch.bfloat16,
                           prefill_dtype: torch.dtype | None = None,
-                          dense_dtype: torch.dtype | None = None) -> int:
+                          dense_dtype: torch.dtype | None = None, int16_head: bool = False) -> int:
     """Replace every plain nn.Linear in `model` (LM head included) by an int8 one; the count.
+    `int16_head`: the head's `int16_rows`.
 
     A tied LM head gets its own int8 copy; the input embedding keeps its float weights.
     """
@@ -253,6 +256,7 @@ def quantize_linears_int8(model: nn.Module, compute_dtype: torch.dtype = torch.b
     for parent, name, child in targets:
         quantized = Int8WeightOnlyLinear.from_linear(child, compute_dtype, prefill_dtype, dense_dtype)
         quantized.exact_top = child is head and child.bias is None
+        quantized.int16_rows = int16_head and child is head
         setattr(parent, name, quantized)
     return len(targets)
 
@@ -277,14 +281,15 @@ def dense_copy_dtype(model: nn.Module, prefill_dtype: torch.dtype) -> torch.dtyp
 
 
 def prepare_for_fast_decode(model: nn.Module, device: torch.device, plan: SpeedPlan,
-                            tiles: str | None = None) -> str | None:
+                            tiles: str | None = None, int16_head: bool = False) -> str | None:
     """Fuse and quantize a causal LM on CPU in place, as `plan` says; how its weights are held.
 
     The model is first cast to the plan's decode dtype (its activations' dtype); prompt
     matmuls run in the plan's prefill dtype. Returns INT4_TAG when the layers run on
     4-bit weights, INT8_TAG when on int8, "float weights" for fused float layers, None
     when the model was left as it is (not on CPU, or no weight-only kernels in torch).
-    `tiles`: the native step's int4 kernel ("amx", "int16"), whose layout int4 layers also keep.
+    `tiles`: the native step's int4 kernel ("amx", "int16"), whose layout int4 layers also keep;
+    `int16_head`: the native step multiplies the int8 LM head by int16-rounded rows.
     """
     if device.type != "cpu" or not int8_kernel_available():
         return None
@@ -310,7 +315,7 @@ def prepare_for_fast_decode(model: nn.Module, device: torch.device, plan: SpeedP
     whole_pass = prefill_dtype if prefill_dtype != dtype and plan.decode_kernel != "float" else None
     fused = fuse_layers(model, make_linear, whole_pass)
     rest = 0 if plan.decode_kernel == "float" else quantize_linears_int8(
-        model, dtype, prefill_dtype, dense_dtype)
+        model, dtype, prefill_dtype, dense_dtype, int16_head)
     log.info("Fast decode: %d fused layers (%d int4, %d int8, %d float projections), "
              "%d more int8 linears", fused, formats.count("int4"), formats.count("int8"),
              formats.count("float"), rest)
@@ -354,7 +359,8 @@ def prepare_chat_model(model: nn.Module, device: torch.device, dtype: torch.dtyp
     else:
         return Prepared(dtype)
     tiles = native_step.tile_kernel(amx, int16_rows) if native else None
-    quantization = prepare_for_fast_decode(model, device, plan, tiles)
+    int16_head = native and int16_rows and native_step.int16_rows_wanted()
+    quantization = prepare_for_fast_decode(model, device, plan, tiles, int16_head)
     if quantization is None:  # nothing fused or quantized; the model may have been cast
         return Prepared(plan.dtype)
     if native and supports_decode_step(model):

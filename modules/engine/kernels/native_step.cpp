@@ -658,7 +658,150 @@ void int4_int16_matmul(const float* x, int64_t rows, const uint8_t* packed, cons
 #endif
 }
 
-enum Kind : int64_t { kInt4 = 0, kInt8 = 1, kDense = 2, kInt4Tiles = 3, kInt4Int16 = 4 };
+// ---- int8 weights times int16 rows (the LM head) ----
+//
+// The float int8 kernel above costs 1.7x for four rows what it costs for one (SmolLM2's
+// head: 0.85 against 1.47 ms): a float multiply-add per weight and row. Here the rows are
+// rounded to int16 per group of 32, as int4_int16_matmul's are (2^-16 of the group's
+// largest value), and one vpdpwssd (vpmaddwd + vpaddd on AVX2) multiplies an input pair
+// into 16 (8) outputs: half the instructions per row, and widening the weights is shared
+// by all rows. A group's sum fits int32 (32 · 127 · 32767 < 2^31). A row's integers
+// depend on it alone, so a row gives alone what it gives in a batch.
+//
+// Layout (made by Projection::make): per tile of 16 outputs, per input pair p, 32 bytes
+// w[o][2p], w[o][2p+1] for o = 0..15; widened to int16 they are 16 pairs, one per output.
+#if defined(PLAYGROUND_VNNI) || defined(PLAYGROUND_MADD)
+#if defined(PLAYGROUND_VNNI)
+struct OutputLanes {  // a tile's 16 outputs in one register
+  static constexpr int kParts = 1;
+  using Int = __m512i;
+  using Float = __m512;
+  static Int zero() { return _mm512_setzero_si512(); }
+  static Float zero_floats() { return _mm512_setzero_ps(); }
+  static Int weights(const int8_t* pair, int) {
+    return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pair)));
+  }
+  static Int add(Int dot, Int w, int32_t x) { return _mm512_dpwssd_epi32(dot, w, _mm512_set1_epi32(x)); }
+  static Float add_scaled(Int dot, float step, Float acc) {
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(step), acc);
+  }
+  static void store(float* out, Float acc, const float* scale) { _mm512_storeu_ps(out, _mm512_mul_ps(acc, _mm512_loadu_ps(scale))); }
+};
+#else
+struct OutputLanes {  // a tile's 16 outputs in two registers of 8
+  static constexpr int kParts = 2;
+  using Int = __m256i;
+  using Float = __m256;
+  static Int zero() { return _mm256_setzero_si256(); }
+  static Float zero_floats() { return _mm256_setzero_ps(); }
+  static Int weights(const int8_t* pair, int part) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pair + 16 * part)));
+  }
+  static Int add(Int dot, Int w, int32_t x) { return add_products(dot, w, _mm256_set1_epi32(x)); }
+  static Float add_scaled(Int dot, float step, Float acc) {
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(step), acc);
+  }
+  static void store(float* out, Float acc, const float* scale) { _mm256_storeu_ps(out, _mm256_mul_ps(acc, _mm256_loadu_ps(scale))); }
+};
+#endif
+
+constexpr int kInt8Tiles = 2;  // tiles sharing each row's broadcasts
+
+// T tiles of 16 outputs for R (<= 4) rows.
+template <int T, int R>
+void int8_int16_tiles(const int16_t* xq, const float* step, int64_t k, const int8_t* tiles,
+                      const float* scale, float* out, int64_t ldo) {
+  using L = OutputLanes;
+  constexpr int P = L::kParts, kWidth = kTileOutputs / P;
+  const int64_t groups = k / kTileGroup;
+  typename L::Float acc[T][P][R];
+  for (int t = 0; t < T; ++t)
+    for (int h = 0; h < P; ++h)
+      for (int r = 0; r < R; ++r) acc[t][h][r] = L::zero_floats();
+  for (int64_t g = 0; g < groups; ++g) {
+    typename L::Int dot[T][P][R];
+    for (int t = 0; t < T; ++t)
+      for (int h = 0; h < P; ++h)
+        for (int r = 0; r < R; ++r) dot[t][h][r] = L::zero();
+    for (int p = 0; p < kTileGroup / 2; ++p) {
+      typename L::Int w[T][P];
+      for (int t = 0; t < T; ++t)
+        for (int h = 0; h < P; ++h) w[t][h] = L::weights(tiles + t * k * kTileOutputs + (g * kTileGroup + 2 * p) * kTileOutputs, h);
+      for (int r = 0; r < R; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, xq + r * k + g * kTileGroup + 2 * p, 4);
+        for (int t = 0; t < T; ++t)
+          for (int h = 0; h < P; ++h) dot[t][h][r] = L::add(dot[t][h][r], w[t][h], pair);
+      }
+    }
+    for (int t = 0; t < T; ++t)
+      for (int h = 0; h < P; ++h)
+        for (int r = 0; r < R; ++r) acc[t][h][r] = L::add_scaled(dot[t][h][r], step[r * groups + g], acc[t][h][r]);
+  }
+  for (int t = 0; t < T; ++t)
+    for (int h = 0; h < P; ++h)
+      for (int r = 0; r < R; ++r) {
+        const int64_t o = t * kTileOutputs + h * kWidth;
+        L::store(out + r * ldo + o, acc[t][h][r], scale + o);
+      }
+}
+
+// With AVX2's 16 registers, three or four rows take one tile at a time (1.8 against 1.1 ms
+// for SmolLM2's head, four rows; one row: 0.52 against 0.65).
+template <int T, int R>
+void int8_int16_block(const int16_t* xq, const float* step, int64_t k, const int8_t* tiles,
+                      const float* scale, float* out, int64_t ldo) {
+  if constexpr (OutputLanes::kParts == 2 && T == 2 && R > 2) {
+    int8_int16_tiles<1, R>(xq, step, k, tiles, scale, out, ldo);
+    int8_int16_tiles<1, R>(xq, step, k, tiles + k * kTileOutputs, scale + kTileOutputs, out + kTileOutputs, ldo);
+  } else {
+    int8_int16_tiles<T, R>(xq, step, k, tiles, scale, out, ldo);
+  }
+}
+
+template <int T>
+void int8_int16_rows(const int16_t* q, const float* step, int64_t rows, int64_t k, const int8_t* tiles,
+                     const float* scale, float* out, int64_t n) {
+  const int64_t groups = k / kTileGroup;
+  for (int64_t r = 0; r < rows; r += kRowBlock) {
+    const int16_t* xr = q + r * k;
+    const float* st = step + r * groups;
+    float* o = out + r * n;
+    switch (std::min<int64_t>(kRowBlock, rows - r)) {
+      case 1: int8_int16_block<T, 1>(xr, st, k, tiles, scale, o, n); break;
+      case 2: int8_int16_block<T, 2>(xr, st, k, tiles, scale, o, n); break;
+      case 3: int8_int16_block<T, 3>(xr, st, k, tiles, scale, o, n); break;
+      default: int8_int16_block<T, 4>(xr, st, k, tiles, scale, o, n); break;
+    }
+  }
+}
+#endif
+
+// out [rows, n] = x [rows, k] · (W · scale)ᵀ for int8 weights in the layout above, rows as int16.
+void int8_int16_matmul(const float* x, int64_t rows, const int8_t* tiles, const float* scale, int64_t n,
+                       int64_t k, float* out) {
+#if defined(PLAYGROUND_VNNI) || defined(PLAYGROUND_MADD)
+  const int64_t groups = k / kTileGroup, count = n / kTileOutputs;
+  std::vector<int16_t> q(rows * k);
+  std::vector<float> step(rows * groups), sum(rows * groups);
+  quantize_rows(x, rows, k, q.data(), step.data(), sum.data());
+  at::parallel_for(0, (count + kInt8Tiles - 1) / kInt8Tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t t = block * kInt8Tiles;
+      const int8_t* w = tiles + t * k * kTileOutputs;
+      if (t + kInt8Tiles <= count)
+        int8_int16_rows<kInt8Tiles>(q.data(), step.data(), rows, k, w, scale + t * kTileOutputs, out + t * kTileOutputs, n);
+      else
+        int8_int16_rows<1>(q.data(), step.data(), rows, k, w, scale + t * kTileOutputs, out + t * kTileOutputs, n);
+    }
+  });
+#else
+  TORCH_CHECK(false, "int8 x int16 rows need AVX2 with FMA and F16C (this build has none)");
+#endif
+}
+
+enum Kind : int64_t { kInt4 = 0, kInt8 = 1, kDense = 2, kInt4Tiles = 3, kInt4Int16 = 4,
+                     kInt8Int16 = 5 };
 
 // y = x Wᵀ (+ b) for how the weights are held: int8, and int4 in the tile layout, through
 // this file's kernels above; other int4 through torch's kernel, as the Python layer calls
@@ -671,7 +814,10 @@ struct Projection {
   std::vector<float> bias, float_scale;  // float_scale: int8's, as floats
 
   bool tiled() const { return kind == kInt4Tiles || kind == kInt4Int16; }
-  int64_t outputs() const { return tiled() ? weight.size(0) * kTileOutputs : weight.size(0); }
+  int64_t outputs() const { return tiled() || kind == kInt8Int16 ? weight.size(0) * kTileOutputs : weight.size(0); }
+  int64_t inputs() const {
+    return tiled() ? weight.size(1) * kTileGroup : kind == kInt8Int16 ? weight.size(1) * 2 : weight.size(1);
+  }
 
   at::Tensor run(const at::Tensor& x) const {
     switch (kind) {
@@ -684,6 +830,8 @@ struct Projection {
   void apply(const float* x, int64_t rows, int64_t in, float* out) const {
     if (kind == kInt8) {
       int8_matmul(x, rows, weight.data_ptr<int8_t>(), float_scale.data(), outputs(), in, out);
+    } else if (kind == kInt8Int16) {
+      int8_int16_matmul(x, rows, weight.data_ptr<int8_t>(), float_scale.data(), outputs(), in, out);
     } else if (kind == kInt4Tiles) {
       int4_tiles_matmul(x, rows, weight.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), outputs(), in, out);
     } else if (kind == kInt4Int16) {
@@ -699,14 +847,25 @@ struct Projection {
     }
   }
 
+  // Can int8 weights [n, k] take int16 rows (whole tiles of outputs, whole groups of inputs)?
+  static bool int16_rows_fit(const at::Tensor& weight) {
+    return weight.dim() == 2 && weight.size(0) % kTileOutputs == 0 && weight.size(1) % kTileGroup == 0;
+  }
+
   static Projection make(int64_t kind, at::Tensor weight, at::Tensor scales, int64_t group,
                          at::Tensor bias, int64_t input_dtype) {
     Projection p{kind, weight, scales, group, static_cast<at::ScalarType>(input_dtype),
                  bias.defined() && bias.numel() ? floats(bias) : std::vector<float>(), {}};
-    if (kind == kInt8) {
+    if (kind == kInt8 || kind == kInt8Int16) {
       TORCH_CHECK(weight.scalar_type() == at::kChar && weight.dim() == 2 && weight.is_contiguous() &&
                   scales.numel() == weight.size(0), "int8: contiguous int8 [n, k] and n scales");
       p.float_scale = floats(scales);
+    }
+    if (kind == kInt8Int16) {
+      TORCH_CHECK(int16_rows_fit(weight) && int16_rows_ready(),
+                  "int8 x int16 rows: [n, k] with n a multiple of 16 and k of 32, and AVX2 in this build");
+      const int64_t n = weight.size(0), k = weight.size(1);
+      p.weight = weight.view({n / kTileOutputs, kTileOutputs, k / 2, 2}).permute({0, 2, 1, 3}).contiguous();
     }
     if (p.tiled()) {
       TORCH_CHECK(kind == kInt4Int16 ? int16_rows_ready() : amx_ready(),
@@ -821,16 +980,19 @@ class Decoder {
     return out;
   }
 
-  // The final norm and an int8 LM head (weights [vocab, hidden], a scale per row).
-  void set_head(at::Tensor norm, double eps, at::Tensor weight, at::Tensor scale) {
-    TORCH_CHECK(norm.numel() == hidden_ && weight.size(1) == hidden_, "head: [vocab, hidden]");
+  // The final norm and an int8 LM head (weights [vocab, hidden], a scale per row), with
+  // its rows as int16 where `int16_rows` asks and the build and shape allow, else float32.
+  void set_head(at::Tensor norm, double eps, at::Tensor weight, at::Tensor scale, bool int16_rows) {
+    TORCH_CHECK(norm.numel() == hidden_ && weight.dim() == 2 && weight.size(1) == hidden_, "head: [vocab, hidden]");
     final_norm_ = floats(norm);
     final_eps_ = static_cast<float>(eps);
-    head_ = Projection::make(kInt8, weight, scale, 0, at::Tensor(), 0);
+    const bool int16 = int16_rows && int16_rows_ready() && Projection::int16_rows_fit(weight);
+    head_ = Projection::make(int16 ? kInt8Int16 : kInt8, weight, scale, 0, at::Tensor(), 0);
     has_head_ = true;
   }
 
   bool has_head() const { return has_head_; }
+  bool head_int16_rows() const { return has_head_ && head_.kind == kInt8Int16; }
 
   // float32 logits [rows, vocab] of `hidden` [rows, hidden] float32 (what `step` returns).
   at::Tensor logits(at::Tensor hidden) const {
@@ -958,7 +1120,7 @@ class Decoder {
 };
 
 at::Tensor apply_alone(const Projection& p, const at::Tensor& x) {
-  const int64_t k = p.tiled() ? p.weight.size(1) * kTileGroup : p.weight.size(1);
+  const int64_t k = p.inputs();
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous() && x.size(1) == k,
               "x: contiguous float32 [rows, k]");
   at::Tensor out = at::empty({x.size(0), p.outputs()}, x.options());
@@ -976,10 +1138,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("step", &Decoder::step)
       .def("set_head", &Decoder::set_head)
       .def("has_head", &Decoder::has_head)
+      .def("head_int16_rows", &Decoder::head_int16_rows)
       .def("logits", &Decoder::logits);
   // The int8 kernel alone (tests, benchmarks): float32 x [rows, k] -> [rows, n].
   m.def("int8_matmul", [](at::Tensor x, at::Tensor weight, at::Tensor scale) {
     return apply_alone(Projection::make(kInt8, weight, scale, 0, at::Tensor(), 0), x);
+  });
+  // The int16-rows int8 kernel alone: the same arguments, n a multiple of 16 and k of 32.
+  m.def("int8_int16_matmul", [](at::Tensor x, at::Tensor weight, at::Tensor scale) {
+    return apply_alone(Projection::make(kInt8Int16, weight, scale, 0, at::Tensor(), 0), x);
   });
   // The AMX int4 kernel alone: float32 x [rows, k], tile_layout's weight and scale_low.
   m.def("int4_tiles_matmul", [](at::Tensor x, at::Tensor weight, at::Tensor scale_low) {
