@@ -29,9 +29,10 @@ from modules.engine.kernels.fused_llama import PREFILL_ROWS, float_linear, fuse_
 from tests.conftest import make_settings
 from tests.test_decode_step import PROMPTS, prefilled
 from tests.test_fast_decode import _four_bit_model, _picks_agree, _similarity, make_four_bit
-from tests.test_fused_llama import FAMILIES, random_model
+from tests.test_fused_llama import FAMILIES, SMALL, random_model
 
 FAMILY_NAMES = ["llama", *FAMILIES]
+HEAD_24 = "llama-head-24"  # head_dim 24, no whole AVX2 or AVX-512 vector: attention's plain loop
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,10 @@ def _original(family: str, tiny_causal_lm_dir) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(tiny_causal_lm_dir, dtype=torch.float32).eval()
+    if family == HEAD_24:
+        from transformers import LlamaConfig
+
+        return random_model(LlamaConfig(**SMALL, head_dim=24))
     return random_model(FAMILIES[family]())
 
 
@@ -89,7 +94,7 @@ IDS = torch.randint(3, 500, (1, 30), generator=torch.Generator().manual_seed(2))
 PROMPT = PREFILL_ROWS + 4
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", [*FAMILY_NAMES, HEAD_24])
 def test_float32_models_step_as_the_python_step_does(extension, family, tiny_causal_lm_dir):
     model = _prepared(_original(family, tiny_causal_lm_dir), "float fp32")
     python, native = (_teacher_forced(model, IDS, PROMPT, flag) for flag in (False, True))

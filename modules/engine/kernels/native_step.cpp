@@ -117,6 +117,13 @@ struct FloatVector {
   }
   static Type fmadd(Type a, Type b, Type c) { return _mm512_fmadd_ps(a, b, c); }
   static float sum(Type v) { return _mm512_reduce_add_ps(v); }
+  static Type broadcast(float x) { return _mm512_set1_ps(x); }
+  static void store(float* p, Type v) { _mm512_storeu_ps(p, v); }
+  static Type widen(const float* p) { return floats(p); }
+  static Type widen(const at::BFloat16* p) {
+    const __m512i halves = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(halves, 16));
+  }
 };
 #elif defined(__AVX2__) && defined(__FMA__)
 #define PLAYGROUND_FLOAT_VECTOR 1
@@ -129,6 +136,13 @@ struct FloatVector {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
   static Type fmadd(Type a, Type b, Type c) { return _mm256_fmadd_ps(a, b, c); }
+  static Type broadcast(float x) { return _mm256_set1_ps(x); }
+  static void store(float* p, Type v) { _mm256_storeu_ps(p, v); }
+  static Type widen(const float* p) { return floats(p); }
+  static Type widen(const at::BFloat16* p) {
+    const __m256i halves = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(halves, 16));
+  }
   static float sum(Type v) {
     float lanes[8];
     _mm256_storeu_ps(lanes, v);
@@ -1056,36 +1070,104 @@ class Decoder {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t r = task / kv_heads_, k = task % kv_heads_;
         const int64_t start = starts.empty() ? 0 : starts[r], seen = length + 1 - start;
-        const T* key = key_data + r * keys.stride(0) + k * keys.stride(1) + start * keys.stride(2);
-        const T* value = value_data + r * values.stride(0) + k * values.stride(1) + start * values.stride(2);
+        const Columns<T> columns{key_data + r * keys.stride(0) + k * keys.stride(1) + start * keys.stride(2),
+                                 value_data + r * values.stride(0) + k * values.stride(1) + start * values.stride(2),
+                                 keys.stride(2), values.stride(2), seen};
         const float* queries = qkv + r * width + k * groups * d;
-        for (int64_t c = 0; c < seen; ++c) {
-          const float* cached = widened(key + c * keys.stride(2), row.data(), d);
-          for (int64_t g = 0; g < groups; ++g) scores[g * seen + c] = head_dot(queries + g * d, cached, d) * scaling_;
-        }
-        for (int64_t g = 0; g < groups; ++g) {
-          float* score = scores.data() + g * seen;
-          const float top = *std::max_element(score, score + seen);
-          float total = 0.f;
-          for (int64_t c = 0; c < seen; ++c) {
-            score[c] = exp_approx(score[c] - top);
-            total += score[c];
-          }
-          const float inverse = 1.0f / total;
-          for (int64_t c = 0; c < seen; ++c) score[c] *= inverse;
-        }
-        std::fill(sums.begin(), sums.end(), 0.f);
-        for (int64_t c = 0; c < seen; ++c) {
-          const float* cached = widened(value + c * values.stride(2), row.data(), d);
-          for (int64_t g = 0; g < groups; ++g) {
-            const float p = scores[g * seen + c];
-            float* sum = sums.data() + g * d;
-            for (int64_t i = 0; i < d; ++i) sum[i] += p * cached[i];
+        float* out = attended + (r * query_heads_ + k * groups) * d;
+#if defined(PLAYGROUND_FLOAT_VECTOR)
+        if (d % FloatVector::kLanes == 0) {
+          float* sc = scores.data();
+          switch (d / FloatVector::kLanes) {  // head_dim 16 to 128 in whole vectors
+            case 1: attend_heads<1>(columns, queries, groups, sc, out); continue;
+            case 2: attend_heads<2>(columns, queries, groups, sc, out); continue;
+            case 4: attend_heads<4>(columns, queries, groups, sc, out); continue;
+            case 6: attend_heads<6>(columns, queries, groups, sc, out); continue;
+            case 8: attend_heads<8>(columns, queries, groups, sc, out); continue;
+            case 16: attend_heads<16>(columns, queries, groups, sc, out); continue;
+            default: break;
           }
         }
-        std::copy(sums.begin(), sums.end(), attended + (r * query_heads_ + k * groups) * d);
+#endif
+        attend_heads_scalar(columns, queries, groups, scores.data(), sums.data(), row.data(), out);
       }
     });
+  }
+
+  // One row's cached keys and values of one key/value head, from its first real column.
+  template <typename T>
+  struct Columns {
+    const T* key;
+    const T* value;
+    int64_t key_stride, value_stride, seen;
+  };
+
+  // softmax of each query head's scores (groups rows of `seen`), in place.
+  static void softmax(float* scores, int64_t groups, int64_t seen) {
+    for (int64_t g = 0; g < groups; ++g) {
+      float* score = scores + g * seen;
+      const float top = *std::max_element(score, score + seen);
+      for (int64_t c = 0; c < seen; ++c) score[c] = exp_approx(score[c] - top);  // vectorizes
+      float total = 0.f;
+      for (int64_t c = 0; c < seen; ++c) total += score[c];
+      const float inverse = 1.0f / total;
+      for (int64_t c = 0; c < seen; ++c) score[c] *= inverse;
+    }
+  }
+
+#if defined(PLAYGROUND_FLOAT_VECTOR)
+  // The query heads sharing one key/value head, head_dim = C vectors: each cached key is
+  // widened into registers once for all of them; each head's weighted values add up in C
+  // registers (the value rows, a few KB, are read from L1 again for each head).
+  template <int C, typename T>
+  void attend_heads(const Columns<T>& columns, const float* queries, int64_t groups, float* scores,
+                    float* out) const {
+    using V = FloatVector;
+    constexpr int L = V::kLanes;
+    const int64_t seen = columns.seen;
+    for (int64_t c = 0; c < seen; ++c) {
+      V::Type key[C];
+      for (int j = 0; j < C; ++j) key[j] = V::widen(columns.key + c * columns.key_stride + j * L);
+      for (int64_t g = 0; g < groups; ++g) {
+        V::Type acc = V::zero();
+        for (int j = 0; j < C; ++j) acc = V::fmadd(V::floats(queries + (g * C + j) * L), key[j], acc);
+        scores[g * seen + c] = V::sum(acc) * scaling_;
+      }
+    }
+    softmax(scores, groups, seen);
+    for (int64_t g = 0; g < groups; ++g) {
+      V::Type acc[C];
+      for (int j = 0; j < C; ++j) acc[j] = V::zero();
+      for (int64_t c = 0; c < seen; ++c) {
+        const V::Type p = V::broadcast(scores[g * seen + c]);
+        for (int j = 0; j < C; ++j)
+          acc[j] = V::fmadd(p, V::widen(columns.value + c * columns.value_stride + j * L), acc[j]);
+      }
+      for (int j = 0; j < C; ++j) V::store(out + (g * C + j) * L, acc[j]);
+    }
+  }
+#endif
+
+  // The same for any head_dim, one cached row at a time through `row`.
+  template <typename T>
+  void attend_heads_scalar(const Columns<T>& columns, const float* queries, int64_t groups, float* scores,
+                           float* sums, float* row, float* out) const {
+    const int64_t d = head_dim_, seen = columns.seen;
+    for (int64_t c = 0; c < seen; ++c) {
+      const float* cached = widened(columns.key + c * columns.key_stride, row, d);
+      for (int64_t g = 0; g < groups; ++g) scores[g * seen + c] = head_dot(queries + g * d, cached, d) * scaling_;
+    }
+    softmax(scores, groups, seen);
+    std::fill(sums, sums + groups * d, 0.f);
+    for (int64_t c = 0; c < seen; ++c) {
+      const float* cached = widened(columns.value + c * columns.value_stride, row, d);
+      for (int64_t g = 0; g < groups; ++g) {
+        const float p = scores[g * seen + c];
+        float* sum = sums + g * d;
+        for (int64_t i = 0; i < d; ++i) sum[i] += p * cached[i];
+      }
+    }
+    std::copy(sums, sums + groups * d, out);
   }
 
   // A cached row as floats: itself when float32, else widened into `buffer`.
