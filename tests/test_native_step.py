@@ -32,7 +32,8 @@ from tests.test_fast_decode import _four_bit_model, _picks_agree, _similarity, m
 from tests.test_fused_llama import FAMILIES, SMALL, random_model
 
 FAMILY_NAMES = ["llama", *FAMILIES]
-HEAD_24 = "llama-head-24"  # head_dim 24, no whole AVX2 or AVX-512 vector: attention's plain loop
+HEAD_SIZES = {"llama-head-24": 24,  # no whole AVX2 or AVX-512 vector: attention's plain loop
+              "llama-head-128": 128}  # the most vectors a head: 8 AVX-512, 16 AVX2
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +52,10 @@ def _original(family: str, tiny_causal_lm_dir) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(tiny_causal_lm_dir, dtype=torch.float32).eval()
-    if family == HEAD_24:
+    if family in HEAD_SIZES:
         from transformers import LlamaConfig
 
-        return random_model(LlamaConfig(**SMALL, head_dim=24))
+        return random_model(LlamaConfig(**SMALL, head_dim=HEAD_SIZES[family]))
     return random_model(FAMILIES[family]())
 
 
@@ -94,7 +95,7 @@ IDS = torch.randint(3, 500, (1, 30), generator=torch.Generator().manual_seed(2))
 PROMPT = PREFILL_ROWS + 4
 
 
-@pytest.mark.parametrize("family", [*FAMILY_NAMES, HEAD_24])
+@pytest.mark.parametrize("family", [*FAMILY_NAMES, *HEAD_SIZES])
 def test_float32_models_step_as_the_python_step_does(extension, family, tiny_causal_lm_dir):
     model = _prepared(_original(family, tiny_causal_lm_dir), "float fp32")
     python, native = (_teacher_forced(model, IDS, PROMPT, flag) for flag in (False, True))
