@@ -70,7 +70,8 @@ def _prepared(original: torch.nn.Module, weights: str) -> torch.nn.Module:
     else:
         plan = SpeedPlan("test", "quantized", "bf16", "bf16", "fixed")
         tiles = TILE_KERNELS.get(weights)
-        assert prepare_for_fast_decode(model, torch.device("cpu"), plan, tiles=tiles, int16_head=True) is not None
+        assert prepare_for_fast_decode(model, torch.device("cpu"), plan, tiles=tiles,
+                                       int8_int16_rows=True) is not None
         assert any(getattr(m, "tile_weight", None) is not None for m in model.modules()) == bool(tiles)
     assert supports_decode_step(model)
     native_step.attach(model)
@@ -444,6 +445,15 @@ def test_the_tile_layout_holds_every_weight_and_refuses_what_float16_cannot_hold
     tiny = torch.full((32, 2), 1e-9)
     assert native_step.tile_layout(q, tiny, tiny) is None
     assert native_step.tile_layout(q[:24], scale[:24], low[:24] + 8 * scale[:24]) is None  # not 16 outputs a tile
+
+
+def test_int8_layers_take_int16_rows_where_the_build_has_them(extension):
+    """Every fused int8 projection of whole tiles goes to the int16-rows kernel (the tiny
+    families' shapes all are); where the build has none, to the float32-rows one."""
+    model = _prepared(_original("qwen2", None), "int8")
+    int8 = [m for m in model.model.layers.modules() if hasattr(m, "weight_int8")]
+    expected = native_step.KIND_INT8_INT16 if extension.int16_rows_ready() else native_step.KIND_INT8
+    assert int8 and {native_step._projection(extension, m)[0] for m in int8} == {expected}
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])

@@ -129,7 +129,7 @@ class Int8WeightOnlyLinear(_QuantizedLinear):
 
     # The LM head's: float32 logits whose top entries are exact (`exact_top_logits`).
     exact_top = False
-    # The LM head's in the native step: rows rounded to int16 (`native_step.int16_rows_wanted`).
+    # In the native step: rows rounded to int16 (`native_step.int16_rows_wanted`), not float32.
     int16_rows = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -240,9 +240,9 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
 
 def quantize_linears_int8(model: nn.Module, compute_dtype: torch.dtype = torch.bfloat16,
                           prefill_dtype: torch.dtype | None = None,
-                          dense_dtype: torch.dtype | None = None, int16_head: bool = False) -> int:
+                          dense_dtype: torch.dtype | None = None, int16_rows: bool = False) -> int:
     """Replace every plain nn.Linear in `model` (LM head included) by an int8 one; the count.
-    `int16_head`: the head's `int16_rows`.
+    `int16_rows`: theirs (Int8WeightOnlyLinear.int16_rows).
 
     A tied LM head gets its own int8 copy; the input embedding keeps its float weights.
     """
@@ -256,7 +256,7 @@ def quantize_linears_int8(model: nn.Module, compute_dtype: torch.dtype = torch.b
     for parent, name, child in targets:
         quantized = Int8WeightOnlyLinear.from_linear(child, compute_dtype, prefill_dtype, dense_dtype)
         quantized.exact_top = child is head and child.bias is None
-        quantized.int16_rows = int16_head and child is head
+        quantized.int16_rows = int16_rows
         setattr(parent, name, quantized)
     return len(targets)
 
@@ -281,7 +281,7 @@ def dense_copy_dtype(model: nn.Module, prefill_dtype: torch.dtype) -> torch.dtyp
 
 
 def prepare_for_fast_decode(model: nn.Module, device: torch.device, plan: SpeedPlan,
-                            tiles: str | None = None, int16_head: bool = False) -> str | None:
+                            tiles: str | None = None, int8_int16_rows: bool = False) -> str | None:
     """Fuse and quantize a causal LM on CPU in place, as `plan` says; how its weights are held.
 
     The model is first cast to the plan's decode dtype (its activations' dtype); prompt
@@ -289,7 +289,8 @@ def prepare_for_fast_decode(model: nn.Module, device: torch.device, plan: SpeedP
     4-bit weights, INT8_TAG when on int8, "float weights" for fused float layers, None
     when the model was left as it is (not on CPU, or no weight-only kernels in torch).
     `tiles`: the native step's int4 kernel ("amx", "int16"), whose layout int4 layers also keep;
-    `int16_head`: the native step multiplies the int8 LM head by int16-rounded rows.
+    `int8_int16_rows`: the native step multiplies int8 weights (layers and LM head) by
+    int16-rounded rows.
     """
     if device.type != "cpu" or not int8_kernel_available():
         return None
@@ -308,14 +309,16 @@ def prepare_for_fast_decode(model: nn.Module, device: torch.device, plan: SpeedP
             return Int4WeightOnlyLinear(weight, groups, dtype, bias=bias, prefill_dtype=prefill_dtype,
                                         dense_dtype=dense_dtype, tiles=tiles)
         formats.append("int8")
-        return Int8WeightOnlyLinear(weight, bias, dtype, prefill_dtype, dense_dtype)
+        linear = Int8WeightOnlyLinear(weight, bias, dtype, prefill_dtype, dense_dtype)
+        linear.int16_rows = int8_int16_rows
+        return linear
 
     # A whole prompt pass in another dtype needs the quantized layers' dense copy; fused
     # float layers hold only the model's dtype.
     whole_pass = prefill_dtype if prefill_dtype != dtype and plan.decode_kernel != "float" else None
     fused = fuse_layers(model, make_linear, whole_pass)
     rest = 0 if plan.decode_kernel == "float" else quantize_linears_int8(
-        model, dtype, prefill_dtype, dense_dtype, int16_head)
+        model, dtype, prefill_dtype, dense_dtype, int8_int16_rows)
     log.info("Fast decode: %d fused layers (%d int4, %d int8, %d float projections), "
              "%d more int8 linears", fused, formats.count("int4"), formats.count("int8"),
              formats.count("float"), rest)
@@ -359,8 +362,8 @@ def prepare_chat_model(model: nn.Module, device: torch.device, dtype: torch.dtyp
     else:
         return Prepared(dtype)
     tiles = native_step.tile_kernel(amx, int16_rows) if native else None
-    int16_head = native and int16_rows and native_step.int16_rows_wanted()
-    quantization = prepare_for_fast_decode(model, device, plan, tiles, int16_head)
+    int8_int16_rows = native and int16_rows and native_step.int16_rows_wanted()
+    quantization = prepare_for_fast_decode(model, device, plan, tiles, int8_int16_rows)
     if quantization is None:  # nothing fused or quantized; the model may have been cast
         return Prepared(plan.dtype)
     if native and supports_decode_step(model):

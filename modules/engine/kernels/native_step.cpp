@@ -672,7 +672,7 @@ void int4_int16_matmul(const float* x, int64_t rows, const uint8_t* packed, cons
 #endif
 }
 
-// ---- int8 weights times int16 rows (the LM head) ----
+// ---- int8 weights times int16 rows (int8 layers and the LM head) ----
 //
 // The float int8 kernel above costs 1.7x for four rows what it costs for one (SmolLM2's
 // head: 0.85 against 1.47 ms): a float multiply-add per weight and row. Here the rows are

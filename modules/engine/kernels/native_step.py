@@ -4,11 +4,11 @@ Through the fused Python layers a one-token step of SmolLM2-135M still issues ~6
 tensor operations; their dispatch took about half of the step (profile: 6.2 ms int4
 kernels and 3 ms int8 head in a ~17-21 ms step, AVX-512). native_step.cpp runs all
 layers in one call: its own int4 kernels (AMX tiles, or int16-rounded rows on AVX2 and
-AVX-512; torch's int4 kernel elsewhere), its own int8 kernel for int8 projections
-(float32 rows, each weight read once for up to four rows: 0.75-0.9x torch's time), the
-int8 LM head by int16-rounded rows where the build has them (SmolLM2's head, one row /
-four: 0.49 / 0.58 ms against 0.85 / 1.47 with float32 rows on AVX512-VNNI, 0.53 / 1.1
-against 1.0 / 2.1 on AVX2; float32 logits either way), plain loops for the norms, rotary
+AVX-512; torch's int4 kernel elsewhere), int8 projections and the int8 LM head by
+int16-rounded rows where the build has them (SmolLM2's head, one row / four: 0.49 / 0.58
+ms against 0.85 / 1.47 with float32 rows on AVX512-VNNI; a Qwen2.5-0.5B-shaped step 23
+against 40 ms), else by float32 rows (each weight read once for up to four rows:
+0.75-0.9x torch's time); float32 logits either way; plain loops for the norms, rotary
 embedding, KV-cache writes, attention and SiLU. The step then costs about what its
 kernels cost (figures in benchmarks/decode_speed.py).
 
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("native_step.cpp")
 MODULE_NAME = "playground_native_step"
 BUILD_SECONDS = 600  # a compiler that takes longer is stuck
-KIND_INT4, KIND_INT8, KIND_DENSE, KIND_INT4_TILES, KIND_INT4_INT16 = 0, 1, 2, 3, 4
+KIND_INT4, KIND_INT8, KIND_DENSE, KIND_INT4_TILES, KIND_INT4_INT16, KIND_INT8_INT16 = 0, 1, 2, 3, 4, 5
 TILE_OUTPUTS, TILE_GROUP = 16, 32  # native_step.cpp's int4 tiles: 16 outputs x 32 inputs
 # c10::ScalarType codes of the projections' input dtypes
 SCALAR_TYPES = {torch.float16: 5, torch.float32: 6, torch.bfloat16: 15}
@@ -351,8 +351,16 @@ def _projection(module: ModuleType, linear: nn.Module) -> tuple[int, torch.Tenso
         return KIND_INT4, linear.packed, linear.scales_and_zeros, linear.group, bias, \
             SCALAR_TYPES[linear.compute_dtype]
     if hasattr(linear, "weight_int8"):  # Int8WeightOnlyLinear
-        return KIND_INT8, linear.weight_int8, linear.scale, 0, bias, SCALAR_TYPES[linear.compute_dtype]
+        kind = KIND_INT8_INT16 if _int8_int16_rows(module, linear) else KIND_INT8
+        return kind, linear.weight_int8, linear.scale, 0, bias, SCALAR_TYPES[linear.compute_dtype]
     return KIND_DENSE, linear.weight, torch.empty(0), 0, bias, SCALAR_TYPES[linear.weight.dtype]
+
+
+def _int8_int16_rows(module: ModuleType, linear: nn.Module) -> bool:
+    """Does the native step multiply this int8 layer by int16 rows (asked for, built, and
+    whole tiles of 16 outputs and groups of 32 inputs)?"""
+    return (linear.int16_rows and module.int16_rows_ready()
+            and linear.out_features % TILE_OUTPUTS == 0 and linear.in_features % TILE_GROUP == 0)
 
 
 @dataclass(frozen=True)
