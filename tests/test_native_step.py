@@ -301,6 +301,16 @@ def test_the_step_line_names_the_kernel_that_runs(extension, weights):
     assert native_step.step_line(model) is None
 
 
+def test_the_step_line_says_when_int8_layers_take_int16_rows(extension):
+    model = _prepared(_original("qwen2", None), "int8")
+    int16 = f"native step, int8 x int16 rows ({extension.int16_rows_isa()})"
+    assert native_step.step_line(model) == (int16 if extension.int16_rows_ready() else "native step")
+    for linear in model.model.layers.modules():
+        if hasattr(linear, "weight_int8"):
+            linear.int16_rows = False
+    assert native_step.step_line(model) == "native step"
+
+
 def test_the_native_int4_kernel_follows_the_cpu_flags(monkeypatch):
     monkeypatch.setattr(native_step, "isa_flags", lambda: ["-march=native"])
     for flags, expected in [({"amx_tile", "amx_bf16", "avx512_bf16", "avx512_vnni", "avx512bw"}, "amx"),

@@ -423,8 +423,9 @@ def native_decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.
 
 def step_line(model: nn.Module) -> str | None:
     """How decode steps run now, for people: "native step, int4 x int16 rows (AVX2)",
-    "native step, torch int4 kernel", "Python step" (attached, extension not built or
-    unavailable), or None (no native step for this model)."""
+    "native step, torch int4 kernel", "native step, int8 x int16 rows (AVX2)" (int8
+    layers), "Python step" (attached, extension not built or unavailable), or None (no
+    native step for this model)."""
     if getattr(model, _ATTRIBUTE, None) is None:
         return None
     module = builder.module()
@@ -434,7 +435,12 @@ def step_line(model: nn.Module) -> str | None:
     usable = sorted({kernel_name(module, k) for m in int4 if (k := _tile_kernel_in_use(module, m))})
     if usable:
         return f"native step, {' / '.join(usable)}"
-    return "native step, torch int4 kernel" if int4 else "native step"
+    if int4:
+        return "native step, torch int4 kernel"
+    int8 = [m for m in model.modules() if hasattr(m, "weight_int8") and m is not model.lm_head]
+    if int8 and all(_int8_int16_rows(module, m) for m in int8):
+        return f"native step, int8 x int16 rows ({module.int16_rows_isa()})"
+    return "native step"
 
 
 def cache_dtype(model: nn.Module) -> torch.dtype:
