@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
@@ -102,6 +103,20 @@ void read_floats(const at::Tensor& t, float* dst) {
 // a row computes alone exactly what it computes in a batch.
 
 constexpr int kRowBlock = 4;  // rows multiplied per block of weights
+
+// block(std::integral_constant<int, R>(), r) for rows r .. r+R-1, R up to kRowBlock: the
+// kernels' row count is a template argument, so their accumulators stay in registers.
+template <typename F>
+void in_row_blocks(int64_t rows, const F& block) {
+  for (int64_t r = 0; r < rows; r += kRowBlock) {
+    switch (std::min<int64_t>(kRowBlock, rows - r)) {
+      case 1: block(std::integral_constant<int, 1>(), r); break;
+      case 2: block(std::integral_constant<int, 2>(), r); break;
+      case 3: block(std::integral_constant<int, 3>(), r); break;
+      default: block(std::integral_constant<int, kRowBlock>(), r); break;
+    }
+  }
+}
 
 // One register of floats: the vector instructions the int8 kernel uses, for the ISA the
 // extension is compiled for (none: the kernel's scalar loop does all the work).
@@ -203,16 +218,9 @@ void int8_outputs(const float* x, int64_t k, const int8_t* w, const float* scale
 template <int O>
 void int8_rows(const float* x, int64_t rows, int64_t k, const int8_t* w, const float* scale,
                float* out, int64_t ldo) {
-  for (int64_t r = 0; r < rows; r += kRowBlock) {
-    const float* xr = x + r * k;
-    float* o = out + r * ldo;
-    switch (std::min<int64_t>(kRowBlock, rows - r)) {
-      case 1: int8_outputs<O, 1>(xr, k, w, scale, o, ldo); break;
-      case 2: int8_outputs<O, 2>(xr, k, w, scale, o, ldo); break;
-      case 3: int8_outputs<O, 3>(xr, k, w, scale, o, ldo); break;
-      default: int8_outputs<O, 4>(xr, k, w, scale, o, ldo); break;
-    }
-  }
+  in_row_blocks(rows, [&](auto block, int64_t r) {
+    int8_outputs<O, decltype(block)::value>(x + r * k, k, w, scale, out + r * ldo, ldo);
+  });
 }
 
 // out [rows, n] = x [rows, k] · (W · scale)ᵀ for int8 weights [n, k] (torch's layout).
@@ -626,22 +634,24 @@ void int16_tiles(const int16_t* xq, const float* step, const float* sum, int64_t
 #endif
 
 #if defined(PLAYGROUND_VNNI) || defined(PLAYGROUND_MADD)
+// Rows rounded to int16 per group of 32 (quantize_rows): what both int16-rows kernels take.
+struct Int16Rows {
+  std::vector<int16_t> q;
+  std::vector<float> step, sum;
+  Int16Rows(const float* x, int64_t rows, int64_t k)
+      : q(rows * k), step(rows * k / kTileGroup), sum(rows * k / kTileGroup) {
+    quantize_rows(x, rows, k, q.data(), step.data(), sum.data());
+  }
+};
+
 template <int T>
 void int16_rows(const int16_t* q, const float* step, const float* sum, int64_t rows, int64_t k,
                const uint8_t* p, const at::Half* sl, float* out, int64_t n) {
   const int64_t groups = k / kTileGroup;
-  for (int64_t r = 0; r < rows; r += kRowBlock) {
-    const int16_t* xr = q + r * k;
-    const float* st = step + r * groups;
-    const float* su = sum + r * groups;
-    float* o = out + r * n;
-    switch (std::min<int64_t>(kRowBlock, rows - r)) {
-      case 1: int16_tiles<T, 1>(xr, st, su, k, p, sl, o, n); break;
-      case 2: int16_tiles<T, 2>(xr, st, su, k, p, sl, o, n); break;
-      case 3: int16_tiles<T, 3>(xr, st, su, k, p, sl, o, n); break;
-      default: int16_tiles<T, 4>(xr, st, su, k, p, sl, o, n); break;
-    }
-  }
+  in_row_blocks(rows, [&](auto block, int64_t r) {
+    int16_tiles<T, decltype(block)::value>(q + r * k, step + r * groups, sum + r * groups, k, p, sl,
+                                           out + r * n, n);
+  });
 }
 #endif
 
@@ -650,9 +660,9 @@ void int4_int16_matmul(const float* x, int64_t rows, const uint8_t* packed, cons
                       int64_t n, int64_t k, float* out) {
 #if defined(PLAYGROUND_VNNI) || defined(PLAYGROUND_MADD)
   const int64_t groups = k / kTileGroup, tiles = n / kTileOutputs;
-  std::vector<int16_t> q(rows * k);
-  std::vector<float> step(rows * groups), sum(rows * groups);
-  quantize_rows(x, rows, k, q.data(), step.data(), sum.data());
+  const Int16Rows x16(x, rows, k);
+  const int16_t* q = x16.q.data();
+  const float *step = x16.step.data(), *sum = x16.sum.data();
   at::parallel_for(0, (tiles + kInt16Tiles - 1) / kInt16Tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t t = block * kInt16Tiles;
@@ -660,10 +670,10 @@ void int4_int16_matmul(const float* x, int64_t rows, const uint8_t* packed, cons
       const at::Half* sl = scale_low + t * groups * 32;
       float* o = out + t * kTileOutputs;
       switch (std::min<int64_t>(kInt16Tiles, tiles - t)) {
-        case 1: int16_rows<1>(q.data(), step.data(), sum.data(), rows, k, p, sl, o, n); break;
-        case 2: int16_rows<2>(q.data(), step.data(), sum.data(), rows, k, p, sl, o, n); break;
-        case 3: int16_rows<3>(q.data(), step.data(), sum.data(), rows, k, p, sl, o, n); break;
-        default: int16_rows<kInt16Tiles>(q.data(), step.data(), sum.data(), rows, k, p, sl, o, n); break;
+        case 1: int16_rows<1>(q, step, sum, rows, k, p, sl, o, n); break;
+        case 2: int16_rows<2>(q, step, sum, rows, k, p, sl, o, n); break;
+        case 3: int16_rows<3>(q, step, sum, rows, k, p, sl, o, n); break;
+        default: int16_rows<kInt16Tiles>(q, step, sum, rows, k, p, sl, o, n); break;
       }
     }
   });
@@ -777,17 +787,9 @@ template <int T>
 void int8_int16_rows(const int16_t* q, const float* step, int64_t rows, int64_t k, const int8_t* tiles,
                      const float* scale, float* out, int64_t n) {
   const int64_t groups = k / kTileGroup;
-  for (int64_t r = 0; r < rows; r += kRowBlock) {
-    const int16_t* xr = q + r * k;
-    const float* st = step + r * groups;
-    float* o = out + r * n;
-    switch (std::min<int64_t>(kRowBlock, rows - r)) {
-      case 1: int8_int16_block<T, 1>(xr, st, k, tiles, scale, o, n); break;
-      case 2: int8_int16_block<T, 2>(xr, st, k, tiles, scale, o, n); break;
-      case 3: int8_int16_block<T, 3>(xr, st, k, tiles, scale, o, n); break;
-      default: int8_int16_block<T, 4>(xr, st, k, tiles, scale, o, n); break;
-    }
-  }
+  in_row_blocks(rows, [&](auto block, int64_t r) {
+    int8_int16_block<T, decltype(block)::value>(q + r * k, step + r * groups, k, tiles, scale, out + r * n, n);
+  });
 }
 #endif
 
@@ -795,18 +797,18 @@ void int8_int16_rows(const int16_t* q, const float* step, int64_t rows, int64_t 
 void int8_int16_matmul(const float* x, int64_t rows, const int8_t* tiles, const float* scale, int64_t n,
                        int64_t k, float* out) {
 #if defined(PLAYGROUND_VNNI) || defined(PLAYGROUND_MADD)
-  const int64_t groups = k / kTileGroup, count = n / kTileOutputs;
-  std::vector<int16_t> q(rows * k);
-  std::vector<float> step(rows * groups), sum(rows * groups);
-  quantize_rows(x, rows, k, q.data(), step.data(), sum.data());
+  const int64_t count = n / kTileOutputs;
+  const Int16Rows x16(x, rows, k);
+  const int16_t* q = x16.q.data();
+  const float* step = x16.step.data();
   at::parallel_for(0, (count + kInt8Tiles - 1) / kInt8Tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t t = block * kInt8Tiles;
       const int8_t* w = tiles + t * k * kTileOutputs;
       if (t + kInt8Tiles <= count)
-        int8_int16_rows<kInt8Tiles>(q.data(), step.data(), rows, k, w, scale + t * kTileOutputs, out + t * kTileOutputs, n);
+        int8_int16_rows<kInt8Tiles>(q, step, rows, k, w, scale + t * kTileOutputs, out + t * kTileOutputs, n);
       else
-        int8_int16_rows<1>(q.data(), step.data(), rows, k, w, scale + t * kTileOutputs, out + t * kTileOutputs, n);
+        int8_int16_rows<1>(q, step, rows, k, w, scale + t * kTileOutputs, out + t * kTileOutputs, n);
     }
   });
 #else
@@ -861,11 +863,6 @@ struct Projection {
     }
   }
 
-  // Can int8 weights [n, k] take int16 rows (whole tiles of outputs, whole groups of inputs)?
-  static bool int16_rows_fit(const at::Tensor& weight) {
-    return weight.dim() == 2 && weight.size(0) % kTileOutputs == 0 && weight.size(1) % kTileGroup == 0;
-  }
-
   static Projection make(int64_t kind, at::Tensor weight, at::Tensor scales, int64_t group,
                          at::Tensor bias, int64_t input_dtype) {
     Projection p{kind, weight, scales, group, static_cast<at::ScalarType>(input_dtype),
@@ -876,7 +873,7 @@ struct Projection {
       p.float_scale = floats(scales);
     }
     if (kind == kInt8Int16) {
-      TORCH_CHECK(int16_rows_fit(weight) && int16_rows_ready(),
+      TORCH_CHECK(weight.size(0) % kTileOutputs == 0 && weight.size(1) % kTileGroup == 0 && int16_rows_ready(),
                   "int8 x int16 rows: [n, k] with n a multiple of 16 and k of 32, and AVX2 in this build");
       const int64_t n = weight.size(0), k = weight.size(1);
       p.weight = weight.view({n / kTileOutputs, kTileOutputs, k / 2, 2}).permute({0, 2, 1, 3}).contiguous();
@@ -994,14 +991,14 @@ class Decoder {
     return out;
   }
 
-  // The final norm and an int8 LM head (weights [vocab, hidden], a scale per row), with
-  // its rows as int16 where `int16_rows` asks and the build and shape allow, else float32.
-  void set_head(at::Tensor norm, double eps, at::Tensor weight, at::Tensor scale, bool int16_rows) {
+  // The final norm and an int8 LM head (weights [vocab, hidden], a scale per row), its rows
+  // as int16 (kInt8Int16) or float32 (kInt8).
+  void set_head(at::Tensor norm, double eps, at::Tensor weight, at::Tensor scale, int64_t kind) {
     TORCH_CHECK(norm.numel() == hidden_ && weight.dim() == 2 && weight.size(1) == hidden_, "head: [vocab, hidden]");
+    TORCH_CHECK(kind == kInt8 || kind == kInt8Int16, "head: int8 weights");
     final_norm_ = floats(norm);
     final_eps_ = static_cast<float>(eps);
-    const bool int16 = int16_rows && int16_rows_ready() && Projection::int16_rows_fit(weight);
-    head_ = Projection::make(int16 ? kInt8Int16 : kInt8, weight, scale, 0, at::Tensor(), 0);
+    head_ = Projection::make(kind, weight, scale, 0, at::Tensor(), 0);
     has_head_ = true;
   }
 

@@ -336,7 +336,7 @@ def _decoder(module: ModuleType, model: nn.Module):
     norm, head = model.model.norm, model.lm_head
     if hasattr(head, "weight_int8") and head.bias is None and hasattr(norm, "variance_epsilon"):
         decoder.set_head(norm.weight, float(norm.variance_epsilon), head.weight_int8, head.scale,
-                         head.int16_rows)
+                         _int8_kind(module, head))
     return decoder
 
 
@@ -351,16 +351,18 @@ def _projection(module: ModuleType, linear: nn.Module) -> tuple[int, torch.Tenso
         return KIND_INT4, linear.packed, linear.scales_and_zeros, linear.group, bias, \
             SCALAR_TYPES[linear.compute_dtype]
     if hasattr(linear, "weight_int8"):  # Int8WeightOnlyLinear
-        kind = KIND_INT8_INT16 if _int8_int16_rows(module, linear) else KIND_INT8
-        return kind, linear.weight_int8, linear.scale, 0, bias, SCALAR_TYPES[linear.compute_dtype]
+        return _int8_kind(module, linear), linear.weight_int8, linear.scale, 0, bias, \
+            SCALAR_TYPES[linear.compute_dtype]
     return KIND_DENSE, linear.weight, torch.empty(0), 0, bias, SCALAR_TYPES[linear.weight.dtype]
 
 
-def _int8_int16_rows(module: ModuleType, linear: nn.Module) -> bool:
-    """Does the native step multiply this int8 layer by int16 rows (asked for, built, and
-    whole tiles of 16 outputs and groups of 32 inputs)?"""
-    return (linear.int16_rows and module.int16_rows_ready()
-            and linear.out_features % TILE_OUTPUTS == 0 and linear.in_features % TILE_GROUP == 0)
+def _int8_kind(module: ModuleType, linear: nn.Module) -> int:
+    """How the native step multiplies an int8 layer or head: by int16 rows where asked for
+    (`int16_rows`), built, and whole tiles of 16 outputs and groups of 32 inputs; else by
+    float32 rows."""
+    int16 = (linear.int16_rows and module.int16_rows_ready()
+             and linear.out_features % TILE_OUTPUTS == 0 and linear.in_features % TILE_GROUP == 0)
+    return KIND_INT8_INT16 if int16 else KIND_INT8
 
 
 @dataclass(frozen=True)
@@ -438,7 +440,7 @@ def step_line(model: nn.Module) -> str | None:
     if int4:
         return "native step, torch int4 kernel"
     int8 = [m for m in model.modules() if hasattr(m, "weight_int8") and m is not model.lm_head]
-    if int8 and all(_int8_int16_rows(module, m) for m in int8):
+    if int8 and all(_int8_kind(module, m) == KIND_INT8_INT16 for m in int8):
         return f"native step, int8 x int16 rows ({module.int16_rows_isa()})"
     return "native step"
 
