@@ -358,15 +358,16 @@ def test_the_amx_int4_kernel_computes_the_int4_product_row_by_row(extension, out
 @pytest.mark.parametrize("outputs, inputs", [(64, 64), (48, 96)])
 def test_the_int16_rows_int4_kernel_computes_the_int4_product_row_by_row(extension, outputs, inputs):
     """float32 rows (rounded to int16 per group of 32: 2^-16 of its largest value) times
-    4-bit weights, against float64, closer than bf16 rows get; six rows (a block of four,
-    then two): each row exactly what it gives alone."""
+    4-bit weights, against float64, closer than bf16 rows get; thirteen rows (a prompt's
+    wide block of eight where the build has one, then blocks of four and one): each row
+    exactly what it gives alone."""
     _int16_rows(extension)
     weight, (packed, scale_low) = _int4_weights(outputs, inputs, seed=outputs)
-    rows = torch.randn(6, inputs, generator=torch.Generator().manual_seed(3))
+    rows = torch.randn(13, inputs, generator=torch.Generator().manual_seed(3))
     rows[1, :32] *= 1000.0  # one group's values far apart: each group has its own step
     got = extension.int4_int16_matmul(rows, packed, scale_low)
     expected = rows.double() @ weight.double().T
-    assert got.dtype == torch.float32 and got.shape == (6, outputs)
+    assert got.dtype == torch.float32 and got.shape == (13, outputs)
     error = (got.double() - expected).abs().max() / expected.abs().max()
     bf16_error = (rows.bfloat16().double() @ weight.double().T - expected).abs().max() / expected.abs().max()
     assert error < 1e-4 and error < bf16_error / 10

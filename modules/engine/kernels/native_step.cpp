@@ -104,11 +104,15 @@ void read_floats(const at::Tensor& t, float* dst) {
 
 constexpr int kRowBlock = 4;  // rows multiplied per block of weights
 
-// block(std::integral_constant<int, R>(), r) for rows r .. r+R-1, R up to kRowBlock: the
-// kernels' row count is a template argument, so their accumulators stay in registers.
-template <typename F>
+// block(std::integral_constant<int, R>(), r) for rows r .. r+R-1, R up to kRowBlock (or
+// Wide, for as many whole blocks of Wide rows as there are): the kernels' row count is a
+// template argument, so their accumulators stay in registers.
+template <int Wide = kRowBlock, typename F>
 void in_row_blocks(int64_t rows, const F& block) {
-  for (int64_t r = 0; r < rows; r += kRowBlock) {
+  int64_t r = 0;
+  if constexpr (Wide > kRowBlock)
+    for (; rows - r >= Wide; r += Wide) block(std::integral_constant<int, Wide>(), r);
+  for (; r < rows; r += kRowBlock) {
     switch (std::min<int64_t>(kRowBlock, rows - r)) {
       case 1: block(std::integral_constant<int, 1>(), r); break;
       case 2: block(std::integral_constant<int, 2>(), r); break;
@@ -462,42 +466,54 @@ void quantize_rows(const float* x, int64_t rows, int64_t k, int16_t* q, float* s
     }
 }
 
-// T (1 or 2) tiles of 16 outputs for R (<= 4) rows. Block j of a group holds, for output
-// n, the 16-bit word v = q[4j] | q[4j+2] << 4 | q[4j+1] << 8 | q[4j+3] << 12: (v | v << 8) &
-// 0xF000F is the pair q[4j], q[4j+1] as two int16, (v >> 4 | v << 4) & 0xF000F the pair
-// q[4j+2], q[4j+3], each in the order of the row's two int16 values it meets. Each of a
-// row's pairs is broadcast once for both tiles.
+// T (1 or 2) tiles of 16 outputs for R rows. Block j of a group holds, for output n, the
+// bytes q[4j] | q[4j+2] << 4 and q[4j+1] | q[4j+3] << 4. Widened to 16-bit words, output n's
+// two words masked with 0x000F are the pair q[4j], q[4j+1] as two int16, and shifted right
+// by 4 the pair q[4j+2], q[4j+3], each in the order of the row's two int16 values it meets:
+// three instructions for 16 outputs' two pairs. Each of a row's pairs is broadcast from
+// memory (a load, no shuffle) once for both tiles. Below four rows the two pairs add into
+// separate sums, so each sum's chain of dependent instructions is half as long.
 constexpr int kInt16Tiles = 2;  // tiles sharing each row's broadcasts
+constexpr int kInt16WideRows = 8;  // rows per block of weights in prompt passes (4: 1.2x the time)
+
+inline int32_t int16_pair(const int16_t* x) {
+  int32_t pair;
+  std::memcpy(&pair, x, 4);
+  return pair;
+}
 
 template <int T, int R>
 void int16_tiles(const int16_t* xq, const float* step, const float* sum, int64_t k, const uint8_t* packed,
                 const at::Half* scale_low, float* out, int64_t ldo) {
+  constexpr int S = R < 4 ? 2 : 1;  // sets of sums: the pairs apart, or together
   const int64_t groups = k / kTileGroup;
-  const __m512i nibbles = _mm512_set1_epi32(0x000F000F);
+  const __m512i nibbles = _mm512_set1_epi16(0x000F);
   __m512 acc[T][R];
   for (int t = 0; t < T; ++t)
     for (int r = 0; r < R; ++r) acc[t][r] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
-    __m512i dot[T][R];
+    __m512i dot[S][T][R];
     for (int t = 0; t < T; ++t) {
       const char* next = reinterpret_cast<const char*>(packed + (t * groups + g + kPrefetchGroups) * kTileBytes);
       for (int line = 0; line < 4; ++line) _mm_prefetch(next + line * 64, _MM_HINT_T0);
-      for (int r = 0; r < R; ++r) dot[t][r] = _mm512_setzero_si512();
+      for (int s = 0; s < S; ++s)
+        for (int r = 0; r < R; ++r) dot[s][t][r] = _mm512_setzero_si512();
     }
     for (int j = 0; j < 8; ++j) {
       __m512i low_pair[T], high_pair[T];
       for (int t = 0; t < T; ++t) {
         const uint8_t* p = packed + (t * groups + g) * kTileBytes + j * 32;
-        const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-        low_pair[t] = _mm512_and_si512(_mm512_or_si512(v, _mm512_slli_epi32(v, 8)), nibbles);
-        high_pair[t] = _mm512_and_si512(_mm512_or_si512(_mm512_srli_epi32(v, 4), _mm512_slli_epi32(v, 4)), nibbles);
+        const __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+        low_pair[t] = _mm512_and_si512(w, nibbles);
+        high_pair[t] = _mm512_srli_epi16(w, 4);
       }
       for (int r = 0; r < R; ++r) {
-        int32_t pairs[2];
-        std::memcpy(pairs, xq + r * k + g * kTileGroup + 4 * j, 8);
-        const __m512i first = _mm512_set1_epi32(pairs[0]), second = _mm512_set1_epi32(pairs[1]);
-        for (int t = 0; t < T; ++t)
-          dot[t][r] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(dot[t][r], low_pair[t], first), high_pair[t], second);
+        const int16_t* x = xq + r * k + g * kTileGroup + 4 * j;
+        const __m512i first = _mm512_set1_epi32(int16_pair(x)), second = _mm512_set1_epi32(int16_pair(x + 2));
+        for (int t = 0; t < T; ++t) {
+          dot[0][t][r] = _mm512_dpwssd_epi32(dot[0][t][r], low_pair[t], first);
+          dot[S - 1][t][r] = _mm512_dpwssd_epi32(dot[S - 1][t][r], high_pair[t], second);
+        }
       }
     }
     for (int t = 0; t < T; ++t) {
@@ -506,7 +522,8 @@ void int16_tiles(const int16_t* xq, const float* step, const float* sum, int64_t
       const __m512 low = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sl + 16)));
       for (int r = 0; r < R; ++r) {
         const int64_t i = r * groups + g;
-        acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t][r]), _mm512_mul_ps(scale, _mm512_set1_ps(step[i])), acc[t][r]);
+        const __m512i total = S == 2 ? _mm512_add_epi32(dot[0][t][r], dot[S - 1][t][r]) : dot[0][t][r];
+        acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(scale, _mm512_set1_ps(step[i])), acc[t][r]);
         acc[t][r] = _mm512_fmadd_ps(low, _mm512_set1_ps(sum[i]), acc[t][r]);
       }
     }
@@ -565,18 +582,22 @@ inline __m256i add_products(__m256i dot, __m256i a, __m256i b) {
 #endif
 }
 
-// The VNNI kernel's arithmetic with 256-bit registers. Masking a block's 16 words with
-// 0x0F0F leaves, per output, the bytes q[4j], q[4j+1]; shifted by 4 first, q[4j+2],
-// q[4j+3]. Interleaving those bytes with zeros makes them int16 pairs in 32-bit lanes,
-// for outputs 0-3 and 8-11 (unpacklo) and 4-7 and 12-15 (unpackhi), the order the
-// scales are put in and the results taken out of.
+// The VNNI kernel's arithmetic with 256-bit registers: each half of a block (outputs 0-7,
+// then 8-15) widened to words, masked for one pair and shifted for the other.
 constexpr int kInt16Tiles = 2;  // two tiles share each row's broadcasts (one tile: 2-7 % slower)
+constexpr int kInt16WideRows = 4;  // 16 registers: no wider blocks for prompts
+
+inline int32_t int16_pair(const int16_t* x) {
+  int32_t pair;
+  std::memcpy(&pair, x, 4);
+  return pair;
+}
 
 template <int T, int R>
 void int16_tiles(const int16_t* xq, const float* step, const float* sum, int64_t k, const uint8_t* packed,
                 const at::Half* scale_low, float* out, int64_t ldo) {
   const int64_t groups = k / kTileGroup;
-  const __m256i nibbles = _mm256_set1_epi16(0x0F0F), zero = _mm256_setzero_si256();
+  const __m256i nibbles = _mm256_set1_epi16(0x000F);
   __m256 acc[T][2][R];
   for (int t = 0; t < T; ++t)
     for (int h = 0; h < 2; ++h)
@@ -591,18 +612,16 @@ void int16_tiles(const int16_t* xq, const float* step, const float* sum, int64_t
     }
     for (int j = 0; j < 8; ++j) {
       __m256i low_pair[T][2], high_pair[T][2];
-      for (int t = 0; t < T; ++t) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + (t * groups + g) * kTileBytes + j * 32));
-        const __m256i low = _mm256_and_si256(v, nibbles), high = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibbles);
-        low_pair[t][0] = _mm256_unpacklo_epi8(low, zero);
-        low_pair[t][1] = _mm256_unpackhi_epi8(low, zero);
-        high_pair[t][0] = _mm256_unpacklo_epi8(high, zero);
-        high_pair[t][1] = _mm256_unpackhi_epi8(high, zero);
-      }
+      for (int t = 0; t < T; ++t)
+        for (int h = 0; h < 2; ++h) {
+          const uint8_t* p = packed + (t * groups + g) * kTileBytes + j * 32 + 16 * h;
+          const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+          low_pair[t][h] = _mm256_and_si256(w, nibbles);
+          high_pair[t][h] = _mm256_srli_epi16(w, 4);
+        }
       for (int r = 0; r < R; ++r) {
-        int32_t pairs[2];
-        std::memcpy(pairs, xq + r * k + g * kTileGroup + 4 * j, 8);
-        const __m256i first = _mm256_set1_epi32(pairs[0]), second = _mm256_set1_epi32(pairs[1]);
+        const int16_t* x = xq + r * k + g * kTileGroup + 4 * j;
+        const __m256i first = _mm256_set1_epi32(int16_pair(x)), second = _mm256_set1_epi32(int16_pair(x + 2));
         for (int t = 0; t < T; ++t)
           for (int h = 0; h < 2; ++h)
             dot[t][h][r] = add_products(add_products(dot[t][h][r], low_pair[t][h], first), high_pair[t][h], second);
@@ -611,9 +630,7 @@ void int16_tiles(const int16_t* xq, const float* step, const float* sum, int64_t
     for (int t = 0; t < T; ++t) {
       const at::Half* sl = scale_low + (t * groups + g) * 32;
       const auto halves = [&](int i) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sl + i))); };
-      const __m256 s0 = halves(0), s1 = halves(8), l0 = halves(16), l1 = halves(24);
-      const __m256 scale[2] = {_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31)};
-      const __m256 low[2] = {_mm256_permute2f128_ps(l0, l1, 0x20), _mm256_permute2f128_ps(l0, l1, 0x31)};
+      const __m256 scale[2] = {halves(0), halves(8)}, low[2] = {halves(16), halves(24)};
       for (int r = 0; r < R; ++r) {
         const int64_t i = r * groups + g;
         const __m256 st = _mm256_set1_ps(step[i]), su = _mm256_set1_ps(sum[i]);
@@ -625,11 +642,8 @@ void int16_tiles(const int16_t* xq, const float* step, const float* sum, int64_t
     }
   }
   for (int t = 0; t < T; ++t)
-    for (int r = 0; r < R; ++r) {
-      float* o = out + r * ldo + t * kTileOutputs;
-      _mm256_storeu_ps(o, _mm256_permute2f128_ps(acc[t][0][r], acc[t][1][r], 0x20));
-      _mm256_storeu_ps(o + 8, _mm256_permute2f128_ps(acc[t][0][r], acc[t][1][r], 0x31));
-    }
+    for (int r = 0; r < R; ++r)
+      for (int h = 0; h < 2; ++h) _mm256_storeu_ps(out + r * ldo + t * kTileOutputs + 8 * h, acc[t][h][r]);
 }
 #endif
 
@@ -644,12 +658,28 @@ struct Int16Rows {
   }
 };
 
+// With AVX2's 16 registers, two rows or more take one tile at a time (SmolLM2's gate
+// projection, four rows: 72 against 77 us; AVX-VNNI 55 against 66).
+template <int T, int R>
+void int16_block(const int16_t* xq, const float* step, const float* sum, int64_t k, const uint8_t* packed,
+                 const at::Half* scale_low, float* out, int64_t ldo) {
+#if defined(PLAYGROUND_MADD)
+  if constexpr (T == 2 && R > 1) {
+    const int64_t groups = k / kTileGroup;
+    int16_tiles<1, R>(xq, step, sum, k, packed, scale_low, out, ldo);
+    int16_tiles<1, R>(xq, step, sum, k, packed + groups * kTileBytes, scale_low + groups * 32, out + kTileOutputs, ldo);
+    return;
+  }
+#endif
+  int16_tiles<T, R>(xq, step, sum, k, packed, scale_low, out, ldo);
+}
+
 template <int T>
 void int16_rows(const int16_t* q, const float* step, const float* sum, int64_t rows, int64_t k,
                const uint8_t* p, const at::Half* sl, float* out, int64_t n) {
   const int64_t groups = k / kTileGroup;
-  in_row_blocks(rows, [&](auto block, int64_t r) {
-    int16_tiles<T, decltype(block)::value>(q + r * k, step + r * groups, sum + r * groups, k, p, sl,
+  in_row_blocks<kInt16WideRows>(rows, [&](auto block, int64_t r) {
+    int16_block<T, decltype(block)::value>(q + r * k, step + r * groups, sum + r * groups, k, p, sl,
                                            out + r * n, n);
   });
 }
@@ -669,12 +699,10 @@ void int4_int16_matmul(const float* x, int64_t rows, const uint8_t* packed, cons
       const uint8_t* p = packed + t * groups * kTileBytes;
       const at::Half* sl = scale_low + t * groups * 32;
       float* o = out + t * kTileOutputs;
-      switch (std::min<int64_t>(kInt16Tiles, tiles - t)) {
-        case 1: int16_rows<1>(q, step, sum, rows, k, p, sl, o, n); break;
-        case 2: int16_rows<2>(q, step, sum, rows, k, p, sl, o, n); break;
-        case 3: int16_rows<3>(q, step, sum, rows, k, p, sl, o, n); break;
-        default: int16_rows<kInt16Tiles>(q, step, sum, rows, k, p, sl, o, n); break;
-      }
+      if (t + kInt16Tiles <= tiles)
+        int16_rows<kInt16Tiles>(q, step, sum, rows, k, p, sl, o, n);
+      else
+        int16_rows<1>(q, step, sum, rows, k, p, sl, o, n);
     }
   });
 #else
