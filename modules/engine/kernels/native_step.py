@@ -256,11 +256,14 @@ class _NativeDecoder:
 
 
 # Prompt passes: the int4 layers' own kernel against the dense matmul of the prefill dtype.
-# Without AMX, int16 rows took 40 prompt rows in 0.50x bf16's time and 400 in 0.64x (AVX-512
-# + VNNI), but under AVX2 8 rows in 0.40x float32's and 40 in 1.15x; so each machine times
-# both at the model's own shapes, once, when the model's native decoder is made: then
-# prompts change path together with the steps, between two batches.
+# On SmolLM2's first layer, int16 rows took 256 prompt rows in 0.39x bf16's time with
+# AVX512-VNNI, but under AVX2 1.7x float32's (16 rows: 0.67x); so each machine times both
+# at the model's own shapes, once, when the model's native decoder is made: then prompts
+# change path together with the steps, between two batches. Both are compute-bound beyond
+# the largest count timed, so a kernel that wins there takes prompts of any length (the
+# same layer at 1024 and 2048 rows: 0.44x and 0.46x).
 PROMPT_ROWS = (16, 64, 256)  # row counts timed
+ANY_ROWS = sys.maxsize  # the kernel won at every count timed
 _PROMPT_MARGIN = 0.9  # the kernel must take under this share of the dense time
 
 
@@ -276,15 +279,15 @@ def tile_matmul(linear: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
 
 def pick_prompt_rows(timings: dict[int, tuple[float, float]]) -> int:
     """The most rows (of those timed, in order) up to which the kernel beat the dense matmul
-    by the margin at every count; 0 where it lost at the first. timings: rows -> (kernel s,
-    dense s)."""
+    by the margin at every count; ANY_ROWS where it won at all of them, 0 where it lost at
+    the first. timings: rows -> (kernel s, dense s)."""
     limit = 0
     for rows in sorted(timings):
         kernel, dense = timings[rows]
         if kernel > _PROMPT_MARGIN * dense:
-            break
+            return limit
         limit = rows
-    return limit
+    return ANY_ROWS if timings else 0
 
 
 def measure_prompt_rows(model: nn.Module) -> int:
@@ -306,7 +309,8 @@ def measure_prompt_rows(model: nn.Module) -> int:
     limit = pick_prompt_rows(timings)
     for m in int4:
         m.native_prompt_rows = limit
-    log.info("Prompt rows through the int4 layers' native kernel: up to %d (%s)", limit,
+    log.info("Prompt rows through the int4 layers' native kernel: %s (%s)",
+             "any number" if limit == ANY_ROWS else f"up to {limit}",
              ", ".join(f"{rows}: {k * 1e3:.1f} / {d * 1e3:.1f} ms" for rows, (k, d) in timings.items()))
     return limit
 
