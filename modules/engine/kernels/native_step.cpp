@@ -275,7 +275,7 @@ bool amx_ready() {
 }
 
 constexpr int64_t kTileOutputs = 16, kTileGroup = 32, kTileBytes = 256;
-constexpr int64_t kPrefetchGroups = 16;
+constexpr int64_t kPrefetchGroups = 32;
 
 #if defined(PLAYGROUND_AMX)
 struct alignas(64) TileConfig {
@@ -772,9 +772,14 @@ void int8_int16_tiles(const int16_t* xq, const float* step, int64_t k, const int
       for (int r = 0; r < R; ++r) acc[t][h][r] = L::zero_floats();
   for (int64_t g = 0; g < groups; ++g) {
     typename L::Int dot[T][P][R];
-    for (int t = 0; t < T; ++t)
+    for (int t = 0; t < T; ++t) {
+      // The same group of the next block of tiles (this thread's next, as a rule): a block
+      // ahead, as the int4 kernels run kPrefetchGroups ahead.
+      const char* next = reinterpret_cast<const char*>(tiles + (t + kInt8Tiles) * k * kTileOutputs + g * kTileGroup * kTileOutputs);
+      for (int line = 0; line < kTileGroup * kTileOutputs / 64; ++line) _mm_prefetch(next + line * 64, _MM_HINT_T0);
       for (int h = 0; h < P; ++h)
         for (int r = 0; r < R; ++r) dot[t][h][r] = L::zero();
+    }
     for (int p = 0; p < kTileGroup / 2; ++p) {
       typename L::Int w[T][P];
       for (int t = 0; t < T; ++t)
