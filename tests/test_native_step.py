@@ -408,6 +408,43 @@ def test_prompt_rows_go_to_the_kernel_up_to_the_last_count_it_won():
     assert native_step.pick_prompt_rows({}) == 0
 
 
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama-biases"])
+@torch.inference_mode()
+def test_a_native_prompt_pass_fills_the_cache_as_transformers_pass_does(extension, family):
+    """`native_prompt` (the scheduler's prompt pass when native steps run): against the
+    float32 model with the same 4-bit weights, its last logits are at least as close as the
+    fused layers' bf16 pass gives, it leaves the same keys and values (up to bf16), and the
+    native steps after it predict as after that pass. Where a layer's kernel lost to the
+    dense matmul at this many rows, it does not run."""
+    _int16_rows(extension)
+    reference = _four_bit_model(family)
+    model = _prepared(reference, "int4 int16")
+    assert native_step.ready(model)
+    projections = [m for m in model.modules() if getattr(m, "tile_kernel", None)]
+    for m in projections:
+        m.native_prompt_rows = PROMPT
+    prompt = IDS[0, :PROMPT].tolist()
+    native_cache = growing_cache(model.config, native_step.cache_dtype(model))
+    native = native_step.native_prompt(model, prompt, native_cache)
+    assert native is not None and native.shape == (1, model.config.vocab_size) and native.dtype == torch.float32
+    dense_cache = growing_cache(model.config, native_step.cache_dtype(model))
+    dense = model(input_ids=IDS[:, :PROMPT], past_key_values=dense_cache, use_cache=True).logits[0, -1].float()
+    exact = reference(input_ids=IDS[:, :PROMPT]).logits[0, -1].float()
+    assert _similarity(exact, native[0]) >= min(_similarity(exact, dense), 0.999) - 0.002
+    for mine, theirs in zip(native_cache.layers, dense_cache.layers):
+        assert mine.keys.shape == theirs.keys.shape == (1, model.config.num_key_value_heads, PROMPT, mine.keys.shape[-1])
+        for a, b in ((mine.keys, theirs.keys), (mine.values, theirs.values)):
+            assert (a.float() - b.float()).abs().max() <= 0.05 * b.float().abs().max()
+    for position in range(PROMPT, PROMPT + 3):  # the steps go on from either cache alike
+        tokens, positions = IDS[:, position:position + 1], torch.tensor([[position]])
+        after_native = native_step.native_decode_step(model, tokens, positions, None, native_cache)[0]
+        after_dense = native_step.native_decode_step(model, tokens, positions, None, dense_cache)[0]
+        assert _similarity(after_native, after_dense) > 0.999
+    for m in projections[:1]:
+        m.native_prompt_rows = PROMPT - 1  # one layer's kernel lost at this many rows
+    assert native_step.native_prompt(model, prompt, growing_cache(model.config, native_step.cache_dtype(model))) is None
+
+
 @pytest.mark.parametrize("family", ["qwen2", "llama-biases"])
 @torch.inference_mode()
 def test_prompt_passes_take_the_native_int4_kernel_up_to_the_measured_rows(extension, family, monkeypatch):

@@ -303,9 +303,12 @@ class BatchScheduler:
             self._native_steps = self._lean_steps and native_step.ready(self.model)
         cache = growing_cache(self.model.config, self._cache_dtype())
         try:
-            ids = torch.tensor([sequence.prompt_ids], device=self.model.device)
-            output = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            token = _choose([sequence], output.logits[:, -1, :].float())[0]
+            logits = native_step.native_prompt(self.model, sequence.prompt_ids, cache) if self._native_steps else None
+            if logits is None:
+                ids = torch.tensor([sequence.prompt_ids], device=self.model.device)
+                logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1
+                                    ).logits[:, -1, :]
+            token = _choose([sequence], logits.float())[0]
             if isinstance(token, Exception):
                 raise token
         except BaseException as error:  # this request fails; the batch goes on

@@ -60,6 +60,19 @@ class GrowingLayer(DynamicLayer):
             self._buffers = tuple(self._grown(old, length, length + new) for old in (self.keys, self.values))
         return self._buffers
 
+    def begin(self, rows: int, heads: int, head_dim: int, columns: int, dtype: torch.dtype,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Empty, with buffers of room for `columns` columns [rows, heads, columns, head_dim]
+        in `dtype` (the held dtype, if one is set): a native prompt pass writes them, then
+        `filled`."""
+        empty = torch.empty(rows, heads, 0, head_dim, dtype=dtype, device=device)
+        self.lazy_initialization(empty, empty)
+        held = self.held_dtype or dtype
+        self._buffers = tuple(torch.empty(rows, heads, max(columns, 64), head_dim, dtype=held, device=device)
+                              for _ in range(2))
+        self.filled(0)
+        return self._buffers
+
     def filled(self, length: int) -> None:
         """The buffers' first `length` columns are the cache now."""
         self.keys = self._buffers[0][..., :length, :]

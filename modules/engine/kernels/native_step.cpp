@@ -967,61 +967,34 @@ class Decoder {
   at::Tensor step(at::Tensor hidden, at::Tensor cos, at::Tensor sin, std::vector<at::Tensor> keys,
                   std::vector<at::Tensor> values, int64_t length, std::vector<int64_t> starts) {
     const int64_t rows = hidden.size(0);
-    TORCH_CHECK(hidden.scalar_type() == at::kFloat && hidden.is_contiguous() &&
-                hidden.size(1) == hidden_, "hidden: contiguous float32 [rows, hidden]");
-    TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat &&
-                cos.is_contiguous() && sin.is_contiguous() && cos.numel() == rows * head_dim_ &&
-                sin.numel() == rows * head_dim_, "cos / sin: contiguous float32 [rows, head_dim]");
-    TORCH_CHECK(keys.size() == layers_.size() && values.size() == layers_.size(), "one cache per layer");
+    check_inputs(hidden, cos, sin, keys, values, rows, length + 1);
     TORCH_CHECK(starts.empty() || static_cast<int64_t>(starts.size()) == rows, "one start per row");
-    for (size_t l = 0; l < layers_.size(); ++l)
-      for (const at::Tensor* buffer : {&keys[l], &values[l]})
-        TORCH_CHECK(buffer->scalar_type() == keys[0].scalar_type() &&
-                    (buffer->scalar_type() == at::kFloat || buffer->scalar_type() == at::kBFloat16) &&
-                    buffer->dim() == 4 &&
-                    buffer->size(0) == rows && buffer->size(1) == kv_heads_ &&
-                    buffer->size(2) > length && buffer->size(3) == head_dim_ && buffer->stride(3) == 1,
-                    "cache buffers: float32 or bf16 (all alike) [rows, kv heads, > length, head_dim]");
     for (int64_t start : starts) TORCH_CHECK(start >= 0 && start <= length, "start out of range");
-
-    at::Tensor out = hidden.clone();
-    pybind11::gil_scoped_release no_gil;
-    float* h = out.data_ptr<float>();
-    const int64_t rotated = (query_heads_ + kv_heads_) * head_dim_;
-    const int64_t qkv_width = rotated + kv_heads_ * head_dim_;
-    std::vector<float> normed(rows * hidden_), qkv(rows * qkv_width),
-        attended(rows * query_heads_ * head_dim_), projected(rows * hidden_),
-        gate_up(rows * 2 * intermediate_), activated(rows * intermediate_);
-    for (size_t l = 0; l < layers_.size(); ++l) {
-      const Layer& layer = layers_[l];
-      for (int64_t r = 0; r < rows; ++r)
-        rms_norm(h + r * hidden_, layer.input_norm.data(), eps_, hidden_, normed.data() + r * hidden_);
-      layer.qkv.apply(normed.data(), rows, hidden_, qkv.data());
-      if (keys[l].scalar_type() == at::kBFloat16) {
-        rotate_and_store<at::BFloat16>(layer, qkv.data(), cos.data_ptr<float>(), sin.data_ptr<float>(), rows,
-                                       keys[l], values[l], length);
-        attend<at::BFloat16>(qkv.data(), qkv_width, keys[l], values[l], length, starts, rows, attended.data());
-      } else {
-        rotate_and_store<float>(layer, qkv.data(), cos.data_ptr<float>(), sin.data_ptr<float>(), rows,
-                                keys[l], values[l], length);
-        attend<float>(qkv.data(), qkv_width, keys[l], values[l], length, starts, rows, attended.data());
-      }
-      layer.o.apply(attended.data(), rows, query_heads_ * head_dim_, projected.data());
-      for (int64_t i = 0; i < rows * hidden_; ++i) h[i] += projected[i];
-      for (int64_t r = 0; r < rows; ++r)
-        rms_norm(h + r * hidden_, layer.post_attention_norm.data(), eps_, hidden_,
-                 normed.data() + r * hidden_);
-      layer.gate_up.apply(normed.data(), rows, hidden_, gate_up.data());
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* gate = gate_up.data() + r * 2 * intermediate_;
-        const float* up = gate + intermediate_;
-        float* act = activated.data() + r * intermediate_;
-        for (int64_t i = 0; i < intermediate_; ++i) act[i] = gate[i] / (1.0f + exp_approx(-gate[i])) * up[i];
-      }
-      layer.down.apply(activated.data(), rows, intermediate_, projected.data());
-      for (int64_t i = 0; i < rows * hidden_; ++i) h[i] += projected[i];
+    Placement placement;
+    for (int64_t r = 0; r < rows; ++r) {
+      placement.cache_row.push_back(r);
+      placement.column.push_back(length);
+      placement.first.push_back(starts.empty() ? 0 : starts[r]);
     }
-    return out;
+    return run_layers(hidden, cos, sin, keys, values, placement);
+  }
+
+  // A prompt pass of one sequence through the native layers: `hidden` [tokens, hidden] are
+  // the prompt's tokens after `length` cached ones (cache row 0); token i's keys and values
+  // go to column length + i and it attends over columns 0..length + i. The projections
+  // take all tokens at once (the kernels' wide row blocks); everything else is the decode
+  // step's own arithmetic.
+  at::Tensor prompt(at::Tensor hidden, at::Tensor cos, at::Tensor sin, std::vector<at::Tensor> keys,
+                    std::vector<at::Tensor> values, int64_t length) {
+    const int64_t tokens = hidden.size(0);
+    check_inputs(hidden, cos, sin, keys, values, 1, length + tokens);
+    Placement placement;
+    for (int64_t i = 0; i < tokens; ++i) {
+      placement.cache_row.push_back(0);
+      placement.column.push_back(length + i);
+      placement.first.push_back(0);
+    }
+    return run_layers(hidden, cos, sin, keys, values, placement);
   }
 
   // The final norm and an int8 LM head (weights [vocab, hidden], a scale per row), its rows
@@ -1057,15 +1030,108 @@ class Decoder {
  private:
   // Qwen3's head norm, then the rotary embedding of each query and key head (in place in
   // `qkv`); the key and value heads go into the cache at column `length`.
+  // Where each row of a pass reads and writes the cache: its cache row, the column its new
+  // keys and values go to, and its first real column (it attends over first..column).
+  static constexpr int64_t kRowsApart = 16;  // rows from which the row-by-row work is shared
+
+  struct Placement {
+    std::vector<int64_t> cache_row, column, first;
+  };
+
+  void check_inputs(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
+                    const std::vector<at::Tensor>& keys, const std::vector<at::Tensor>& values,
+                    int64_t cache_rows, int64_t columns) const {
+    const int64_t rows = hidden.size(0);
+    TORCH_CHECK(hidden.scalar_type() == at::kFloat && hidden.is_contiguous() &&
+                hidden.size(1) == hidden_, "hidden: contiguous float32 [rows, hidden]");
+    TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat &&
+                cos.is_contiguous() && sin.is_contiguous() && cos.numel() == rows * head_dim_ &&
+                sin.numel() == rows * head_dim_, "cos / sin: contiguous float32 [rows, head_dim]");
+    TORCH_CHECK(keys.size() == layers_.size() && values.size() == layers_.size(), "one cache per layer");
+    for (size_t l = 0; l < layers_.size(); ++l)
+      for (const at::Tensor* buffer : {&keys[l], &values[l]})
+        TORCH_CHECK(buffer->scalar_type() == keys[0].scalar_type() &&
+                    (buffer->scalar_type() == at::kFloat || buffer->scalar_type() == at::kBFloat16) &&
+                    buffer->dim() == 4 &&
+                    buffer->size(0) == cache_rows && buffer->size(1) == kv_heads_ &&
+                    buffer->size(2) >= columns && buffer->size(3) == head_dim_ && buffer->stride(3) == 1,
+                    "cache buffers: float32 or bf16 (all alike) [rows, kv heads, room for the new columns, head_dim]");
+  }
+
+  at::Tensor run_layers(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
+                        std::vector<at::Tensor>& keys, std::vector<at::Tensor>& values,
+                        const Placement& placement) const {
+    const int64_t rows = hidden.size(0);
+    at::Tensor out = hidden.clone();
+    pybind11::gil_scoped_release no_gil;
+    float* h = out.data_ptr<float>();
+    const int64_t rotated = (query_heads_ + kv_heads_) * head_dim_;
+    const int64_t qkv_width = rotated + kv_heads_ * head_dim_;
+    std::vector<float> normed(rows * hidden_), qkv(rows * qkv_width),
+        attended(rows * query_heads_ * head_dim_), projected(rows * hidden_),
+        gate_up(rows * 2 * intermediate_), activated(rows * intermediate_);
+    // The row-by-row work (norms, rotations, activation, residual adds) runs on both threads
+    // for a prompt's many rows; a decode step's few rows stay on one (below kRowsApart).
+    const auto each_row = [rows](const auto& work) {
+      if (rows < kRowsApart) {
+        work(0, rows);
+      } else {
+        at::parallel_for(0, rows, kRowsApart / 2, work);
+      }
+    };
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      const Layer& layer = layers_[l];
+      each_row([&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r)
+          rms_norm(h + r * hidden_, layer.input_norm.data(), eps_, hidden_, normed.data() + r * hidden_);
+      });
+      layer.qkv.apply(normed.data(), rows, hidden_, qkv.data());
+      each_row([&](int64_t begin, int64_t end) {
+        if (keys[l].scalar_type() == at::kBFloat16)
+          rotate_and_store<at::BFloat16>(layer, qkv.data(), cos.data_ptr<float>(), sin.data_ptr<float>(), placement,
+                                         begin, end, keys[l], values[l]);
+        else
+          rotate_and_store<float>(layer, qkv.data(), cos.data_ptr<float>(), sin.data_ptr<float>(), placement,
+                                  begin, end, keys[l], values[l]);
+      });
+      if (keys[l].scalar_type() == at::kBFloat16)
+        attend<at::BFloat16>(qkv.data(), qkv_width, keys[l], values[l], placement, attended.data());
+      else
+        attend<float>(qkv.data(), qkv_width, keys[l], values[l], placement, attended.data());
+      layer.o.apply(attended.data(), rows, query_heads_ * head_dim_, projected.data());
+      each_row([&](int64_t begin, int64_t end) {
+        for (int64_t i = begin * hidden_; i < end * hidden_; ++i) h[i] += projected[i];
+        for (int64_t r = begin; r < end; ++r)
+          rms_norm(h + r * hidden_, layer.post_attention_norm.data(), eps_, hidden_,
+                   normed.data() + r * hidden_);
+      });
+      layer.gate_up.apply(normed.data(), rows, hidden_, gate_up.data());
+      each_row([&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const float* gate = gate_up.data() + r * 2 * intermediate_;
+          const float* up = gate + intermediate_;
+          float* act = activated.data() + r * intermediate_;
+          for (int64_t i = 0; i < intermediate_; ++i) act[i] = gate[i] / (1.0f + exp_approx(-gate[i])) * up[i];
+        }
+      });
+      layer.down.apply(activated.data(), rows, intermediate_, projected.data());
+      each_row([&](int64_t begin, int64_t end) {
+        for (int64_t i = begin * hidden_; i < end * hidden_; ++i) h[i] += projected[i];
+      });
+    }
+    return out;
+  }
+
   template <typename T>
   void rotate_and_store(const Layer& layer, float* qkv, const float* cos, const float* sin,
-                        int64_t rows, at::Tensor& keys, at::Tensor& values, int64_t length) const {
+                        const Placement& placement, int64_t begin, int64_t end, at::Tensor& keys,
+                        at::Tensor& values) const {
     const int64_t d = head_dim_, half = head_dim_ / 2, heads = query_heads_ + kv_heads_;
     const int64_t width = (heads + kv_heads_) * d;
     std::vector<float> head(d);
     T* key_data = keys.data_ptr<T>();
     T* value_data = values.data_ptr<T>();
-    for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t r = begin; r < end; ++r) {
       float* row = qkv + r * width;
       const float* c = cos + r * d;
       const float* s = sin + r * d;
@@ -1076,32 +1142,43 @@ class Decoder {
         std::copy(head.begin(), head.end(), x);
       }
       for (int64_t k = 0; k < kv_heads_; ++k) {
+        const int64_t cache_row = placement.cache_row[r], column = placement.column[r];
         std::copy(row + (query_heads_ + k) * d, row + (query_heads_ + k + 1) * d,
-                  key_data + r * keys.stride(0) + k * keys.stride(1) + length * keys.stride(2));
+                  key_data + cache_row * keys.stride(0) + k * keys.stride(1) + column * keys.stride(2));
         std::copy(row + (heads + k) * d, row + (heads + k + 1) * d,
-                  value_data + r * values.stride(0) + k * values.stride(1) + length * values.stride(2));
+                  value_data + cache_row * values.stride(0) + k * values.stride(1) + column * values.stride(2));
       }
     }
   }
 
-  // softmax(q·kᵀ · scaling)·v of each query head over its row's columns start..length. The
+  // softmax(q·kᵀ · scaling)·v of each query head over its row's columns first..column. The
   // query heads that share a key/value head go together, so each cached row is read (and,
-  // from bf16, widened) once for all of them.
+  // from bf16, widened) once for all of them. Tasks alternate between the first and last
+  // rows left: in a prompt pass later rows attend over more columns, and each thread's
+  // share of tasks then holds about half the work.
   template <typename T>
   void attend(const float* qkv, int64_t width, const at::Tensor& keys, const at::Tensor& values,
-              int64_t length, const std::vector<int64_t>& starts, int64_t rows, float* attended) const {
+              const Placement& placement, float* attended) const {
     const int64_t d = head_dim_, groups = query_heads_ / kv_heads_;
+    const int64_t rows = static_cast<int64_t>(placement.column.size());
     const T* key_data = keys.data_ptr<T>();
     const T* value_data = values.data_ptr<T>();
-    const int64_t work = rows * query_heads_ * (length + 1) * d;
+    int64_t most = 0, work = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t seen = placement.column[r] + 1 - placement.first[r];
+      most = std::max(most, seen);
+      work += query_heads_ * seen * d;
+    }
     const int64_t grain = work < (1 << 17) ? rows * kv_heads_ : 1;
     at::parallel_for(0, rows * kv_heads_, grain, [&](int64_t begin, int64_t end) {
-      std::vector<float> scores(groups * (length + 1)), sums(groups * d), row(d);
+      std::vector<float> scores(groups * most), sums(groups * d), row(d);
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t r = task / kv_heads_, k = task % kv_heads_;
-        const int64_t start = starts.empty() ? 0 : starts[r], seen = length + 1 - start;
-        const Columns<T> columns{key_data + r * keys.stride(0) + k * keys.stride(1) + start * keys.stride(2),
-                                 value_data + r * values.stride(0) + k * values.stride(1) + start * values.stride(2),
+        const int64_t pair = task / kv_heads_, k = task % kv_heads_;
+        const int64_t r = pair % 2 == 0 ? pair / 2 : rows - 1 - pair / 2;
+        const int64_t first = placement.first[r], seen = placement.column[r] + 1 - first;
+        const int64_t cache_row = placement.cache_row[r];
+        const Columns<T> columns{key_data + cache_row * keys.stride(0) + k * keys.stride(1) + first * keys.stride(2),
+                                 value_data + cache_row * values.stride(0) + k * values.stride(1) + first * values.stride(2),
                                  keys.stride(2), values.stride(2), seen};
         const float* queries = qkv + r * width + k * groups * d;
         float* out = attended + (r * query_heads_ + k * groups) * d;
@@ -1248,6 +1325,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(pybind11::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, double>())
       .def("add_layer", &Decoder::add_layer)
       .def("step", &Decoder::step)
+      .def("prompt", &Decoder::prompt)
       .def("set_head", &Decoder::set_head)
       .def("has_head", &Decoder::has_head)
       .def("head_int16_rows", &Decoder::head_int16_rows)

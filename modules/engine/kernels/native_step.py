@@ -427,6 +427,44 @@ def native_decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.
     return project(model.lm_head, inner.norm(hidden))
 
 
+def native_prompt(model: nn.Module, ids: list[int], cache) -> torch.Tensor | None:
+    """A new sequence's prompt pass through the native layers: fills `cache` (a fresh
+    `growing_cache` in `cache_dtype(model)`) and returns the last token's float32 logits
+    [1, vocab], as the decode steps make them (int16 rows, float32 activations and
+    attention, the native head). None where it does not apply: the native step is not
+    ready or has no head, an attention sink, or layers whose kernel lost to the dense
+    matmul at this many rows (`measure_prompt_rows`: AVX2 machines past 16 or so).
+
+    It saves what a prompt pass spends around the kernels in transformers' and the fused
+    layers' Python: a layer's norms, rotations, casts and attention as torch operations
+    took about as long as its projections for a 44-token prompt."""
+    holder = getattr(model, _ATTRIBUTE, None)
+    decoder = None if holder is None else holder.get(model)
+    inner = model.model
+    if (decoder is None or not decoder.has_head() or inner.layers[0].attention_sink is not None
+            or not _prompt_fits(model, len(ids))):
+        return None
+    tokens = torch.tensor(ids, device=model.device)
+    hidden = inner.embed_tokens(tokens).float()
+    positions = torch.arange(len(ids), device=model.device).unsqueeze(0)
+    cos, sin = inner.rotary_emb(hidden, position_ids=positions)
+    sin = signed_sin(sin, sin.shape[-1] // 2)
+    first = inner.layers[0]
+    buffers = [layer.begin(1, first.kv_heads, first.head_dim, len(ids), cache_dtype(model), model.device)
+               for layer in cache.layers]
+    hidden = decoder.prompt(hidden, cos[0].contiguous(), sin[0].contiguous(),
+                            [keys for keys, _ in buffers], [values for _, values in buffers], 0)
+    for layer in cache.layers:
+        layer.filled(len(ids))
+    return decoder.logits(hidden[-1:].contiguous())
+
+
+def _prompt_fits(model: nn.Module, tokens: int) -> bool:
+    """Do all the layers' projections take `tokens` rows through their native kernel?"""
+    projections = [m for layer in model.model.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+    return all(getattr(m, "native_prompt_rows", 0) >= tokens for m in projections)
+
+
 def step_line(model: nn.Module) -> str | None:
     """How decode steps run now, for people: "native step, int4 x int16 rows (AVX2)",
     "native step, torch int4 kernel", "native step, int8 x int16 rows (AVX2)" (int8
