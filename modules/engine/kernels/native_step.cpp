@@ -10,6 +10,8 @@
 // Each row is computed by the same loops over its own cache columns, whatever the
 // other rows are, so a row's result does not depend on the batch it runs in (the
 // projections' kernels are row-independent, which tests/test_decode_step.py checks).
+// A prompt pass (Decoder::prompt) runs the same loops with one sequence's tokens as the
+// rows: token i writes cache column i and attends over columns 0..i.
 // Built at run time by modules/engine/kernels/native_step.py, for this CPU.
 
 #include <torch/extension.h>

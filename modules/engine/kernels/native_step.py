@@ -21,7 +21,10 @@ same model, same cache, logits equal up to float rounding (the loops keep the
 residual stream in float32 where the Python layers round it to the model's dtype).
 
 A batch chooses its step when it starts (BatchScheduler), so one reply never mixes
-the two. Each row's result depends only on that row (tests/test_native_step.py).
+the two. Each row's result depends only on that row (tests/test_native_step.py). A
+native batch's prompts go through the same decoder (`native_prompt`): the step's code
+with the prompt's tokens as rows of one sequence, where the layers' kernel measured
+faster than the dense matmul for that many rows.
 """
 
 from __future__ import annotations
