@@ -67,9 +67,8 @@ class GrowingLayer(DynamicLayer):
         `filled`."""
         empty = torch.empty(rows, heads, 0, head_dim, dtype=dtype, device=device)
         self.lazy_initialization(empty, empty)
-        held = self.held_dtype or dtype
-        self._buffers = tuple(torch.empty(rows, heads, max(columns, 64), head_dim, dtype=held, device=device)
-                              for _ in range(2))
+        held = empty.to(self.held_dtype or dtype)
+        self._buffers = (self._grown(held, 0, columns), self._grown(held, 0, columns))
         self.filled(0)
         return self._buffers
 

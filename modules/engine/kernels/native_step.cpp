@@ -450,6 +450,13 @@ const char* int16_rows_isa() {
 #endif
 }
 
+// Two of a row's int16 values as one 32-bit lane, for a broadcast straight from memory.
+inline int32_t int16_pair(const int16_t* x) {
+  int32_t pair;
+  std::memcpy(&pair, x, 4);
+  return pair;
+}
+
 #if defined(PLAYGROUND_VNNI)
 // Each row per group of 32: int16 values, their step and the group's float sum.
 void quantize_rows(const float* x, int64_t rows, int64_t k, int16_t* q, float* step, float* sum) {
@@ -477,12 +484,6 @@ void quantize_rows(const float* x, int64_t rows, int64_t k, int16_t* q, float* s
 // separate sums, so each sum's chain of dependent instructions is half as long.
 constexpr int kInt16Tiles = 2;  // tiles sharing each row's broadcasts
 constexpr int kInt16WideRows = 8;  // rows per block of weights in prompt passes (4: 1.2x the time)
-
-inline int32_t int16_pair(const int16_t* x) {
-  int32_t pair;
-  std::memcpy(&pair, x, 4);
-  return pair;
-}
 
 template <int T, int R>
 void int16_tiles(const int16_t* xq, const float* step, const float* sum, int64_t k, const uint8_t* packed,
@@ -588,12 +589,6 @@ inline __m256i add_products(__m256i dot, __m256i a, __m256i b) {
 // then 8-15) widened to words, masked for one pair and shifted for the other.
 constexpr int kInt16Tiles = 2;  // two tiles share each row's broadcasts (one tile: 2-7 % slower)
 constexpr int kInt16WideRows = 4;  // 16 registers: no wider blocks for prompts
-
-inline int32_t int16_pair(const int16_t* x) {
-  int32_t pair;
-  std::memcpy(&pair, x, 4);
-  return pair;
-}
 
 template <int T, int R>
 void int16_tiles(const int16_t* xq, const float* step, const float* sum, int64_t k, const uint8_t* packed,
@@ -1030,8 +1025,6 @@ class Decoder {
   }
 
  private:
-  // Qwen3's head norm, then the rotary embedding of each query and key head (in place in
-  // `qkv`); the key and value heads go into the cache at column `length`.
   // Where each row of a pass reads and writes the cache: its cache row, the column its new
   // keys and values go to, and its first real column (it attends over first..column).
   static constexpr int64_t kRowsApart = 16;  // rows from which the row-by-row work is shared
@@ -1124,6 +1117,9 @@ class Decoder {
     return out;
   }
 
+  // Qwen3's head norm, then the rotary embedding of each query and key head of rows
+  // begin..end (in place in `qkv`); the key and value heads go into the cache at each row's
+  // placement.
   template <typename T>
   void rotate_and_store(const Layer& layer, float* qkv, const float* cos, const float* sin,
                         const Placement& placement, int64_t begin, int64_t end, at::Tensor& keys,

@@ -400,8 +400,25 @@ def kernel_name(module: ModuleType, kernel: _TileKernel) -> str:
 
 def ready(model: nn.Module) -> bool:
     """Will `native_decode_step` run for `model` now (attached, extension loaded)?"""
+    return _decoder_of(model) is not None
+
+
+def _decoder_of(model: nn.Module):
+    """The model's native decoder; None where it is not attached or the extension not built."""
     holder = getattr(model, _ATTRIBUTE, None)
-    return holder is not None and holder.get(model) is not None
+    return None if holder is None else holder.get(model)
+
+
+def _decoder_rows(inner: nn.Module, tokens: torch.Tensor, positions: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`tokens` embedded as float32 rows [rows, hidden], with each row's rotary cos and signed
+    sin [rows, head_dim]: what the decoder's `step` and `prompt` take."""
+    hidden = inner.embed_tokens(tokens).float()
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    cos, sin = inner.rotary_emb(hidden, position_ids=positions)
+    sin = signed_sin(sin, sin.shape[-1] // 2)
+    rows = hidden.shape[0]
+    return hidden, cos.reshape(rows, -1).contiguous(), sin.reshape(rows, -1).contiguous()
 
 
 def native_decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
@@ -409,19 +426,14 @@ def native_decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.
     """`decode_step`'s logits through the native step; None where it does not apply (not
     attached or not built, attention being recorded, a cache not held in float32 or bf16
     growing buffers)."""
-    holder = getattr(model, _ATTRIBUTE, None)
-    decoder = None if holder is None else holder.get(model)
+    decoder = _decoder_of(model)
     inner = model.model
     if decoder is None or inner.layers[0].attention_sink is not None or not _native_buffers(cache):
         return None
-    rows = tokens.shape[0]
-    hidden = inner.embed_tokens(tokens).float().view(rows, -1)
-    cos, sin = inner.rotary_emb(hidden, position_ids=positions)
-    sin = signed_sin(sin, sin.shape[-1] // 2)
+    hidden, cos, sin = _decoder_rows(inner, tokens, positions)
     length = cache.layers[0].keys.shape[-2]
     buffers = [layer.room_for(length) for layer in cache.layers]
-    hidden = decoder.step(hidden, cos.reshape(rows, -1).contiguous(), sin.reshape(rows, -1).contiguous(),
-                          [keys for keys, _ in buffers], [values for _, values in buffers],
+    hidden = decoder.step(hidden, cos, sin, [keys for keys, _ in buffers], [values for _, values in buffers],
                           length, starts or [])
     for layer in cache.layers:
         layer.filled(length + 1)
@@ -441,22 +453,17 @@ def native_prompt(model: nn.Module, ids: list[int], cache) -> torch.Tensor | Non
     It saves what a prompt pass spends around the kernels in transformers' and the fused
     layers' Python: a layer's norms, rotations, casts and attention as torch operations
     took about as long as its projections for a 44-token prompt."""
-    holder = getattr(model, _ATTRIBUTE, None)
-    decoder = None if holder is None else holder.get(model)
+    decoder = _decoder_of(model)
     inner = model.model
     if (decoder is None or not decoder.has_head() or inner.layers[0].attention_sink is not None
             or not _prompt_fits(model, len(ids))):
         return None
-    tokens = torch.tensor(ids, device=model.device)
-    hidden = inner.embed_tokens(tokens).float()
     positions = torch.arange(len(ids), device=model.device).unsqueeze(0)
-    cos, sin = inner.rotary_emb(hidden, position_ids=positions)
-    sin = signed_sin(sin, sin.shape[-1] // 2)
+    hidden, cos, sin = _decoder_rows(inner, torch.tensor(ids, device=model.device), positions)
     first = inner.layers[0]
     buffers = [layer.begin(1, first.kv_heads, first.head_dim, len(ids), cache_dtype(model), model.device)
                for layer in cache.layers]
-    hidden = decoder.prompt(hidden, cos[0].contiguous(), sin[0].contiguous(),
-                            [keys for keys, _ in buffers], [values for _, values in buffers], 0)
+    hidden = decoder.prompt(hidden, cos, sin, [keys for keys, _ in buffers], [values for _, values in buffers], 0)
     for layer in cache.layers:
         layer.filled(len(ids))
     return decoder.logits(hidden[-1:].contiguous())
