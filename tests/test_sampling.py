@@ -3,19 +3,39 @@ picked with their probabilities, repeatable under a seed."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from transformers import LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
 
+from modules.engine import sampling
+from modules.engine.kernels import native_step
 from modules.engine.sampling import (
     Sampling,
     TokenPicker,
+    argmax_ids,
     exponential_race,
     nucleus,
     pick_rows,
     top_alternatives,
+    top_k_of,
 )
 from modules.tasks.chat.processors import with_request_processors
+from tests.conftest import make_settings
+
+
+@pytest.fixture(autouse=True, params=["torch", "native"])
+def loops(request, monkeypatch):
+    """Every test runs twice: argmax and top-k by torch, and by the native step's loops."""
+    if request.param == "torch":
+        monkeypatch.setattr(sampling, "_native_loops", lambda scores: None)
+        return None
+    module = native_step.builder.wait(make_settings().cache_dir)
+    if module is None and shutil.which("c++") is None:
+        pytest.skip(f"no C++ compiler here: {native_step.builder.error}")
+    assert module is not None, native_step.builder.error
+    return module
 
 
 def warpers_keep(scores: torch.Tensor, top_k: int, top_p: float) -> set[int]:
@@ -165,3 +185,46 @@ def test_alternatives_are_the_most_likely_tokens_with_their_probabilities():
         expected = torch.softmax(scores[row], -1).topk(len(found[row]))
         assert [token for token, _ in found[row]] == expected.indices.tolist()
         assert torch.allclose(torch.tensor([p for _, p in found[row]]), expected.values, rtol=1e-5)
+
+
+def _hard_rows(generator: torch.Generator) -> torch.Tensor:
+    """Rows that catch a careless argmax or top-k: ties (bf16-rounded and integer scores),
+    -inf runs, fewer finite scores than k, a row sorted upwards, lengths off the vector width."""
+    scores = torch.randn(8, 4099, generator=generator) * 3
+    scores[1] = scores[1].bfloat16().float()
+    scores[2] = scores[2].round()
+    scores[3, ::2] = -torch.inf
+    scores[4, 3:] = -torch.inf
+    scores[5] = torch.arange(4099, dtype=torch.float32)
+    scores[6, 1000:1010] = scores[6].max() + 1  # ten tokens tie for the top
+    scores[7] = 0.0
+    return scores
+
+
+def test_argmax_and_top_k_answer_as_torch_does(loops):
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(5):
+        scores = _hard_rows(generator)
+        assert argmax_ids(scores) == scores.argmax(-1).tolist()
+        assert argmax_ids(scores[:, :13]) == scores[:, :13].argmax(-1).tolist()
+        for k in (1, 5, 66, 4099):
+            values, ids = top_k_of(scores, k)
+            assert torch.equal(values, scores.topk(k, dim=-1).values)
+            assert torch.equal(scores.gather(1, ids), values)
+            for row in range(len(scores)):  # every score above the k-th, then some of its ties
+                kth, chosen = values[row, -1], set(ids[row].tolist())
+                above = set((scores[row] > kth).nonzero().squeeze(1).tolist())
+                ties = (scores[row] == kth).nonzero().squeeze(1).tolist()
+                assert above <= chosen and chosen - above <= set(ties)
+                if loops is not None:  # natively the first ties by id, so the same set every time
+                    assert chosen - above == set(ties[:k - len(above)])
+
+
+def test_rows_with_nan_get_torch_answers(loops):
+    scores = torch.randn(3, 300, generator=torch.Generator().manual_seed(6))
+    scores[1, 40] = torch.nan
+    scores[2, 0] = torch.nan
+    assert argmax_ids(scores) == scores.argmax(-1).tolist()
+    values, ids = top_k_of(scores, 5)
+    expected = scores.topk(5, dim=-1)
+    assert torch.equal(values.isnan(), expected.values.isnan()) and torch.equal(ids, expected.indices)
