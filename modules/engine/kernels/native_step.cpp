@@ -49,6 +49,18 @@ float dot(const float* a, const float* b, int64_t n) {
   return sum;
 }
 
+// Σ a[i], in the same kLanes partial sums as `dot`.
+float dot_ones(const float* a, int64_t n) {
+  float partial[kLanes] = {0.f};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) partial[j] += a[i + j];
+  float sum = 0.f;
+  for (; i < n; ++i) sum += a[i];
+  for (int j = 0; j < kLanes; ++j) sum += partial[j];
+  return sum;
+}
+
 // exp(x), clamped to [-87, 88] (Cephes' polynomial, ~1 ulp): plain arithmetic, so loops vectorize.
 inline float exp_approx(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);
@@ -1329,16 +1341,21 @@ class Decoder {
     int64_t key_stride, value_stride, seen;
   };
 
-  // softmax of each query head's scores (groups rows of `seen`), in place.
+  // softmax of each query head's scores (groups rows of `seen`), in place. The largest score
+  // and the total are taken over kLanes partial results, so all four loops vectorize.
   static void softmax(float* scores, int64_t groups, int64_t seen) {
     for (int64_t g = 0; g < groups; ++g) {
       float* score = scores + g * seen;
-      const float top = *std::max_element(score, score + seen);
-      for (int64_t c = 0; c < seen; ++c) score[c] = exp_approx(score[c] - top);  // vectorizes
-      float total = 0.f;
-      for (int64_t c = 0; c < seen; ++c) total += score[c];
-      const float inverse = 1.0f / total;
-      for (int64_t c = 0; c < seen; ++c) score[c] *= inverse;
+      float partial[kLanes];
+      std::fill(partial, partial + kLanes, score[0]);
+      int64_t c = 0;
+      for (; c + kLanes <= seen; c += kLanes)
+        for (int j = 0; j < kLanes; ++j) partial[j] = score[c + j] > partial[j] ? score[c + j] : partial[j];
+      float top = *std::max_element(partial, partial + kLanes);
+      for (; c < seen; ++c) top = std::max(top, score[c]);
+      for (c = 0; c < seen; ++c) score[c] = exp_approx(score[c] - top);
+      const float inverse = 1.0f / dot_ones(score, seen);
+      for (c = 0; c < seen; ++c) score[c] *= inverse;
     }
   }
 
@@ -1362,16 +1379,37 @@ class Decoder {
       }
     }
     softmax(scores, groups, seen);
-    for (int64_t g = 0; g < groups; ++g) {
-      V::Type acc[C];
-      for (int j = 0; j < C; ++j) acc[j] = V::zero();
-      for (int64_t c = 0; c < seen; ++c) {
-        const V::Type p = V::broadcast(scores[g * seen + c]);
-        for (int j = 0; j < C; ++j)
-          acc[j] = V::fmadd(p, V::widen(columns.value + c * columns.value_stride + j * L), acc[j]);
+    constexpr int kHeads = std::max(1, std::min(4, 12 / C));  // heads per pass: their sums stay in registers
+    for (int64_t g = 0; g < groups; g += kHeads) {
+      switch (std::min<int64_t>(kHeads, groups - g)) {
+        case 1: weigh_values<C, 1>(columns, scores + g * seen, out + g * C * L); break;
+        case 2: weigh_values<C, std::min(2, kHeads)>(columns, scores + g * seen, out + g * C * L); break;
+        case 3: weigh_values<C, std::min(3, kHeads)>(columns, scores + g * seen, out + g * C * L); break;
+        default: weigh_values<C, kHeads>(columns, scores + g * seen, out + g * C * L); break;
       }
-      for (int j = 0; j < C; ++j) V::store(out + (g * C + j) * L, acc[j]);
     }
+  }
+
+  // out[h] = Σ_c p[h][c] · value[c] for H heads (probabilities H rows of columns.seen): each
+  // cached value row is widened once for all H heads.
+  template <int C, int H, typename T>
+  static void weigh_values(const Columns<T>& columns, const float* p, float* out) {
+    using V = FloatVector;
+    constexpr int L = V::kLanes;
+    const int64_t seen = columns.seen;
+    V::Type acc[H][C];
+    for (int h = 0; h < H; ++h)
+      for (int j = 0; j < C; ++j) acc[h][j] = V::zero();
+    for (int64_t c = 0; c < seen; ++c) {
+      V::Type value[C];
+      for (int j = 0; j < C; ++j) value[j] = V::widen(columns.value + c * columns.value_stride + j * L);
+      for (int h = 0; h < H; ++h) {
+        const V::Type weight = V::broadcast(p[h * seen + c]);
+        for (int j = 0; j < C; ++j) acc[h][j] = V::fmadd(weight, value[j], acc[h][j]);
+      }
+    }
+    for (int h = 0; h < H; ++h)
+      for (int j = 0; j < C; ++j) V::store(out + (h * C + j) * L, acc[h][j]);
   }
 #endif
 
