@@ -71,6 +71,20 @@ def test_least_recently_used_model_is_evicted_and_freed(
     assert cache.loads == 3
 
 
+def test_a_load_freezes_the_heap_and_an_eviction_still_frees_cycles(tiny_causal_lm_dir):
+    """A finished load freezes the live heap out of the collector's passes (modules/engine/heap.py);
+    a model dropped later is freed even where a reference cycle holds it."""
+    gc.unfreeze()
+    cache = ModelCache(make_settings())
+    loaded = cache.get(str(tiny_causal_lm_dir), ModelKind.CAUSAL_LM)
+    assert gc.get_freeze_count() > 1000
+    loaded.model.cycle = [loaded.model]  # only the collector can free this
+    freed = weakref.ref(loaded.model)
+    del loaded
+    assert cache.evict(str(tiny_causal_lm_dir), ModelKind.CAUSAL_LM)
+    assert freed() is None, "an evicted model in a reference cycle is still in memory"
+
+
 @pytest.mark.parametrize("bf16_native", [True, False])
 def test_translation_loads_in_bf16_only_where_the_cpu_has_bf16(tiny_marian_dir, tiny_distilbert_dir,
                                                                monkeypatch, bf16_native):

@@ -9,7 +9,6 @@ Loading failures become `ModelError`s whose message a user can act on.
 from __future__ import annotations
 
 import enum
-import gc
 import logging
 import threading
 import time
@@ -35,6 +34,7 @@ from transformers import (
 
 from modules.config import Settings
 from modules.engine.batching import BatchScheduler
+from modules.engine import heap
 from modules.engine.compute import start_job
 from modules.engine.device import pick_device, pick_dtype
 from modules.errors import (
@@ -201,7 +201,10 @@ class ModelCache:
             self._models[key] = loaded
             evicted = self._evict_beyond_bound()
         future.set_result(loaded)
-        self._free(evicted)
+        if evicted:
+            self._free(evicted)
+        else:
+            heap.settle()
         return loaded
 
     def load_in_background(self, ref: str, kind: ModelKind) -> None:
@@ -251,8 +254,11 @@ class ModelCache:
     def evict(self, ref: str, kind: ModelKind) -> bool:
         with self._lock:
             dropped = self._models.pop((ref.strip(), kind), None)
-        self._free([dropped] if dropped else [])
-        return dropped is not None
+        found = dropped is not None
+        evicted = [dropped] if found else []
+        del dropped  # `_free` empties `evicted`: no other reference may outlive it, or the model stays frozen
+        self._free(evicted)
+        return found
 
     def total_bytes(self) -> int:
         with self._lock:
@@ -270,10 +276,9 @@ class ModelCache:
     def _free(evicted: list[LoadedModel]) -> None:
         if not evicted:
             return
-        for model in evicted:
-            log.info("Unloading %s", model.description)
-        evicted.clear()
-        gc.collect()
+        log.info("Unloading %s", ", ".join(model.description for model in evicted))
+        evicted.clear()  # the last references (callers keep none), so the collection frees them
+        heap.release()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
