@@ -159,6 +159,16 @@ struct FloatVector {
     return _mm512_castsi512_ps(_mm512_slli_epi32(halves, 16));
   }
 };
+// The sums of four vectors' lanes, as one vector [Σa, Σb, Σc, Σd]: ~5 instructions a sum
+// where _mm512_reduce_add_ps takes ~8.
+inline __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const auto halves = [](__m512 v) {
+    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  };
+  const __m256 ab = _mm256_hadd_ps(halves(a), halves(b)), cd = _mm256_hadd_ps(halves(c), halves(d));
+  const __m256 abcd = _mm256_hadd_ps(ab, cd);  // Σa's halves, Σb's, Σc's, Σd's in each 128-bit lane
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
 #elif defined(__AVX2__) && defined(__FMA__)
 #define PLAYGROUND_FLOAT_VECTOR 1
 struct FloatVector {
@@ -1369,7 +1379,25 @@ class Decoder {
     using V = FloatVector;
     constexpr int L = V::kLanes;
     const int64_t seen = columns.seen;
-    for (int64_t c = 0; c < seen; ++c) {
+    int64_t c = 0;
+#if defined(__AVX512F__)
+    if constexpr (C <= 4) {  // four columns' keys fit in registers: one reduction for their four sums
+      for (; c + 4 <= seen; c += 4) {
+        V::Type key[4][C];
+        for (int i = 0; i < 4; ++i)
+          for (int j = 0; j < C; ++j) key[i][j] = V::widen(columns.key + (c + i) * columns.key_stride + j * L);
+        for (int64_t g = 0; g < groups; ++g) {
+          V::Type acc[4];
+          for (int i = 0; i < 4; ++i) {
+            acc[i] = V::zero();
+            for (int j = 0; j < C; ++j) acc[i] = V::fmadd(V::floats(queries + (g * C + j) * L), key[i][j], acc[i]);
+          }
+          _mm_storeu_ps(scores + g * seen + c, _mm_mul_ps(sum4(acc[0], acc[1], acc[2], acc[3]), _mm_set1_ps(scaling_)));
+        }
+      }
+    }
+#endif
+    for (; c < seen; ++c) {
       V::Type key[C];
       for (int j = 0; j < C; ++j) key[j] = V::widen(columns.key + c * columns.key_stride + j * L);
       for (int64_t g = 0; g < groups; ++g) {
