@@ -33,8 +33,8 @@ from transformers import (
 )
 
 from modules.config import Settings
-from modules.engine.batching import BatchScheduler
 from modules.engine import heap
+from modules.engine.batching import BatchScheduler
 from modules.engine.compute import start_job
 from modules.engine.device import pick_device, pick_dtype
 from modules.errors import (
