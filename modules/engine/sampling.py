@@ -97,16 +97,16 @@ class TokenPicker:
         if self.processors or self.observers:
             ids = torch.tensor([history], device=scores.device)
         if self.processors:
-            scores = self.processors(ids, scores)
+            scores = run_chain(self.processors, ids, scores)
         if self.generator is None:
             if self.observers:
-                self.observers(ids, scores)
+                run_chain(self.observers, ids, scores)
             return argmax_ids(scores)[0]
         kept, kept_scores = nucleus(scores[0], self.sampling.top_k, self.sampling.top_p)
         if self.observers:
             final = torch.full_like(scores, -float("inf"))
             final[0, kept] = kept_scores
-            self.observers(ids, final)
+            run_chain(self.observers, ids, final)
         return int(kept[exponential_race(torch.softmax(kept_scores, -1), self.generator)])
 
 
@@ -137,7 +137,7 @@ def pick_rows(pickers: Sequence[TokenPicker], history_of: Callable[[int], list[i
         try:
             if picker.before_temperature:
                 ids = torch.tensor([history_of(row)], device=scores.device)
-                rows[place] = picker.before_temperature(ids, rows[place:place + 1])[0]
+                rows[place] = run_chain(picker.before_temperature, ids, rows[place:place + 1])[0]
             usable.append(place)
         except Exception as error:  # e.g. a processor that fails: only this row ends
             picks[row] = error
@@ -161,6 +161,15 @@ def pick_rows(pickers: Sequence[TokenPicker], history_of: Callable[[int], list[i
         except Exception as error:
             picks[row] = error
     return picks
+
+
+def run_chain(chain: LogitsProcessorList, ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """`chain(ids, scores)`, each processor in turn, without `LogitsProcessorList.__call__`'s
+    signature inspection of every processor on every call (~60 us of a ~410 us sampled pick):
+    these chains never get extra arguments."""
+    for processor in chain:
+        scores = processor(ids, scores)
+    return scores
 
 
 def _pick_alone(picker: TokenPicker, history_of: Callable[[int], list[int]], row: int,
