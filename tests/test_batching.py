@@ -260,3 +260,28 @@ def test_a_row_whose_pick_fails_ends_alone_and_the_batch_goes_on(tiny_model, sch
     assert len(broken.tokens) == 2  # it failed in a decode step, beside `fine`
     assert fine.error is None and fine.tokens == expected
     assert live_sequences() == 0
+
+
+def test_a_sequences_history_ids_follow_its_history():
+    """The ids the repetition penalty reads are the prompt and the reply so far at every step,
+    though each step copies only its new token into the buffer."""
+    sequence = Sequence([5, 6, 7], max_new_tokens=3)
+    assert sequence.history_ids().tolist() == [[5, 6, 7]]
+    for token in (8, 9, 10, 11, 12):  # past max_new_tokens too: the buffer grows
+        sequence.tokens.append(token)
+        assert torch.equal(sequence.history_ids(), torch.tensor([sequence.history]))
+
+
+def test_a_penalised_reply_in_a_batch_is_the_reply_alone(tiny_model):
+    """A greedy reply under a repetition penalty reads its own history from the batch's
+    buffers: the same tokens as transformers' generate with the same penalty."""
+    ids = tiny_model.tokenizer("Hello there, hello there", return_tensors="pt").input_ids
+    expected = tiny_model.model.generate(ids, max_new_tokens=12, do_sample=False, repetition_penalty=1.3,
+                                         pad_token_id=0)[0, ids.shape[1]:].tolist()
+    scheduler = BatchScheduler(tiny_model.model, threading.Lock(), max_sequences=4)
+    sequences = [Sequence(ids[0].tolist(), 12, sampling=Sampling(repetition_penalty=1.3)),
+                 Sequence([1, 2, 3, 4], 12, sampling=Sampling(repetition_penalty=1.3))]
+    for sequence in sequences:
+        scheduler.submit(sequence)
+    assert all(sequence.wait(60) for sequence in sequences)
+    assert sequences[0].tokens[:len(expected)] == expected

@@ -91,11 +91,26 @@ class Sequence:
     alternatives: list[list[tuple[int, float]]] = field(default_factory=list)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _picker: TokenPicker | None = field(default=None, repr=False)
+    _ids: torch.Tensor | None = field(default=None, repr=False)  # history_ids' buffer
+    _ids_filled: int = field(default=0, repr=False)
 
     @property
     def history(self) -> list[int]:
         """The prompt and the reply so far (what the repetition penalty reads)."""
         return self.prompt_ids + self.tokens
+
+    def history_ids(self) -> torch.Tensor:
+        """`history` as [1, n] ids, in a buffer with room for every reserved token: a step copies
+        only its new token (the whole list, 4,000 tokens, took 0.65 ms a step and row)."""
+        prompt, length = len(self.prompt_ids), len(self.prompt_ids) + len(self.tokens)
+        if self._ids is None or self._ids.shape[1] < length:
+            self._ids, self._ids_filled = torch.empty(1, max(length, self.reserved_tokens), dtype=torch.long), 0
+        filled = self._ids_filled
+        if filled < length:
+            new = self.prompt_ids[filled:] + self.tokens if filled < prompt else self.tokens[filled - prompt:]
+            self._ids[0, filled:length] = torch.tensor(new, dtype=torch.long)
+            self._ids_filled = length
+        return self._ids[:, :length]
 
     @property
     def reserved_tokens(self) -> int:
@@ -389,7 +404,7 @@ def _choose(sequences: list[Sequence], scores: torch.Tensor) -> list[int | Excep
             scores, [s.top_alternatives for s in sequences])):
         if sequence.top_alternatives:
             sequence.alternatives.append(alternatives)
-    return pick_rows([s._picker for s in sequences], lambda row: sequences[row].history, scores)
+    return pick_rows([s._picker for s in sequences], lambda row: sequences[row].history_ids(), scores)
 
 
 def _finish(sequence: Sequence, reason: str | None, error: BaseException | None = None) -> None:

@@ -38,6 +38,8 @@ from transformers.generation.logits_process import (
 
 from modules.engine.kernels import native_step
 
+History = list[int] | torch.Tensor  # a sequence's token ids so far: a list, or [1, n] ids
+
 # `pick_rows` takes this many scores past the largest k, so that tokens tying the k-th
 # score (common in bf16 logits) are in its one top-k pass too.
 TIE_MARGIN = 16
@@ -92,10 +94,10 @@ class TokenPicker:
         self.before_temperature = LogitsProcessorList(
             self.processors[:-1] if self.temperature is not None else self.processors)
 
-    def pick(self, history: list[int], scores: torch.Tensor) -> int:
+    def pick(self, history: History, scores: torch.Tensor) -> int:
         """The next token after `history` (prompt and reply so far), from a [1, vocab] row."""
         if self.processors or self.observers:
-            ids = torch.tensor([history], device=scores.device)
+            ids = history_ids(history, scores.device)
         if self.processors:
             scores = run_chain(self.processors, ids, scores)
         if self.generator is None:
@@ -110,7 +112,7 @@ class TokenPicker:
         return int(kept[exponential_race(torch.softmax(kept_scores, -1), self.generator)])
 
 
-def pick_rows(pickers: Sequence[TokenPicker], history_of: Callable[[int], list[int]],
+def pick_rows(pickers: Sequence[TokenPicker], history_of: Callable[[int], History],
               scores: torch.Tensor) -> list[int | Exception]:
     """For each row r of `scores` [rows, vocab], what `pickers[r].pick(history_of(r), row r)`
     returns (an exception where it raises), drawing the same random numbers.
@@ -136,7 +138,7 @@ def pick_rows(pickers: Sequence[TokenPicker], history_of: Callable[[int], list[i
         picker = pickers[row]
         try:
             if picker.before_temperature:
-                ids = torch.tensor([history_of(row)], device=scores.device)
+                ids = history_ids(history_of(row), scores.device)
                 rows[place] = run_chain(picker.before_temperature, ids, rows[place:place + 1])[0]
             usable.append(place)
         except Exception as error:  # e.g. a processor that fails: only this row ends
@@ -163,6 +165,13 @@ def pick_rows(pickers: Sequence[TokenPicker], history_of: Callable[[int], list[i
     return picks
 
 
+def history_ids(history: History, device: torch.device) -> torch.Tensor:
+    """`history` as the [1, n] ids processors read (a tensor is taken as it is, on `device`)."""
+    if isinstance(history, torch.Tensor):
+        return history.to(device)
+    return torch.tensor([history], device=device)
+
+
 def run_chain(chain: LogitsProcessorList, ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """`chain(ids, scores)`, each processor in turn, without `LogitsProcessorList.__call__`'s
     signature inspection of every processor on every call (~60 us of a ~410 us sampled pick):
@@ -172,7 +181,7 @@ def run_chain(chain: LogitsProcessorList, ids: torch.Tensor, scores: torch.Tenso
     return scores
 
 
-def _pick_alone(picker: TokenPicker, history_of: Callable[[int], list[int]], row: int,
+def _pick_alone(picker: TokenPicker, history_of: Callable[[int], History], row: int,
                 scores: torch.Tensor) -> int | Exception:
     try:
         return picker.pick(history_of(row) if picker.processors or picker.observers else [], scores)
