@@ -269,7 +269,7 @@ def test_a_sequences_history_ids_follow_its_history():
     assert sequence.history_ids().tolist() == [[5, 6, 7]]
     for token in (8, 9, 10, 11, 12):  # past max_new_tokens too: the buffer grows
         sequence.tokens.append(token)
-        assert torch.equal(sequence.history_ids(), torch.tensor([sequence.history]))
+        assert torch.equal(sequence.history_ids(), torch.tensor([sequence.prompt_ids + sequence.tokens]))
 
 
 def test_a_penalised_reply_in_a_batch_is_the_reply_alone(tiny_model):
