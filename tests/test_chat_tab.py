@@ -9,6 +9,7 @@ import pytest
 from gradio_client import Client
 
 from modules.app_context import AppContext
+from modules.engine.batching import BatchScheduler
 from modules.tasks.chat import live_generation_threads
 from modules.config import EMBEDDED_MODEL
 from modules.ui.layout import build_demo
@@ -90,7 +91,23 @@ def test_too_long_message_is_a_clear_error(client):
         client.predict("word " * 2000, api_name="/chat", **GREEDY)
 
 
-def test_stop_button_ends_the_reply_and_keeps_it(client):
+@pytest.fixture
+def slow_steps(monkeypatch):
+    """Each decode step takes at least 10 ms: a fast CPU wrote the tiny model's 200 tokens
+    (1,700 tok/s) before a Stop sent after the third update arrived."""
+    decode_step = BatchScheduler._decode_step
+    steps = []
+
+    def slow_decode_step(self):
+        time.sleep(0.01)
+        steps.append(self)
+        decode_step(self)
+
+    monkeypatch.setattr(BatchScheduler, "_decode_step", slow_decode_step)
+    return steps
+
+
+def test_stop_button_ends_the_reply_and_keeps_it(client, slow_steps):
     job = client.submit("Tell me a long story.", api_name="/chat", do_sample=False,
                         max_new_tokens=200)
     while len(job.outputs()) < 3 and not job.done():
@@ -100,6 +117,7 @@ def test_stop_button_ends_the_reply_and_keeps_it(client):
     chatbot, _, _, _ = job.outputs()[-1]
     assert "finish: cancelled" in footer(chatbot)
     assert chatbot[-1]["role"] == "assistant"
+    assert 0 < len(slow_steps) < 199  # the reply ran through the slowed steps and stopped early
 
 
 def test_abandoned_and_cancelled_jobs_leave_no_generate_threads(app):
