@@ -76,6 +76,26 @@ def embedded_chat_model(shared_cache):
     return shared_cache.get(EMBEDDED_MODEL, ModelKind.CAUSAL_LM)
 
 
+@pytest.fixture
+def slow_steps(monkeypatch) -> list:
+    """Every batch decode step takes at least 10 ms (the schedulers that ran one, a list),
+    so what a test watches mid-reply happens mid-reply on fast CPUs too: on an AMD Zen 5
+    the tiny model wrote 200 tokens (1,700 tok/s) before a Stop sent after the third
+    update, and a 48-token page reply showed two lengths while streaming."""
+    from modules.engine.batching import BatchScheduler
+
+    decode_step = BatchScheduler._decode_step
+    steps = []
+
+    def slow_decode_step(self):
+        time.sleep(0.01)
+        steps.append(self)
+        decode_step(self)
+
+    monkeypatch.setattr(BatchScheduler, "_decode_step", slow_decode_step)
+    return steps
+
+
 def free_port() -> int:
     """A loopback port nobody listens on now."""
     with socket.socket() as probe:

@@ -192,7 +192,7 @@ def completion_tokens(usage: str) -> int:
 
 
 # --- chat --------------------------------------------------------------------
-def test_chat_reply_streams_then_shows_usage(page):
+def test_chat_reply_streams_then_shows_usage(page, slow_steps):
     chat_settings(page, max_new_tokens=48)
     send(page, "Hello! Tell me about the moon.")
     lengths: list[int] = []
@@ -224,7 +224,7 @@ def test_chat_reply_streams_then_shows_usage(page):
     screenshot(page, "chat")
 
 
-def test_stop_ends_a_long_reply(page):
+def test_stop_ends_a_long_reply(page, slow_steps):
     chat_settings(page, max_new_tokens=512)  # the slider's maximum
     baseline = live_generation_threads()
     send(page, "Write a long story about a dragon.")

@@ -9,7 +9,6 @@ import pytest
 from gradio_client import Client
 
 from modules.app_context import AppContext
-from modules.engine.batching import BatchScheduler
 from modules.tasks.chat import live_generation_threads
 from modules.config import EMBEDDED_MODEL
 from modules.ui.layout import build_demo
@@ -89,22 +88,6 @@ def test_empty_message_is_refused_and_server_keeps_serving(client):
 def test_too_long_message_is_a_clear_error(client):
     with pytest.raises(Exception, match="too long"):
         client.predict("word " * 2000, api_name="/chat", **GREEDY)
-
-
-@pytest.fixture
-def slow_steps(monkeypatch):
-    """Each decode step takes at least 10 ms: a fast CPU wrote the tiny model's 200 tokens
-    (1,700 tok/s) before a Stop sent after the third update arrived."""
-    decode_step = BatchScheduler._decode_step
-    steps = []
-
-    def slow_decode_step(self):
-        time.sleep(0.01)
-        steps.append(self)
-        decode_step(self)
-
-    monkeypatch.setattr(BatchScheduler, "_decode_step", slow_decode_step)
-    return steps
 
 
 def test_stop_button_ends_the_reply_and_keeps_it(client, slow_steps):
