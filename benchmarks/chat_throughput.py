@@ -11,6 +11,10 @@ lent main thread). Each row is one configuration of the embedded model's schedul
 * page: the same batched scheduler reached as browsers do, the Chat tab's streamed /chat
   through gradio_client (greedy /v1 rows, the page's own sampling settings).
 
+Before every measured run the prefix cache is emptied and another question is asked
+(`after_an_earlier_visitor`): a run's prompts then start after the cached system prompt,
+as on a server that has had visitors, but never find themselves cached.
+
 Clients run in a process of their own (benchmarks/clients.py), as real users' do: in
 the server's process their Python would compete with the decode loop for the GIL.
 
@@ -48,7 +52,7 @@ from pathlib import Path  # noqa: E402
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.clients import USER_PROMPTS, Reply, at_once, prompt_of, users_at_once  # noqa: E402
+from benchmarks.clients import EARLIER_VISITOR, USER_PROMPTS, Reply, at_once, prompt_of, users_at_once  # noqa: E402
 from modules.app_context import AppContext  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
 from modules.engine.batching import BatchScheduler  # noqa: E402
@@ -147,6 +151,13 @@ class Row:
 def use_batch_size(loaded, size: int) -> None:
     """Swap the model's scheduler (between rows, when nothing runs)."""
     loaded.scheduler = BatchScheduler(loaded.model, loaded.lock, max_sequences=size)
+
+
+def after_an_earlier_visitor(loaded, kind: str, url: str, model: str) -> None:
+    """Empty the prefix cache, then ask another question, one token: as on a server that has
+    had visitors, a run's prompts find the system prompt cached, never themselves."""
+    loaded.scheduler.prefixes.clear()
+    users_at_once(kind, url, model, 1, 1, prompt=EARLIER_VISITOR)
 
 
 def llama_servers() -> list[tuple[str, list[str]]]:
@@ -273,6 +284,7 @@ def run(args, context, loaded) -> list[Row]:
             for users in args.users:
                 for name, size in configurations.items():
                     use_batch_size(loaded, size)
+                    after_an_earlier_visitor(loaded, "v1", url + "/v1", model)
                     rows[name, users].runs.append(users_at_once("v1", url + "/v1", model, users, args.tokens))
                     print(f"  run {repeat + 1}: {name}, {users} users: "
                           f"{sum(r.tokens for r in rows[name, users].runs[-1])} tokens", flush=True)
@@ -280,7 +292,9 @@ def run(args, context, loaded) -> list[Row]:
         users_at_once("page", url, model, 1, 8)
         for users in args.users:
             row = rows["page, batched (batch 4)", users] = Row("page, batched (batch 4)", users)
-            row.runs = [users_at_once("page", url, model, users, args.tokens) for _ in range(args.repeats)]
+            for _ in range(args.repeats):
+                after_an_earlier_visitor(loaded, "page", url, model)
+                row.runs.append(users_at_once("page", url, model, users, args.tokens))
     result = list(rows.values())
     if args.llama_server:
         for build, command in llama_servers():
@@ -317,6 +331,7 @@ def main() -> None:
     single = []
     for _ in range(args.repeats):  # the chat path alone vs bare generate, interleaved
         seconds, tokens = bare_generate(loaded, PROMPT, args.tokens)
+        loaded.scheduler.prefixes.clear()  # read from the start, as generate reads it
         chat = chat_once(loaded, PROMPT, args.tokens)
         single.append((tokens / seconds, chat["tokens"] / chat["seconds"]))
     bare_tps = statistics.median(b for b, _ in single)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TypeVar
 
@@ -32,6 +32,9 @@ USER_PROMPTS = [
     "Describe a day in the life of a lighthouse keeper.",
     "Write a long letter to a friend about your travels in Italy.",
 ]
+# Asked before each measured run (benchmarks.chat_throughput), never measured: like an
+# earlier visitor's question, it leaves the system prompt in the prefix cache.
+EARLIER_VISITOR = "Hello! What can you do?"
 
 
 @dataclass
@@ -54,10 +57,13 @@ class Reply:
         return (self.e2e - self.ttft) / max(1, self.tokens - 1)
 
 
-def users_at_once(kind: str, url: str, model: str, users: int, tokens: int) -> list[Reply]:
-    """`users` clients of `kind` ("v1" or "page") sending at the same moment, from another process."""
+def users_at_once(kind: str, url: str, model: str, users: int, tokens: int, prompt: str | None = None
+                  ) -> list[Reply]:
+    """`users` clients of `kind` ("v1" or "page") sending at the same moment, from another
+    process; each its own of USER_PROMPTS, or all `prompt`."""
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.clients", kind, url, model, str(users), str(tokens)],
+        [sys.executable, "-m", "benchmarks.clients", kind, url, model, str(users), str(tokens),
+         *([prompt] if prompt else [])],
         capture_output=True, text=True, check=True, timeout=1800)
     return [Reply(**json.loads(line)) for line in result.stdout.splitlines() if line.startswith("{")]
 
@@ -66,25 +72,34 @@ def prompt_of(index: int) -> str:
     return USER_PROMPTS[index % len(USER_PROMPTS)]
 
 
-def stream_one(base_url: str, model: str, prompt: str, tokens: int) -> Reply:
-    """One streamed /v1 chat completion, greedy, timed chunk by chunk."""
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
-    sent, chunks, used = time.perf_counter(), [], 0
+def stream_events(base_url: str, model: str, messages: list[dict], tokens: int) -> Iterator[dict]:
+    """The events of one streamed greedy /v1 chat completion, usage included."""
+    body = {"model": model, "messages": messages, "max_tokens": tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
     with httpx.stream("POST", f"{base_url}/chat/completions", json=body, timeout=600) as response:
         response.raise_for_status()
         for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            if event.get("usage"):
-                used = event["usage"]["completion_tokens"]
-            if any((c.get("delta") or {}).get("content") for c in event.get("choices") or []):
-                chunks.append(time.perf_counter())
+            if line.startswith("data: ") and line != "data: [DONE]":
+                yield json.loads(line[6:])
+
+
+def content_of(event: dict) -> str:
+    return "".join((c.get("delta") or {}).get("content") or "" for c in event.get("choices") or [])
+
+
+def stream_one(base_url: str, model: str, prompt: str, tokens: int) -> Reply:
+    """One streamed /v1 chat completion, greedy, timed chunk by chunk."""
+    sent, chunks, used = time.perf_counter(), [], 0
+    for event in stream_events(base_url, model, [{"role": "user", "content": prompt}], tokens):
+        if event.get("usage"):
+            used = event["usage"]["completion_tokens"]
+        if content_of(event):
+            chunks.append(time.perf_counter())
     return Reply(sent, chunks, used or len(chunks), time.perf_counter())
 
 
-def page_replies(page_url: str, users: int, tokens: int) -> list[Reply]:
+def page_replies(page_url: str, users: int, tokens: int,
+                 ask_of: Callable[[int], str] | None = None) -> list[Reply]:
     """`users` browser-like clients (gradio_client) sending to the Chat tab's /chat at once,
     with the tab's own settings (sampling, repetition penalty). A chunk is an update whose
     text grew; the token count is the one the reply's stats line reports."""
@@ -94,7 +109,7 @@ def page_replies(page_url: str, users: int, tokens: int) -> list[Reply]:
 
     def ask(index: int) -> Reply:
         sent, chunks, text, last = time.perf_counter(), [], "", None
-        job = clients[index].submit(prompt_of(index), api_name="/chat", max_new_tokens=tokens)
+        job = clients[index].submit((ask_of or prompt_of)(index), api_name="/chat", max_new_tokens=tokens)
         for output in job:
             last = output
             reply = _last_reply(output[0])
@@ -155,10 +170,11 @@ def _reported_tokens(chatbot) -> int:
 
 def main() -> None:
     kind, url, model, users, tokens = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    ask_of = (lambda index: sys.argv[6]) if len(sys.argv) > 6 else prompt_of
     if kind == "page":
-        replies = page_replies(url, users, tokens)
+        replies = page_replies(url, users, tokens, ask_of)
     else:
-        replies = at_once(users, lambda index: stream_one(url, model, prompt_of(index), tokens))
+        replies = at_once(users, lambda index: stream_one(url, model, ask_of(index), tokens))
     for reply in replies:
         print(json.dumps(asdict(reply)), flush=True)
 

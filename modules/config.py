@@ -117,6 +117,9 @@ class Settings:
     # and the KV-cache tokens (prompt + max new tokens each) they may reserve together.
     batch_size: int = 4
     kv_cache_tokens: int = 8192
+    # Keys and values of recent prompts and replies that later prompts may start from
+    # (modules/engine/prefix_cache.py), per chat model; 0 turns it off.
+    prefix_cache_mb: int = 256
     max_queue_size: int = 64
     # The /v1 API's key (None: open). Never logged or shown.
     api_key: str | None = field(default=None, repr=False)
@@ -174,6 +177,7 @@ class Settings:
             max_queue_size=_int(env, ENV_PREFIX + "MAX_QUEUE", defaults.max_queue_size),
             batch_size=_int(env, ENV_PREFIX + "BATCH_SIZE", defaults.batch_size),
             kv_cache_tokens=_int(env, ENV_PREFIX + "KV_CACHE_TOKENS", defaults.kv_cache_tokens),
+            prefix_cache_mb=_int(env, ENV_PREFIX + "PREFIX_CACHE_MB", defaults.prefix_cache_mb),
             api_key=env.get(ENV_PREFIX + "API_KEY") or None,
             remote_base_url=env.get(ENV_PREFIX + "REMOTE_BASE_URL") or None,
             remote_api_key=env.get(ENV_PREFIX + "REMOTE_API_KEY") or None,

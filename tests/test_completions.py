@@ -93,3 +93,23 @@ def test_bad_completion_requests_are_400_naming_the_field(client, tiny_ref, opti
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(**request)
     assert caught.value.param == param and caught.value.message
+
+
+def test_a_raw_prompt_sent_again_reports_its_cached_tokens(client, embedded_chat_model):
+    """Raw prompts share the chat's prefix cache: the usage says how much of one was cached,
+    streamed or not, and a two-prompt request adds both up."""
+    from modules.config import EMBEDDED_MODEL
+    from modules.engine.kernels import native_step
+    from tests.conftest import make_settings
+
+    if native_step.builder.wait(make_settings().cache_dir) is None:
+        pytest.skip(f"the native step is not built here: {native_step.builder.error}")
+    prompt = "Completions test: the three primary colours are"
+    first = client.completions.create(model=EMBEDDED_MODEL, prompt=prompt, max_tokens=3, temperature=0)
+    if not native_step.prompt_applies(embedded_chat_model.model, first.usage.prompt_tokens):
+        pytest.skip("prompts this long are read by the dense matmul on this CPU: no prefix is reused")
+    again = list(client.completions.create(model=EMBEDDED_MODEL, prompt=prompt, max_tokens=3, temperature=0,
+                                           stream=True, stream_options={"include_usage": True}))[-1]
+    both = client.completions.create(model=EMBEDDED_MODEL, prompt=[prompt, prompt], max_tokens=3, temperature=0)
+    assert again.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens - 1
+    assert both.usage.prompt_tokens_details.cached_tokens == 2 * (first.usage.prompt_tokens - 1)

@@ -95,6 +95,9 @@ def test_stats_line_and_context_meter():
         "Context: 120 / 1,000 tokens (12 %)"
     assert context_meter([]) == ""
     assert "finish: cancelled" in stats_line(reply_stats(None, None, "m", None))
+    assert "cached" not in line
+    cached = stats_line(reply_stats(Usage(3000, 20, 3020, 0.05, 40.0, cached_tokens=2950), "stop", "tiny", 8192))
+    assert "first token 0.05 s · 2,950 prompt tokens cached · finish: stop" in cached
 
 
 def test_store_save_rename_search_delete():

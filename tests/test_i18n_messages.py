@@ -80,6 +80,7 @@ def test_the_stats_line_and_context_meter_read_in_the_readers_language():
     with reading(CHINESE_READER):
         assert display.stats_line(stats) == "20 个词元 · 40.0 词元/秒 · 首词元 0.25 秒 · 结束：length"
         assert display.context_meter(history) == "上下文：120 / 1,000 个词元（12 %）"
+        assert "首词元 0.25 秒 · 提示中 1,500 个词元来自缓存 · 结束" in display.stats_line({**stats, "cached_tokens": 1500})
     assert display.stats_line(stats) == "20 tokens · 40.0 tok/s · first token 0.25 s · finish: length"
     assert display.context_meter(history) == "Context: 120 / 1,000 tokens (12 %)"
 

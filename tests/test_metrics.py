@@ -29,9 +29,9 @@ def test_metrics_count_requests_tokens_and_timings(tiny_causal_lm_dir, shared_ca
         reply = client.chat.completions.create(
             model=str(tiny_causal_lm_dir), messages=[{"role": "user", "content": "Hi"}],
             max_tokens=5, temperature=0)
-        list(client.chat.completions.create(
+        streamed = list(client.chat.completions.create(
             model=str(tiny_causal_lm_dir), messages=[{"role": "user", "content": "Hi"}],
-            max_tokens=5, temperature=0, stream=True))
+            max_tokens=5, temperature=0, stream=True, stream_options={"include_usage": True}))
         try:
             client.chat.completions.create(model="no/such-model", messages=[{"role": "user", "content": "x"}])
         except openai.NotFoundError:
@@ -43,6 +43,8 @@ def test_metrics_count_requests_tokens_and_timings(tiny_causal_lm_dir, shared_ca
     assert value(samples, "playground_requests_total", endpoint=chat, status="404") == 1
     assert value(samples, "playground_completion_tokens_total") == 2 * reply.usage.completion_tokens
     assert value(samples, "playground_prompt_tokens_total") == 2 * reply.usage.prompt_tokens
+    assert value(samples, "playground_cached_prompt_tokens_total") == (
+        reply.usage.prompt_tokens_details.cached_tokens + streamed[-1].usage.prompt_tokens_details.cached_tokens)
     assert value(samples, "playground_time_to_first_token_seconds_count") == 2
     assert value(samples, "playground_request_duration_seconds_count", endpoint=chat) == 3
     if reply.usage.completion_tokens > 1:

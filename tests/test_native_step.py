@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from modules.engine.batching import BatchScheduler, Sequence
 from modules.engine.kv_cache import growing_cache
+from modules.engine.prefix_cache import PrefixCache
 from modules.engine.cpu_profile import SpeedPlan
 from modules.engine.kernels import native_step
 from modules.engine.kernels.decode_step import decode_step, supports_decode_step
@@ -446,6 +447,47 @@ def test_a_native_prompt_pass_fills_the_cache_as_transformers_pass_does(extensio
     for m in projections[:1]:
         m.native_prompt_rows = PROMPT - 1  # one layer's kernel lost at this many rows
     assert native_step.native_prompt(model, prompt, growing_cache(model.config, native_step.cache_dtype(model))) is None
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama-biases"])
+@pytest.mark.parametrize("weights", ["int4 int16", "int4 tiles"])
+@torch.inference_mode()
+def test_a_prompt_read_after_a_cached_prefix_is_the_whole_prompt_read_bit_for_bit(extension, family, weights):
+    """What the prefix cache relies on: the prompt's tokens after a stored prefix, read on
+    their own, give the full pass's logits and keys and values exactly, wherever the prefix
+    ends (one token, a kernel's row block, all but the last), and so do the steps after.
+    The steps write the keys and values a prompt pass over those tokens writes, so a
+    finished reply's may be reused too."""
+    _needs(extension, weights)
+    model = _prepared(_four_bit_model(family), weights)
+    assert native_step.ready(model)
+    for m in model.modules():
+        if getattr(m, "tile_kernel", None):
+            m.native_prompt_rows = native_step.ANY_ROWS
+    prompt = IDS[0].tolist()
+    whole = growing_cache(model.config, native_step.cache_dtype(model))
+    expected = native_step.native_prompt(model, prompt, whole)
+    store = PrefixCache(1 << 30)
+    store.store(prompt[:-1], [layer.keys[0] for layer in whole.layers], [layer.values[0] for layer in whole.layers])
+    for reused in (1, 8, 17, len(prompt) - 1):
+        entry, length = store.longest(prompt[:reused] + [prompt[-1] + 1])  # differs after `reused`
+        assert length == reused
+        cache = growing_cache(model.config, native_step.cache_dtype(model))
+        logits = native_step.native_prompt(model, prompt, cache, entry, reused)
+        assert torch.equal(logits, expected), reused
+        for mine, theirs in zip(cache.layers, whole.layers):
+            assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values)
+    steps = [growing_cache(model.config, native_step.cache_dtype(model)) for _ in range(2)]
+    native_step.native_prompt(model, prompt[:20], steps[0])
+    native_step.native_prompt(model, prompt[:20], steps[1], *store.longest(prompt[:20]))
+    for position in range(20, 23):
+        tokens, positions = IDS[:, position:position + 1], torch.tensor([[position]])
+        after = [native_step.native_decode_step(model, tokens, positions, None, cache) for cache in steps]
+        assert torch.equal(after[0], after[1])
+    read = growing_cache(model.config, native_step.cache_dtype(model))
+    native_step.native_prompt(model, prompt[:23], read)
+    for stepped, theirs in zip(steps[0].layers, read.layers):
+        assert torch.equal(stepped.keys, theirs.keys) and torch.equal(stepped.values, theirs.values)
 
 
 def test_prompt_row_timings_outlast_a_burst_of_other_work():

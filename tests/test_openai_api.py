@@ -20,6 +20,7 @@ import torch
 from modules.app_context import AppContext
 from modules.tasks.chat import GenerationParams, stream_chat
 from modules.config import EMBEDDED_MODEL
+from modules.engine.kernels import native_step
 from modules.serving.launch import create_app, serve_in_thread
 from modules.ui.layout import build_demo
 from tests.conftest import make_settings, wait_for_generations
@@ -181,6 +182,22 @@ def test_embedded_model_answers_greedily_streamed_and_not(client):
         "The capital of France is Paris."
     )
     assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+
+
+def test_a_repeated_prompt_reports_its_cached_tokens(client, embedded_chat_model):
+    """usage.prompt_tokens_details.cached_tokens, as OpenAI reports it: on the native path
+    (modules/engine/prefix_cache.py) a prompt sent again reads only its last token."""
+    if native_step.builder.wait(make_settings().cache_dir) is None:
+        pytest.skip(f"the native step is not built here: {native_step.builder.error}")
+    question = [{"role": "user", "content": "Which ocean is the largest, in this API test?"}]
+    first, again = (client.chat.completions.create(model=EMBEDDED_MODEL, messages=question, max_tokens=4,
+                                                   temperature=0) for _ in range(2))
+    prompt = again.usage.prompt_tokens
+    if not native_step.prompt_applies(embedded_chat_model.model, prompt):
+        pytest.skip("prompts this long are read by the dense matmul on this CPU: no prefix is reused")
+    assert again.usage.prompt_tokens_details.cached_tokens == prompt - 1
+    assert first.usage.prompt_tokens_details.cached_tokens < again.usage.prompt_tokens_details.cached_tokens
+    assert again.choices[0].message.content == first.choices[0].message.content
 
 
 def test_stop_string_ends_the_reply_without_it(client):

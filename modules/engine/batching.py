@@ -42,6 +42,7 @@ from modules.engine.compute import start_job
 from modules.engine.kernels import native_step
 from modules.engine.kernels.decode_step import decode_step, supports_decode_step
 from modules.engine.kv_cache import growing_cache
+from modules.engine.prefix_cache import PrefixCache
 from modules.engine.sampling import Sampling, TokenPicker, pick_rows, top_alternatives
 from modules.errors import ModelError
 from modules.messages import message
@@ -52,6 +53,7 @@ DRIVER_JOB_PREFIX = "batch-driver"
 DEFAULT_MAX_SEQUENCES = 4
 DEFAULT_KV_CACHE_TOKENS = 8192
 DEFAULT_MAX_WAITING = 32
+DEFAULT_PREFIX_CACHE_BYTES = 256 << 20
 LOCK_POLL_S = 0.05
 
 FINISH_EOS, FINISH_LENGTH, FINISH_CANCELLED = "stop", "length", "cancelled"
@@ -85,6 +87,7 @@ class Sequence:
     finish_reason: str | None = None
     error: BaseException | None = None
     ahead: int = 0  # sequences waiting before this one (0 once running)
+    cached_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
     # When > 0, the model's top alternatives (token id, probability) at each step, from
     # the logits this step computed anyway (no extra forward pass): the chat's branching.
     top_alternatives: int = 0
@@ -212,7 +215,8 @@ class BatchScheduler:
     def __init__(self, model: torch.nn.Module, lock: threading.Lock,
                  max_sequences: int = DEFAULT_MAX_SEQUENCES,
                  kv_cache_tokens: int = DEFAULT_KV_CACHE_TOKENS,
-                 max_waiting: int = DEFAULT_MAX_WAITING) -> None:
+                 max_waiting: int = DEFAULT_MAX_WAITING,
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES) -> None:
         self.model = model
         self.lock = lock
         self.max_sequences = max(1, max_sequences if batchable(model) else 1)
@@ -227,6 +231,8 @@ class BatchScheduler:
         # the native step once it is built; a batch keeps the step it started with.
         self._lean_steps = supports_decode_step(model)
         self._native_steps = False
+        # Prompts and replies read on the native path, for later prompts that begin alike.
+        self.prefixes = PrefixCache(prefix_cache_bytes)
 
     # --- what callers use ----------------------------------------------------
     def submit(self, sequence: Sequence) -> Sequence:
@@ -313,8 +319,12 @@ class BatchScheduler:
         if self._batch.cache is None:  # a new batch: one kind of step for all its replies
             self._native_steps = self._lean_steps and native_step.ready(self.model)
         cache = growing_cache(self.model.config, self._cache_dtype())
+        ids = sequence.prompt_ids
+        reusable = self._native_steps and native_step.prompt_applies(self.model, len(ids))
+        prefix, sequence.cached_tokens = self.prefixes.longest(ids) if reusable else (None, 0)
         try:
-            logits = native_step.native_prompt(self.model, sequence.prompt_ids, cache) if self._native_steps else None
+            logits = native_step.native_prompt(self.model, ids, cache, prefix, sequence.cached_tokens) \
+                if reusable else None
             if logits is None:
                 ids = torch.tensor([sequence.prompt_ids], device=self.model.device)
                 logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1
@@ -325,6 +335,10 @@ class BatchScheduler:
         except BaseException as error:  # this request fails; the batch goes on
             _finish(sequence, None, error)
             return
+        if reusable:
+            self.prefixes.note_reused(sequence.cached_tokens)
+            self.prefixes.store(ids, [layer.keys[0] for layer in cache.layers],
+                                [layer.values[0] for layer in cache.layers])
         if self._emit(sequence, token):
             _finish(sequence, None)
             return
@@ -384,6 +398,8 @@ class BatchScheduler:
 
     def _leave(self, rows: set[int], reason: str | None, error: BaseException | None = None) -> None:
         """Take `rows` out of the batch and finish them."""
+        if error is None:
+            self._remember(rows)
         with self._state:
             leaving = [s for row, s in enumerate(self._running) if row in rows]
             kept = [row for row in range(len(self._running)) if row not in rows]
@@ -391,6 +407,20 @@ class BatchScheduler:
         self._batch.keep(kept)
         for sequence in leaving:
             _finish(sequence, reason or sequence.finish_reason, error)
+
+
+    def _remember(self, rows: set[int]) -> None:
+        """Store leaving rows' prompt and reply in the prefix cache: a chat's next turn begins
+        with them. The cache holds each row's tokens but its last (not yet fed back)."""
+        if not self._native_steps or not self.prefixes.budget_bytes:
+            return
+        for row in sorted(rows):
+            sequence, start = self._running[row], self._batch.pads[row]
+            ids = sequence.prompt_ids + sequence.tokens[:-1]
+            layers = self._batch.cache.layers
+            if layers[0].keys.shape[-2] - start == len(ids):
+                self.prefixes.store(ids, [layer.keys[row, :, start:] for layer in layers],
+                                    [layer.values[row, :, start:] for layer in layers])
 
 
 def _choose(sequences: list[Sequence], scores: torch.Tensor) -> list[int | Exception]:

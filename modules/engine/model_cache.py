@@ -307,7 +307,8 @@ class ModelCache:
         if kind is ModelKind.CAUSAL_LM:
             loaded.scheduler = BatchScheduler(model, loaded.lock, self.settings.batch_size,
                                               self.settings.kv_cache_tokens,
-                                              max_waiting=self.settings.max_queue_size)
+                                              max_waiting=self.settings.max_queue_size,
+                                              prefix_cache_bytes=self.settings.prefix_cache_mb << 20)
         return loaded
 
     def _after_load(self, model: PreTrainedModel, kind: ModelKind, dtype: torch.dtype,

@@ -49,6 +49,9 @@ class Metrics:
                                      registry=r)
         self.completion_tokens = Counter(PREFIX + "completion_tokens", "Tokens generated.",
                                          registry=r)
+        self.cached_prompt_tokens = Counter(
+            PREFIX + "cached_prompt_tokens", "Prompt tokens not read again: the prefix cache held them.",
+            registry=r)
         self.time_to_first_token = Histogram(
             PREFIX + "time_to_first_token_seconds", "From request to its first generated token.",
             buckets=LATENCY_BUCKETS, registry=r)
@@ -67,6 +70,7 @@ class Metrics:
             return
         self.prompt_tokens.inc(usage.prompt_tokens)
         self.completion_tokens.inc(usage.completion_tokens)
+        self.cached_prompt_tokens.inc(usage.cached_tokens)
         if usage.time_to_first_token_s is not None:
             self.time_to_first_token.observe(usage.time_to_first_token_s)
         if usage.tokens_per_second and usage.completion_tokens > 1:

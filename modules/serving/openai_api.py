@@ -195,8 +195,9 @@ async def _several_choices(request: Request, backend: ChatBackend, chat: ChatReq
     body["choices"] = [{**b["choices"][0], "index": i} for i, b in enumerate(bodies)]
     completion = sum(last.usage.completion_tokens for last in lasts if last.usage)
     prompt = lasts[0].usage.prompt_tokens if lasts[0].usage else 0
+    cached = lasts[0].usage.cached_tokens if lasts[0].usage else 0
     body["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                     "total_tokens": prompt + completion}
+                     "total_tokens": prompt + completion, "prompt_tokens_details": {"cached_tokens": cached}}
     return JSONResponse(body)
 
 
@@ -586,7 +587,8 @@ def _usage_body(usage: Usage | None) -> dict[str, int] | None:
     if usage is None:
         return None
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
+            "total_tokens": usage.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
 
 
 def _header_safe(text: str) -> str:

@@ -72,7 +72,8 @@ def add_completions(api: FastAPI, context: AppContext, require_key: Any) -> None
             choices.append(choice)
             usage = Usage(usage.prompt_tokens + used.prompt_tokens,
                           usage.completion_tokens + used.completion_tokens,
-                          usage.total_tokens + used.total_tokens, None, None)
+                          usage.total_tokens + used.total_tokens, None, None,
+                          usage.cached_tokens + used.cached_tokens)
         return JSONResponse({"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                              "created": int(time.time()), "model": parsed.model,
                              "system_fingerprint": None, "choices": choices,
@@ -176,7 +177,7 @@ def _start(loaded: Any, parsed: CompletionRequest, prompt: _Prompt, cancel: thre
 async def _complete(request: Request, loaded: Any, parsed: CompletionRequest, prompt: _Prompt,
                     index: int) -> tuple[dict[str, Any], Usage]:
     prompt_tokens = len(prompt.prepared.input_ids)
-    text, reason, entries, generated = "", "length", [], 0
+    text, reason, entries, generated, cached = "", "length", [], 0, 0
     if parsed.generate:
         cancel = threading.Event()
         chunks, recorder = _start(loaded, parsed, prompt, cancel)
@@ -186,6 +187,7 @@ async def _complete(request: Request, loaded: Any, parsed: CompletionRequest, pr
             await v1._close(chunks, cancel)
         text, reason = last.text, v1._openai_finish_reason(last.finish_reason)
         generated = last.usage.completion_tokens if last.usage else 0
+        cached = last.usage.cached_tokens if last.usage else 0
         metrics_for_request(request).observe_usage(last.usage)
         entries = recorder.entries if recorder else []
     logprobs = None
@@ -194,7 +196,7 @@ async def _complete(request: Request, loaded: Any, parsed: CompletionRequest, pr
         logprobs = legacy_logprobs(echoed, entries, prompt.text if parsed.echo else "")
     choice = {"index": index, "text": (prompt.text if parsed.echo else "") + text,
               "logprobs": logprobs, "finish_reason": reason}
-    return choice, Usage(prompt_tokens, generated, prompt_tokens + generated, None, None)
+    return choice, Usage(prompt_tokens, generated, prompt_tokens + generated, None, None, cached)
 
 
 async def _first_then_rest(chunks) -> ChatChunk:
@@ -249,7 +251,7 @@ async def _sse(request: Request, loaded: Any, parsed: CompletionRequest,
         yield event(prompt.text, legacy_logprobs(prompt.scores, [], prompt.text)
                     if wants_logprobs else None, None)
     offset = len(prompt.text) if parsed.echo else 0
-    generated, reason = 0, "length"
+    generated, cached, reason = 0, 0, "length"
     if parsed.generate:
         cancel = threading.Event()
         chunks, recorder = _start(loaded, parsed, prompt, cancel)
@@ -265,6 +267,7 @@ async def _sse(request: Request, loaded: Any, parsed: CompletionRequest,
                 if chunk.finish_reason is not None:
                     reason = v1._openai_finish_reason(chunk.finish_reason)
                     generated = chunk.usage.completion_tokens if chunk.usage else 0
+                    cached = chunk.usage.cached_tokens if chunk.usage else 0
                     metrics_for_request(request).observe_usage(chunk.usage)
                     break
         except v1.ApiError as error:
@@ -274,7 +277,7 @@ async def _sse(request: Request, loaded: Any, parsed: CompletionRequest,
             await v1._close(chunks, cancel)
     yield event("", None, reason)
     if parsed.include_usage:
-        usage = Usage(prompt_tokens, generated, prompt_tokens + generated, None, None)
+        usage = Usage(prompt_tokens, generated, prompt_tokens + generated, None, None, cached)
         yield v1._sse({"id": completion_id, "object": "text_completion", "created": created,
                        "model": parsed.model, "choices": [], "usage": v1._usage_body(usage)})
     yield "data: [DONE]\n\n"

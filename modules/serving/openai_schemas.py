@@ -14,8 +14,10 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "properties": {"message": {"type": "string"}, "type": {"type": "string"},
                    "param": NULLABLE_STRING, "code": NULLABLE_STRING}}}}
 USAGE = {"type": ["object", "null"], "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
-         "properties": {k: {"type": "integer", "minimum": 0}
-                        for k in ("prompt_tokens", "completion_tokens", "total_tokens")}}
+         "properties": {**{k: {"type": "integer", "minimum": 0}
+                           for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+                        "prompt_tokens_details": {"type": "object", "required": ["cached_tokens"], "properties": {
+                            "cached_tokens": {"type": "integer", "minimum": 0}}}}}
 TEXT_PART = {"type": "object", "required": ["type", "text"],
              "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
 MESSAGE = {"type": "object", "required": ["role", "content"], "properties": {

@@ -42,12 +42,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from modules.engine.cpu_profile import cpu_flags, cpu_identity
 from modules.engine.kernels.fused_llama import FusedLlamaLayer, project, signed_sin
+
+if TYPE_CHECKING:
+    from modules.engine.prefix_cache import CachedPrefix
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +269,7 @@ class _NativeDecoder:
 # change path together with the steps, between two batches. Both are compute-bound beyond
 # the largest count timed, so a kernel that wins there takes prompts of any length (the
 # same layer at 1024 and 2048 rows: 0.44x and 0.46x).
+#
 # A tie goes to the kernel: the native pass also leaves out the Python and the torch
 # attention around the projections. On an AMD Zen 5 (AVX512-BF16) the projections tied at
 # 256 rows (2.4 / 2.3 ms) while whole native passes took 0.70-0.78x the dense pass's time
@@ -451,31 +456,47 @@ def native_decode_step(model: nn.Module, tokens: torch.Tensor, positions: torch.
     return project(model.lm_head, inner.norm(hidden))
 
 
-def native_prompt(model: nn.Module, ids: list[int], cache) -> torch.Tensor | None:
+def native_prompt(model: nn.Module, ids: list[int], cache, prefix: CachedPrefix | None = None,
+                  reused: int = 0) -> torch.Tensor | None:
     """A new sequence's prompt pass through the native layers: fills `cache` (a fresh
     `growing_cache` in `cache_dtype(model)`) and returns the last token's float32 logits
     [1, vocab], as the decode steps make them (int16 rows, float32 activations and
-    attention, the native head). None where it does not apply: the native step is not
-    ready or has no head, an attention sink, or layers whose kernel lost to the dense
-    matmul at this many rows (`measure_prompt_rows`: AVX2 machines past 16 or so).
+    attention, the native head). With `prefix` (modules/engine/prefix_cache.py), its keys
+    and values stand for the first `reused` tokens and only the rest are read: every token
+    is computed on its own, so the logits are the full pass's bit for bit. None where it
+    does not apply: the native step is not ready or has no head, an attention sink, or
+    layers whose kernel lost to the dense matmul at this many rows (`measure_prompt_rows`:
+    AVX2 machines past 16 or so).
 
     It saves what a prompt pass spends around the kernels in transformers' and the fused
     layers' Python: a layer's norms, rotations, casts and attention as torch operations
     took about as long as its projections for a 44-token prompt."""
-    decoder = _decoder_of(model)
-    inner = model.model
-    if (decoder is None or not decoder.has_head() or inner.layers[0].attention_sink is not None
-            or not _prompt_fits(model, len(ids))):
+    if not prompt_applies(model, len(ids)):
         return None
-    positions = torch.arange(len(ids), device=model.device).unsqueeze(0)
-    hidden, cos, sin = _decoder_rows(inner, torch.tensor(ids, device=model.device), positions)
+    decoder, inner = _decoder_of(model), model.model
+    reused = min(reused, len(ids) - 1) if prefix is not None else 0  # the last token is always read
+    positions = torch.arange(reused, len(ids), device=model.device).unsqueeze(0)
+    hidden, cos, sin = _decoder_rows(inner, torch.tensor(ids[reused:], device=model.device), positions)
     first = inner.layers[0]
     buffers = [layer.begin(1, first.kv_heads, first.head_dim, len(ids), cache_dtype(model), model.device)
                for layer in cache.layers]
-    hidden = decoder.prompt(hidden, cos, sin, [keys for keys, _ in buffers], [values for _, values in buffers], 0)
+    if reused:
+        for (keys, values), old_keys, old_values in zip(buffers, prefix.keys, prefix.values):
+            keys[0, :, :reused] = old_keys[:, :reused]
+            values[0, :, :reused] = old_values[:, :reused]
+    hidden = decoder.prompt(hidden, cos, sin, [keys for keys, _ in buffers], [values for _, values in buffers],
+                            reused)
     for layer in cache.layers:
         layer.filled(len(ids))
     return decoder.logits(hidden[-1:].contiguous())
+
+
+def prompt_applies(model: nn.Module, tokens: int) -> bool:
+    """Does a prompt of `tokens` go through `native_prompt` (and so may start from a cached
+    prefix: the native pass computes each token alike, read from the start or not)?"""
+    decoder = _decoder_of(model)
+    return (decoder is not None and decoder.has_head() and model.model.layers[0].attention_sink is None
+            and _prompt_fits(model, tokens))
 
 
 def _prompt_fits(model: nn.Module, tokens: int) -> bool:

@@ -72,7 +72,8 @@ def reply_stats(usage: Usage | None, finish_reason: str | None, model: str,
     stats = {"finish": finish_reason or "cancelled", "model": model, "context_window": context_window}
     if usage is not None:
         stats.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                     first_token_s=usage.time_to_first_token_s, tokens_per_s=usage.tokens_per_second)
+                     first_token_s=usage.time_to_first_token_s, tokens_per_s=usage.tokens_per_second,
+                     cached_tokens=usage.cached_tokens)
     return stats
 
 
@@ -85,6 +86,8 @@ def stats_line(stats: dict, language: str = DEFAULT_LANGUAGE) -> str:
         parts.append(message_text("chat.stats_speed", language, speed=stats["tokens_per_s"]))
     if stats.get("first_token_s") is not None:
         parts.append(message_text("chat.stats_first_token", language, seconds=stats["first_token_s"]))
+    if stats.get("cached_tokens"):  # the prompt's start came from the prefix cache
+        parts.append(message_text("chat.stats_cached", language, count=stats["cached_tokens"]))
     parts.append(message_text("chat.stats_finish", language,
                       reason=stats.get("finish") or message_text("chat.finish_unknown", language)))
     if stats.get("edited"):
@@ -283,7 +286,7 @@ MAX_IMPORT_MESSAGES = 2_000
 MAX_VARIANT_DEPTH = 8
 STAT_KEYS = {"prompt_tokens": int, "completion_tokens": int, "first_token_s": float,
              "tokens_per_s": float, "finish": str, "model": str, "context_window": int,
-             "thinking_s": float, "edited": bool}
+             "thinking_s": float, "edited": bool, "cached_tokens": int}
 
 
 def export_json(conversation: dict) -> str:

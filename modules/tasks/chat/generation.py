@@ -252,7 +252,7 @@ def _usage(prompt: PreparedPrompt, sequence: Sequence, requested_at: float) -> U
     speed = None
     if tokens and sequence.started_at and sequence.finished_at and sequence.finished_at > sequence.started_at:
         speed = tokens / (sequence.finished_at - sequence.started_at)
-    return Usage(prompt_tokens, tokens, prompt_tokens + tokens, ttft, speed)
+    return Usage(prompt_tokens, tokens, prompt_tokens + tokens, ttft, speed, sequence.cached_tokens)
 
 
 def _explain(error: BaseException) -> PlaygroundError:

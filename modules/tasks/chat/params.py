@@ -103,6 +103,7 @@ class Usage:
     total_tokens: int
     time_to_first_token_s: float | None
     tokens_per_second: float | None
+    cached_tokens: int = 0  # prompt tokens not read again: their keys and values were cached
 
 
 @dataclass(frozen=True)
