@@ -6,6 +6,7 @@ import httpx
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
+from modules.config import EMBEDDED_MODEL
 from tests.test_openai_api import API_KEY, running_app
 
 
@@ -52,6 +53,18 @@ def test_metrics_count_requests_tokens_and_timings(tiny_causal_lm_dir, shared_ca
     assert value(samples, "playground_models_loaded") >= 1
     assert value(samples, "playground_model_bytes", model=str(tiny_causal_lm_dir)) > 0
     assert value(samples, "playground_requests_running") == 0
+
+
+def test_metrics_show_each_chat_models_prefix_cache(shared_cache, embedded_chat_model, monkeypatch):
+    monkeypatch.delenv("PLAYGROUND_METRICS_KEY", raising=False)
+    monkeypatch.delenv("PLAYGROUND_PROTECT_METRICS", raising=False)
+    with running_app(shared_cache, chat_model=EMBEDDED_MODEL, api_key=API_KEY) as (url, _, _):
+        client = openai.OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+        client.chat.completions.create(model=EMBEDDED_MODEL, max_tokens=2, temperature=0,
+                                       messages=[{"role": "user", "content": "Metrics test: hello"}])
+        samples = [s for family in scrape(url).values() for s in family]
+    held = [s for s in samples if s.name == "playground_prefix_cache_bytes" and s.labels["model"] == EMBEDDED_MODEL]
+    assert len(held) == 1 and held[0].value == embedded_chat_model.scheduler.prefixes.nbytes
 
 
 def test_metrics_can_require_a_key(tiny_causal_lm_dir, shared_cache, monkeypatch):

@@ -84,7 +84,8 @@ class Metrics:
 
 
 class _CacheCollector(Collector):
-    """Gauges read when scraped: sequences running and waiting, models loaded and their bytes."""
+    """Gauges read when scraped: sequences running and waiting, models loaded and their bytes,
+    and the bytes each chat model's prefix cache holds."""
 
     def __init__(self, context: AppContext) -> None:
         self.cache = context.cache
@@ -110,6 +111,14 @@ class _CacheCollector(Collector):
             sizes.add_metric([str(loaded.ref.text), str(getattr(loaded.kind, "value", loaded.kind))],
                              loaded.nbytes)
         yield sizes
+        prefixes = GaugeMetricFamily(PREFIX + "prefix_cache_bytes",
+                                     "Bytes of keys and values each chat model keeps for later prompts.",
+                                     labels=["model"])
+        for loaded in models:
+            scheduler = getattr(loaded, "scheduler", None)
+            if scheduler is not None:
+                prefixes.add_metric([str(loaded.ref.text)], scheduler.prefixes.nbytes)
+        yield prefixes
 
 
 def metrics_for(context: AppContext) -> Metrics:
