@@ -23,7 +23,7 @@ from dataclasses import dataclass  # noqa: E402
 
 import openai  # noqa: E402
 
-from benchmarks.chat_throughput import as_in_the_app  # noqa: E402
+from benchmarks.chat_throughput import as_in_the_app, forget_prompts  # noqa: E402
 from modules.app_context import AppContext  # noqa: E402
 from modules.tasks.chat import GenerationParams, stream_chat  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
@@ -104,7 +104,9 @@ def main() -> None:
     print(f"model: {loaded.description}; prompt: {args.prompt!r}; "
           f"max_tokens={args.max_tokens}, greedy; {os.cpu_count()} CPUs; one run each\n")
     # Both as `python app.py` serves them: generation on the lent main thread.
+    forget_prompts(loaded)  # each path reads the prompt from the start
     local = as_in_the_app(measure_in_process, loaded, messages, args.max_tokens)
+    forget_prompts(loaded)
     with serve_in_thread(create_app(build_demo(context), context)) as url:
         remote = as_in_the_app(measure_api, url + "/v1", args.model, messages, args.max_tokens)
     print_table([local, remote])

@@ -89,8 +89,18 @@ def bare_first_token(loaded, prompt: str) -> float:
 
 
 def chat_once(loaded, prompt: str, tokens: int) -> dict:
-    """Consumer-side figures for one streamed reply, served as the app serves it."""
+    """Consumer-side figures for one streamed reply, served as the app serves it, its prompt
+    read from the start (as `generate` and llama.cpp read theirs), not from the prefix cache."""
+    forget_prompts(loaded)
     return as_in_the_app(_chat_once, loaded, prompt, tokens)
+
+
+def forget_prompts(loaded) -> None:
+    """Empty the model's prefix cache (modules/engine/prefix_cache.py): a benchmark that sends
+    one prompt again and again would otherwise time its first token from the cache."""
+    scheduler = getattr(loaded, "scheduler", None)
+    if scheduler is not None:
+        scheduler.prefixes.clear()
 
 
 def _chat_once(loaded, prompt: str, tokens: int) -> dict:
@@ -156,7 +166,7 @@ def use_batch_size(loaded, size: int) -> None:
 def after_an_earlier_visitor(loaded, kind: str, url: str, model: str) -> None:
     """Empty the prefix cache, then ask another question, one token: as on a server that has
     had visitors, a run's prompts find the system prompt cached, never themselves."""
-    loaded.scheduler.prefixes.clear()
+    forget_prompts(loaded)
     users_at_once(kind, url, model, 1, 1, prompt=EARLIER_VISITOR)
 
 
@@ -331,7 +341,6 @@ def main() -> None:
     single = []
     for _ in range(args.repeats):  # the chat path alone vs bare generate, interleaved
         seconds, tokens = bare_generate(loaded, PROMPT, args.tokens)
-        loaded.scheduler.prefixes.clear()  # read from the start, as generate reads it
         chat = chat_once(loaded, PROMPT, args.tokens)
         single.append((tokens / seconds, chat["tokens"] / chat["seconds"]))
     bare_tps = statistics.median(b for b, _ in single)

@@ -41,7 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
-from benchmarks.chat_throughput import as_in_the_app  # noqa: E402
+from benchmarks.chat_throughput import as_in_the_app, forget_prompts  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
 from modules.engine.compute import release_openmp_team  # noqa: E402
 from modules.engine.cpu_profile import cpu_capability  # noqa: E402
@@ -142,6 +142,7 @@ def chat_run(loaded: LoadedModel, text: str, tokens: int) -> tuple[float, float]
     from modules.tasks.chat import GenerationParams, stream_chat
 
     params = GenerationParams(do_sample=False, max_new_tokens=tokens)
+    forget_prompts(loaded)  # the prompt is read from the start, as llama-bench reads it
     start = time.perf_counter()
     first = None
     deltas = 0
