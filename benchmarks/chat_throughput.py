@@ -115,7 +115,10 @@ def _chat_once(loaded, prompt: str, tokens: int) -> dict:
 
 
 def concurrent_users(loaded, users: int, tokens: int) -> dict:
-    """`users` in-process chats at once: wall time, tokens and sorted first-token times."""
+    """`users` in-process chats at once: wall time, tokens and sorted first-token times. The
+    prefix cache starts empty: the first prompt is read whole, the others after the system
+    prompt it leaves."""
+    forget_prompts(loaded)
     return as_in_the_app(_concurrent_users, loaded, users, tokens)
 
 
