@@ -40,6 +40,7 @@ from benchmarks.chat_throughput import (  # noqa: E402
     concurrent_users,
 )
 from benchmarks.decode_speed import llama_bench_run, runnable_llama_benches  # noqa: E402
+from benchmarks.prefix_cache import later_turn  # noqa: E402
 from benchmarks.explorer_step import median_seconds, prompt_of  # noqa: E402
 from benchmarks.sentiment_throughput import accuracy, labelled_rows, one_by_one, texts_per_second  # noqa: E402
 from benchmarks.translation_throughput import corpus_sentences, measure  # noqa: E402
@@ -121,6 +122,9 @@ def chat(report: Report, loaded, tokens: int, repeats: int) -> None:
     crowd = concurrent_users(loaded, 4, tokens)
     report.add("chat", "4 users at once, aggregate", f"{crowd['tokens'] / crowd['wall']:.1f} tokens/s",
                "first tokens " + " / ".join(f"{t:.2f}" for t in crowd["ttfts"]) + " s")
+    cached, whole, prompt_tokens = later_turn(loaded)
+    report.add("chat", f"a document chat's 2nd turn ({prompt_tokens} tokens), first token", f"{cached:.3f} s",
+               f"read whole {whole:.3f} s: {whole / cached:.0f}x (prefix cache)")
 
 
 def llama_cpp_decode() -> float | None:

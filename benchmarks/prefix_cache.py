@@ -27,13 +27,14 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from benchmarks.chat_throughput import as_in_the_app  # noqa: E402
+from benchmarks.chat_throughput import as_in_the_app, forget_prompts  # noqa: E402
 from benchmarks.clients import content_of, stream_events  # noqa: E402
 from modules.app_context import AppContext  # noqa: E402
 from modules.config import EMBEDDED_MODEL, Settings  # noqa: E402
 from modules.engine.batching import BatchScheduler  # noqa: E402
 from modules.engine.model_cache import ModelCache, ModelKind  # noqa: E402
 from modules.serving.launch import create_app, serve_in_thread  # noqa: E402
+from modules.tasks.chat import GenerationParams, stream_chat  # noqa: E402
 from modules.ui.layout import build_demo  # noqa: E402
 
 FOLLOW_UPS = ["What is the app called?", "Which tabs does it have?", "Does it need a GPU?",
@@ -65,11 +66,44 @@ def document(chars: int) -> str:
     return text[:chars]
 
 
+def first_question(chars: int) -> list[dict]:
+    return [{"role": "user", "content": "Here is a document:\n\n" + document(chars)
+             + "\n\nIn one sentence, what is it about?"}]
+
+
+def later_turn(loaded, chars: int = 6000, tokens: int = 32) -> tuple[float, float, int]:
+    """In this process, as the app runs it: a document conversation's second turn, its first
+    token timed from the prefix cache (the first turn left it) and read whole (the cache
+    emptied): (cached s, whole s, prompt tokens)."""
+    return as_in_the_app(_later_turn, loaded, chars, tokens)
+
+
+def _later_turn(loaded, chars: int, tokens: int) -> tuple[float, float, int]:
+    forget_prompts(loaded)
+    messages = first_question(chars)
+    _, reply, _ = _turn(loaded, messages, tokens)
+    messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": FOLLOW_UPS[0]}]
+    cached, _, usage = _turn(loaded, messages, tokens)
+    forget_prompts(loaded)
+    whole, _, _ = _turn(loaded, messages, tokens)
+    return cached, whole, usage.prompt_tokens
+
+
+def _turn(loaded, messages: list[dict], tokens: int):
+    """(first-token seconds, reply text, usage) of one greedy in-process reply."""
+    params = GenerationParams(do_sample=False, max_new_tokens=tokens)
+    start, first, last = time.perf_counter(), None, None
+    for chunk in stream_chat(loaded, messages, params, max_input_tokens=8192):
+        if first is None and chunk.delta:
+            first = time.perf_counter() - start
+        last = chunk
+    return first, last.text, last.usage
+
+
 def run(args, context, loaded) -> list[tuple[Answer, Answer]]:
     schedulers = {on: BatchScheduler(loaded.model, loaded.lock, prefix_cache_bytes=(256 << 20) * on)
                   for on in (True, False)}
-    messages = [{"role": "user", "content": "Here is a document:\n\n" + document(args.document_chars)
-                 + "\n\nIn one sentence, what is it about?"}]
+    messages = first_question(args.document_chars)
     turns = []
     with serve_in_thread(create_app(build_demo(context), context)) as url:
         for on, scheduler in schedulers.items():  # warm-up, then the cache starts empty
