@@ -405,10 +405,11 @@ def test_the_int16_rows_int8_kernel_computes_the_int8_product_row_by_row(extensi
 
 
 def test_prompt_rows_go_to_the_kernel_up_to_the_last_count_it_won():
-    assert native_step.pick_prompt_rows({16: (1.0, 2.0), 64: (3.0, 4.0), 256: (12.0, 10.0)}) == 64
+    assert native_step.pick_prompt_rows({16: (1.0, 2.0), 64: (3.0, 4.0), 256: (14.0, 10.0)}) == 64
     assert native_step.pick_prompt_rows({16: (1.0, 2.0), 64: (3.0, 4.0), 256: (8.0, 10.0)}) == native_step.ANY_ROWS
     assert native_step.pick_prompt_rows({16: (1.0, 0.95), 64: (1.0, 4.0)}) == native_step.ANY_ROWS  # a tie: the kernel
-    assert native_step.pick_prompt_rows({16: (1.2, 1.0), 64: (1.0, 4.0)}) == 0  # past the margin: dense
+    assert native_step.pick_prompt_rows({16: (1.2, 1.0), 64: (1.0, 4.0)}) == native_step.ANY_ROWS  # near: the kernel
+    assert native_step.pick_prompt_rows({16: (1.4, 1.0), 64: (1.0, 4.0)}) == 0  # past the margin: dense
     assert native_step.pick_prompt_rows({}) == 0
 
 

@@ -335,11 +335,12 @@ class BatchScheduler:
         except BaseException as error:  # this request fails; the batch goes on
             _finish(sequence, None, error)
             return
-        if reusable:
+        finished = self._emit(sequence, token)
+        if reusable:  # after the first token is out (a 2,200-token prompt: ~2 ms of copying)
             self.prefixes.note_reused(sequence.cached_tokens)
             self.prefixes.store(ids, [layer.keys[0] for layer in cache.layers],
                                 [layer.values[0] for layer in cache.layers])
-        if self._emit(sequence, token):
+        if finished:
             _finish(sequence, None)
             return
         with self._state:
