@@ -125,6 +125,21 @@ def test_replies_from_cached_prefixes_are_the_replies_read_from_the_start(native
     assert len(fresh.prefixes) == 0 and fresh.prefixes.reused_tokens == 0
 
 
+def test_prompts_read_by_the_dense_matmul_are_not_stored(native_model, monkeypatch):
+    """Where the dense matmul reads a prompt (too long for the native pass on this CPU), neither
+    it nor its reply is stored: a shorter prompt read natively must not start from keys that
+    a dense pass rounded differently."""
+    for m in native_model.model.modules():
+        if getattr(m, "tile_kernel", None):
+            monkeypatch.setattr(m, "native_prompt_rows", 16)
+    scheduler = BatchScheduler(native_model.model, native_model.lock, prefix_cache_bytes=64 << 20)
+    long = chat_ids(native_model, [{"role": "user", "content": "Name a fruit."}])
+    assert len(long) > 16
+    assert reply(scheduler, long)[0].cached_tokens == 0 and len(scheduler.prefixes) == 0
+    short = reply(scheduler, long[:10], tokens=4)[0]
+    assert short.cached_tokens == 0 and len(scheduler.prefixes) == 1  # read natively: kept
+
+
 def test_a_batch_that_fails_stores_nothing(native_model, monkeypatch):
     """Keys and values of a step that raised are not trusted for later prompts."""
     scheduler = BatchScheduler(native_model.model, threading.Lock(), prefix_cache_bytes=64 << 20)

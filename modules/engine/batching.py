@@ -96,6 +96,7 @@ class Sequence:
     _picker: TokenPicker | None = field(default=None, repr=False)
     _ids: torch.Tensor | None = field(default=None, repr=False)  # history_ids' buffer
     _ids_filled: int = field(default=0, repr=False)
+    _read_natively: bool = field(default=False, repr=False)  # its prompt went through native_prompt
 
     def history_ids(self) -> torch.Tensor:
         """The prompt and the reply so far (what the repetition penalty reads) as [1, n] ids, in
@@ -325,10 +326,11 @@ class BatchScheduler:
         try:
             logits = native_step.native_prompt(self.model, ids, cache, prefix, sequence.cached_tokens) \
                 if reusable else None
+            sequence._read_natively = logits is not None
             if logits is None:
-                ids = torch.tensor([sequence.prompt_ids], device=self.model.device)
-                logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1
-                                    ).logits[:, -1, :]
+                sequence.cached_tokens = 0
+                logits = self.model(input_ids=torch.tensor([ids], device=self.model.device), past_key_values=cache,
+                                    use_cache=True, logits_to_keep=1).logits[:, -1, :]
             token = _choose([sequence], logits.float())[0]
             if isinstance(token, Exception):
                 raise token
@@ -336,7 +338,7 @@ class BatchScheduler:
             _finish(sequence, None, error)
             return
         finished = self._emit(sequence, token)
-        if reusable:  # after the first token is out (a 2,200-token prompt: ~2 ms of copying)
+        if sequence._read_natively:  # after the first token is out (2,200 tokens: ~2 ms of copying)
             self.prefixes.note_reused(sequence.cached_tokens)
             self.prefixes.store(ids, [layer.keys[0] for layer in cache.layers],
                                 [layer.values[0] for layer in cache.layers])
@@ -417,6 +419,8 @@ class BatchScheduler:
             return
         for row in sorted(rows):
             sequence, start = self._running[row], self._batch.pads[row]
+            if not sequence._read_natively:  # a dense pass's keys differ from a native pass's by rounding
+                continue
             ids = sequence.prompt_ids + sequence.tokens[:-1]
             layers = self._batch.cache.layers
             if layers[0].keys.shape[-2] - start == len(ids):
