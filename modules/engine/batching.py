@@ -411,7 +411,6 @@ class BatchScheduler:
         for sequence in leaving:
             _finish(sequence, reason or sequence.finish_reason, error)
 
-
     def _remember(self, rows: set[int]) -> None:
         """Store leaving rows' prompt and reply in the prefix cache: a chat's next turn begins
         with them. The cache holds each row's tokens but its last (not yet fed back)."""

@@ -53,7 +53,7 @@ class PrefixCache:
         self._entries: OrderedDict[int, CachedPrefix] = OrderedDict()
         self._next_key = 0
         self._lock = threading.Lock()
-        self.reused_tokens = 0  # prompt tokens not read again, since the start (metrics, tests)
+        self.reused_tokens = 0  # prompt tokens not read again, since the start (tests read it)
 
     @property
     def nbytes(self) -> int:

@@ -196,8 +196,7 @@ async def _several_choices(request: Request, backend: ChatBackend, chat: ChatReq
     completion = sum(last.usage.completion_tokens for last in lasts if last.usage)
     prompt = lasts[0].usage.prompt_tokens if lasts[0].usage else 0
     cached = lasts[0].usage.cached_tokens if lasts[0].usage else 0
-    body["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                     "total_tokens": prompt + completion, "prompt_tokens_details": {"cached_tokens": cached}}
+    body["usage"] = _usage_body(Usage(prompt, completion, prompt + completion, None, None, cached))
     return JSONResponse(body)
 
 
