@@ -26,7 +26,8 @@ file runs in the same run too, for every build found; so does transformers' own 
 re-saved as a plain bf16 checkpoint (it cannot load this GGUF file itself).
 
 Figures (vLLM's definitions): aggregate tok/s = all completion tokens / wall time;
-TTFT = request sent → first content chunk; TPOT = (e2e − TTFT) / (tokens − 1) per user;
+TTFT = request sent → first content chunk (on the page: the first update with reply text,
+not the "…" shown before it); TPOT = (e2e − TTFT) / (tokens − 1) per user;
 ITL = gaps between content chunks (a chunk is a word or so: the streamer cuts at spaces).
 """
 
