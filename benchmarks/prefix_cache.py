@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import argparse  # noqa: E402
+import asyncio  # noqa: E402
 import dataclasses  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -51,8 +52,12 @@ class Answer:
 
 def ask(base_url: str, messages: list[dict], tokens: int) -> Answer:
     """One streamed greedy chat completion."""
+    return asyncio.run(_ask(base_url, messages, tokens))
+
+
+async def _ask(base_url: str, messages: list[dict], tokens: int) -> Answer:
     sent, first, parts, usage = time.perf_counter(), None, [], {}
-    for event in stream_events(base_url, EMBEDDED_MODEL, messages, tokens):
+    async for event in stream_events(base_url, EMBEDDED_MODEL, messages, tokens):
         usage = event.get("usage") or usage
         if content := content_of(event):
             first = first or time.perf_counter()
