@@ -21,6 +21,7 @@ from modules.tasks.chat.conversations import (
     find_conversation,
     import_into,
     import_json,
+    latest_conversation,
     model_messages,
     new_conversation,
     rename_conversation,
@@ -116,6 +117,80 @@ def test_store_save_rename_search_delete():
     store = delete_conversation(store, two["id"])
     assert [c["id"] for c in store["conversations"]] == [one["id"]]
     assert search_conversations({"garbage": True}) == []
+
+
+def _branched_reply() -> list[dict]:
+    """A conversation whose reply keeps tokens with alternatives and a second variant:
+    the deep values the store holds."""
+    tokens = [[" Paris", 0.91, [[" Paris", 0.91], [" Lyon", 0.04], [" the", 0.02]]],
+              [".", 0.88, [[".", 0.88], ["!", 0.07], [",", 0.01]]]]
+    messages = with_reply(chat("Capital of France?"), "Paris.", {**STATS, "tokens": tokens, "tokens_offset": 0})
+    return add_variant(messages, 1, "It is Paris, 巴黎 ✓", dict(STATS))
+
+
+def test_the_store_keeps_each_conversations_messages_as_one_string():
+    """The page deep-copies stored values node by node on every streaming update, so the
+    store holds each conversation's messages as one JSON string; they come back equal."""
+    one = {**new_conversation({"temperature": 0.2}), "messages": _branched_reply()}
+    two = {**new_conversation(), "messages": chat("Write a haiku", "Leaves fall")}
+    store = save_conversation(save_conversation(empty_store(), one), two)
+    for stored in store["conversations"]:
+        assert "messages" not in stored and isinstance(stored["messages_json"], str)
+        assert all(not isinstance(value, list) for value in stored.values())
+    assert find_conversation(store, one["id"])["messages"] == one["messages"]
+    assert latest_conversation(store)["messages"] == two["messages"]
+    assert search_conversations(store, "巴黎") == [("Capital of France?", one["id"])]
+    assert search_conversations(store, "lyon") == []  # alternatives are not the conversation's text
+    assert json.loads(json.dumps(store)) == store  # what the browser keeps and gives back
+
+
+def test_a_store_saved_with_message_lists_still_reads_and_is_packed_on_the_next_save():
+    old = {**new_conversation(), "title": "Capital of France?", "messages": _branched_reply()}
+    store = {"version": 1, "conversations": [copy.deepcopy(old)], "presets": {}}
+    assert find_conversation(store, old["id"])["messages"] == old["messages"]
+    assert latest_conversation(store)["id"] == old["id"]
+    assert search_conversations(store, "巴黎") == [("Capital of France?", old["id"])]
+    store = save_conversation(store, {**new_conversation(), "messages": chat("hi", "hello")})
+    assert all("messages_json" in c and "messages" not in c for c in store["conversations"])
+    assert find_conversation(store, old["id"])["messages"] == old["messages"]
+
+
+def test_past_the_budget_the_oldest_conversations_lose_their_recorded_tokens_not_their_text(monkeypatch):
+    """The browser keeps the store in localStorage (~5 MB); a store written past that is
+    lost. So the oldest replies' recorded tokens go first, the newest stay whole."""
+    from modules.tasks.chat import conversations
+
+    with_tokens = _branched_reply()
+    with_tokens.append({"role": "user", "content": 'and "tokens": typed by a user'})
+    recorded = [[f" w{i}", 0.5, [[f" w{i}", 0.5], [f" x{i}", 0.25], [f" y{i}", 0.125]]] for i in range(60)]
+    with_tokens = with_reply(with_tokens, "Sure.", {**STATS, "tokens": recorded, "tokens_offset": 0})
+    olds = [{**new_conversation(), "messages": copy.deepcopy(with_tokens)} for _ in range(3)]
+    store = empty_store()
+    for old in olds:
+        store = save_conversation(store, old)
+    one_size = len(store["conversations"][0]["messages_json"])
+    monkeypatch.setattr(conversations, "STORE_BUDGET_CHARS", 4 * one_size - 1)  # a bit short for four
+    newest = {**new_conversation(), "messages": copy.deepcopy(with_tokens)}
+    store = conversations.save_conversation(store, newest)
+    total = sum(len(c["messages_json"]) for c in store["conversations"])
+    assert total <= 4 * one_size - 1
+    opened = [find_conversation(store, c["id"]) for c in (newest, *reversed(olds))]
+    assert opened[0]["messages"] == newest["messages"]  # the newest is whole
+    stripped = [c for c in opened if '"tokens"' not in json.dumps([m.get("stats") for m in c["messages"]])]
+    assert stripped == [opened[-1]]  # the oldest only: that was enough
+    for conversation in stripped:  # the text, the variants and the other stats are all there
+        assert [m["content"] for m in conversation["messages"]] == [m["content"] for m in with_tokens]
+        assert conversation["messages"][1]["variants"][0]["content"] == "Paris."
+        assert conversation["messages"][1]["stats"] == STATS and conversation["messages"][3]["stats"] == STATS
+        assert "tokens" not in conversation["messages"][1]["variants"][0]["stats"]
+
+
+def test_an_unreadable_stored_conversation_opens_empty():
+    stored = {**new_conversation(), "title": "Broken", "messages_json": "[{not json"}
+    store = {"version": 1, "conversations": [stored], "presets": {}}
+    assert find_conversation(store, stored["id"])["messages"] == []
+    assert search_conversations(store, "broken") == [("Broken", stored["id"])]
+    assert latest_conversation(empty_store()) is None
 
 
 def test_browser_secret_is_fixed_across_restarts(tmp_path):
@@ -233,3 +308,21 @@ def test_code_snippet_is_valid_python_with_the_turns_settings():
     assert settings["do_sample"] is False and "temperature" not in settings
     assert "enable_thinking=False" in greedy and "random seed" in greedy
     ast.parse(greedy)
+
+
+class _Letters:
+    """A tokenizer stand-in: token i is the letter chr(97 + i)."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(97 + i) for i in ids)
+
+
+def test_reply_tokens_keep_four_significant_digits_of_each_probability():
+    from modules.tasks.chat.branching import alternatives_at, reply_tokens
+
+    top = [[(0, 0.15585747361183167), (1, 0.0001234567)], [(2, 0.9876543), (0, 0.0123456)]]
+    tokens = reply_tokens(_Letters(), [0, 2], top, text_length=2)
+    assert tokens == (["a", 0.1559, [["a", 0.1559], ["b", 0.0001235]]],
+                      ["c", 0.9877, [["c", 0.9877], ["a", 0.01235]]])
+    assert alternatives_at(list(tokens), 1) == [("c", 0.9877), ("a", 0.01235)]
+    assert reply_tokens(_Letters(), [0, 2], top, text_length=1) == tokens[:1]  # a stop string cut it

@@ -3,7 +3,9 @@ position (recorded while generating, see Sequence.top_alternatives), and the tex
 branch continues from.
 
 A reply's tokens are stored as ``[text, probability, [[alternative text, probability], …]]``,
-JSON-ready, so they travel with the conversation in the browser.
+JSON-ready, so they travel with the conversation in the browser. Probabilities keep four
+significant digits: the page shows them to a tenth of a percent, and full floats
+("0.15585747361183167") made up about half of a saved reply.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from modules.errors import InvalidInputError
 from modules.messages import message as keyed
 
 DEFAULT_ALTERNATIVES = 5
+PROBABILITY_DIGITS = 4  # significant digits of a stored probability
 
 
 def reply_tokens(tokenizer, token_ids: list[int], alternatives: list[list[tuple[int, float]]],
@@ -29,10 +32,14 @@ def reply_tokens(tokenizer, token_ids: list[int], alternatives: list[list[tuple[
         if not piece:  # an end token, or a byte that is not a whole character yet
             continue
         chosen = dict(top).get(token_id)
-        pieces.append([piece, chosen, [[tokenizer.decode([i]), p] for i, p in top]])
+        pieces.append([piece, _rounded(chosen), [[tokenizer.decode([i]), _rounded(p)] for i, p in top]])
         if len(decoded) >= text_length:
             break
     return tuple(pieces)
+
+
+def _rounded(probability: float | None) -> float | None:
+    return None if probability is None else float(f"{probability:.{PROBABILITY_DIGITS}g}")
 
 
 def alternatives_at(tokens: list, position: int) -> list[tuple[str, float]]:

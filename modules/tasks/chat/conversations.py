@@ -9,11 +9,20 @@ variants swaps in the messages that followed that variant.
 
 The store is what the browser keeps (gr.BrowserState): every conversation with
 its settings, plus the user's own presets. Nothing here knows about Gradio.
+
+In the store each conversation's messages are one JSON string ("messages_json"), not
+nested lists. The page's frontend deep-copies the value of every component an event
+has touched, value by value, on each streaming update; with replies' tokens and their
+alternatives kept for branching (~5,000 values a 256-token reply), ten saved
+conversations made a reply 6.8x slower (benchmarks/page_history.py). A string is one
+value to copy. `find_conversation` gives messages back as
+lists; stores saved with lists (before) still read.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import secrets
@@ -231,16 +240,84 @@ def title_for(messages: list[Message]) -> str:
 def save_conversation(store: dict | None, conversation: dict) -> dict:
     """The store with `conversation` put first (most recent), titled if still untitled."""
     store = _valid_store(store)
-    saved = copy.deepcopy(conversation)
-    saved["updated"] = time.time()
+    saved = {**conversation, "updated": time.time()}
     if saved.get("title", DEFAULT_TITLE) == DEFAULT_TITLE:
         saved["title"] = title_for(saved["messages"])
-    rest = [c for c in store["conversations"] if c["id"] != saved["id"]]
-    return {**store, "conversations": [saved, *rest]}
+    rest = [_packed(c) for c in store["conversations"] if c["id"] != saved["id"]]
+    return {**store, "conversations": _within_budget([_packed(saved), *rest])}
+
+
+# The browser keeps the store in localStorage, encrypted (~1.4x the JSON's characters),
+# where browsers give a site 5-10 MB, as little as 2.5 million characters. A write past
+# that fails without a word in the page (Gradio logs it to the console), and on the next
+# visit every conversation saved since is gone. Beyond this many characters of messages
+# (~40 conversations of 256-token replies), the oldest conversations lose their replies'
+# recorded tokens (branching from them), most of a saved reply's size; their text stays.
+STORE_BUDGET_CHARS = 1_500_000
+
+
+def _within_budget(conversations: list[dict]) -> list[dict]:
+    """`conversations` (packed, newest first), the oldest stripped of recorded tokens until
+    their messages fit STORE_BUDGET_CHARS; the newest one is kept whole."""
+    kept = list(conversations)
+    size = sum(len(c["messages_json"]) for c in kept)
+    for index in range(len(kept) - 1, 0, -1):
+        if size <= STORE_BUDGET_CHARS:
+            break
+        if '"tokens":' not in kept[index]["messages_json"]:  # a key; typed text has its quotes escaped
+            continue
+        conversation = _unpacked(kept[index])
+        stripped = _packed({**conversation, "messages": _without_tokens(conversation["messages"])})
+        size += len(stripped["messages_json"]) - len(kept[index]["messages_json"])
+        kept[index] = stripped
+    return kept
+
+
+def _without_tokens(value):
+    """Messages (or any part of them) with no reply's recorded tokens: in replies' stats,
+    their variants, and what followed each variant."""
+    if isinstance(value, list):
+        return [_without_tokens(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    return {key: ({k: v for k, v in item.items() if k not in ("tokens", "tokens_offset")}
+                  if key == "stats" and isinstance(item, dict) else _without_tokens(item))
+            for key, item in value.items()}
 
 
 def find_conversation(store: dict | None, conversation_id: str | None) -> dict | None:
-    return next((c for c in _valid_store(store)["conversations"] if c["id"] == conversation_id), None)
+    """The conversation with this id, its messages as lists; None if there is none."""
+    found = next((c for c in _valid_store(store)["conversations"] if c["id"] == conversation_id), None)
+    return None if found is None else _unpacked(found)
+
+
+def latest_conversation(store: dict | None) -> dict | None:
+    """The most recently saved conversation, its messages as lists."""
+    conversations = _valid_store(store)["conversations"]
+    return _unpacked(conversations[0]) if conversations else None
+
+
+def _packed(conversation: dict) -> dict:
+    """A conversation as the store keeps it: its messages as one JSON string."""
+    if "messages_json" in conversation:
+        return conversation
+    packed = {k: v for k, v in conversation.items() if k != "messages"}
+    packed["messages_json"] = json.dumps(conversation.get("messages") or [], ensure_ascii=False,
+                                         separators=(",", ":"))
+    return packed
+
+
+def _unpacked(stored: dict) -> dict:
+    """A stored conversation with its messages as lists (an unreadable string: none)."""
+    if "messages_json" not in stored:  # saved before messages were packed
+        return copy.deepcopy({**stored, "messages": stored.get("messages") or []})
+    conversation = {k: v for k, v in stored.items() if k != "messages_json"}
+    try:
+        messages = json.loads(stored["messages_json"])
+    except (TypeError, ValueError):
+        messages = []
+    conversation["messages"] = messages if isinstance(messages, list) else []
+    return conversation
 
 
 def rename_conversation(store: dict | None, conversation_id: str, title: str) -> dict:
@@ -263,10 +340,11 @@ def search_conversations(store: dict | None, query: str = "") -> list[tuple[str,
     """(title, id) of conversations whose title or any message contains `query` (any case)."""
     words = (query or "").casefold().split()
     found = []
-    for conversation in _valid_store(store)["conversations"]:
-        text = " ".join([conversation["title"], *(m["content"] for m in conversation["messages"])]).casefold()
+    for stored in _valid_store(store)["conversations"]:
+        messages = _unpacked(stored)["messages"] if words else []  # no words: every one is listed
+        text = " ".join([stored["title"], *(m["content"] for m in messages)]).casefold()
         if all(word in text for word in words):
-            found.append((conversation["title"], conversation["id"]))
+            found.append((stored["title"], stored["id"]))
     return found
 
 
@@ -347,7 +425,8 @@ def import_into(store: dict | None, text: str | bytes) -> tuple[dict, dict]:
     """(store with the imported conversation first, the conversation)."""
     conversation = import_json(text)
     store = _valid_store(store)
-    return {**store, "conversations": [conversation, *store["conversations"]]}, conversation
+    return {**store, "conversations": _within_budget([_packed(conversation), *map(_packed, store["conversations"])])}, \
+        conversation
 
 
 def _bounded(text: str) -> str:

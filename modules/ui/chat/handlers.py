@@ -31,6 +31,7 @@ from modules.tasks.chat.conversations import (
     edit_message,
     find_conversation,
     last_reply_index,
+    latest_conversation,
     model_messages,
     new_conversation,
     rename_conversation,
@@ -492,8 +493,7 @@ def _list(store, query, conversation_id):
 
 def _restore(store):
     """On page load: list the saved conversations and reopen the most recent one."""
-    conversations = (store or {}).get("conversations") or []
-    latest = conversations[0] if conversations else None
+    latest = latest_conversation(store)
     return listing(store, "", latest["id"] if latest else None), *opened_conversation(latest)
 
 
