@@ -191,6 +191,10 @@ def test_an_unreadable_stored_conversation_opens_empty():
     assert find_conversation(store, stored["id"])["messages"] == []
     assert search_conversations(store, "broken") == [("Broken", stored["id"])]
     assert latest_conversation(empty_store()) is None
+    odd = {**new_conversation(), "title": "Odd", "messages_json": ["not", "a", "string"]}
+    store = save_conversation({"version": 1, "conversations": [odd], "presets": {}},
+                              {**new_conversation(), "messages": chat("hi", "hello")})
+    assert find_conversation(store, odd["id"])["messages"] == [] and len(store["conversations"]) == 2
 
 
 def test_browser_secret_is_fixed_across_restarts(tmp_path):

@@ -15,8 +15,8 @@ nested lists. The page's frontend deep-copies the value of every component an ev
 has touched, value by value, on each streaming update; with replies' tokens and their
 alternatives kept for branching (~5,000 values a 256-token reply), ten saved
 conversations made a reply 6.8x slower (benchmarks/page_history.py). A string is one
-value to copy. `find_conversation` gives messages back as
-lists; stores saved with lists (before) still read.
+value to copy. `find_conversation` gives messages back as lists; stores saved with
+lists (before) still read.
 """
 
 from __future__ import annotations
@@ -299,10 +299,11 @@ def latest_conversation(store: dict | None) -> dict | None:
 
 def _packed(conversation: dict) -> dict:
     """A conversation as the store keeps it: its messages as one JSON string."""
-    if "messages_json" in conversation:
+    if isinstance(conversation.get("messages_json"), str):
         return conversation
-    packed = {k: v for k, v in conversation.items() if k != "messages"}
-    packed["messages_json"] = json.dumps(conversation.get("messages") or [], ensure_ascii=False,
+    messages = conversation.get("messages")
+    packed = {k: v for k, v in conversation.items() if k not in ("messages", "messages_json")}
+    packed["messages_json"] = json.dumps(messages if isinstance(messages, list) else [], ensure_ascii=False,
                                          separators=(",", ":"))
     return packed
 
@@ -425,8 +426,8 @@ def import_into(store: dict | None, text: str | bytes) -> tuple[dict, dict]:
     """(store with the imported conversation first, the conversation)."""
     conversation = import_json(text)
     store = _valid_store(store)
-    return {**store, "conversations": _within_budget([_packed(conversation), *map(_packed, store["conversations"])])}, \
-        conversation
+    conversations = _within_budget([_packed(conversation), *map(_packed, store["conversations"])])
+    return {**store, "conversations": conversations}, conversation
 
 
 def _bounded(text: str) -> str:
