@@ -2,7 +2,7 @@
 
 import pytest
 
-from modules.config import DEFAULT_CHAT_MODEL, Settings, parse_auth
+from modules.config import DEFAULT_CHAT_MODEL, Settings, default_page_updates, parse_auth
 
 
 def test_defaults_are_the_documented_models():
@@ -58,6 +58,19 @@ def test_bad_auth_is_refused(bad):
 def test_bad_number_in_environment_names_the_variable():
     with pytest.raises(SystemExit, match="PLAYGROUND_PORT"):
         Settings.from_env({"PLAYGROUND_PORT": "eighty"})
+
+
+def test_page_updates_a_second_a_setting_else_by_the_machines_size():
+    from modules.ui.chat.handlers import _update_interval
+
+    assert Settings.from_env({}).page_updates_per_s is None
+    assert default_page_updates(2) == default_page_updates(4) == 10.0 and default_page_updates(8) == 20.0
+    chosen = Settings.from_env({"PLAYGROUND_PAGE_UPDATES_PER_S": "4"})
+    assert chosen.page_updates_per_s == 4.0 and _update_interval(chosen) == 0.25  # no reply streaming here
+    assert _update_interval(Settings()) == 1 / default_page_updates()
+    for bad in ("0", "-3", "fast", "inf", "nan"):
+        with pytest.raises(SystemExit, match="PLAYGROUND_PAGE_UPDATES_PER_S must be a number above 0"):
+            Settings.from_env({"PLAYGROUND_PAGE_UPDATES_PER_S": bad})
 
 
 # --- where to listen: flags > PLAYGROUND_* > GRADIO_SERVER_* > PORT > defaults ---------------

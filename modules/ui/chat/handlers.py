@@ -14,7 +14,7 @@ from dataclasses import replace
 import gradio as gr
 
 from modules.app_context import AppContext
-from modules.config import EMBEDDED_MODEL
+from modules.config import EMBEDDED_MODEL, Settings, default_page_updates
 from modules.engine.compute import on_request_thread
 from modules.engine.gpu import gpu
 from modules.errors import PlaygroundError
@@ -53,7 +53,6 @@ THINKING_CHOICES = ["template default", "on", "off"]
 # The page gets the growing reply at most this often: every update costs the server
 # (and the browser) work that competes with generation for the CPU, and 20 updates a
 # second look as smooth as one per token (benchmarks/decode_speed.py measures both).
-UI_UPDATE_INTERVAL_S = 0.05  # one stream alone; more streams share the update rate
 
 
 # --- wiring --------------------------------------------------------------------
@@ -342,7 +341,7 @@ def _generate(context: AppContext, cancels: CancelRegistry, session: str, origin
                 continue
             reply = chunk
             timer.saw(prefix + chunk.text)
-            if chunk.finish_reason is None and time.monotonic() - shown_at >= _update_interval():
+            if chunk.finish_reason is None and time.monotonic() - shown_at >= _update_interval(context.settings):
                 shown_at = time.monotonic()
                 partial = shown + [{"role": "assistant", "content": prefix + chunk.text,
                                     "stats": {"thinking_s": timer.seconds}}]
@@ -370,11 +369,12 @@ def _generate(context: AppContext, cancels: CancelRegistry, session: str, origin
         cancels.end(session, cancel)
 
 
-def _update_interval() -> float:
+def _update_interval(settings: Settings) -> float:
     """Seconds between a streaming reply's page updates: every update costs the server
     a few ms of Python that the model's step then waits for, so while several replies
-    stream, each updates less often (4 at once: 5 updates a second each)."""
-    return UI_UPDATE_INTERVAL_S * max(1, live_generation_threads())
+    stream, they share the rate (PLAYGROUND_PAGE_UPDATES_PER_S, config.default_page_updates)."""
+    per_second = settings.page_updates_per_s or default_page_updates()
+    return max(1, live_generation_threads()) / per_second
 
 
 class _ThinkingTimer:
