@@ -100,11 +100,12 @@ async def stream_events(base_url: str, model: str, messages: list[dict], tokens:
             chunked |= name.strip().lower() == "transfer-encoding" and "chunked" in value.lower()
         pending = b""
         async for data in _body(reader, chunked):
-            pending += data
+            pending = (pending + data).replace(b"\r\n", b"\n")  # SSE allows either line end
             while b"\n\n" in pending:
                 event, pending = pending.split(b"\n\n", 1)
-                if event.startswith(b"data: ") and event != b"data: [DONE]":
-                    yield json.loads(event[6:])
+                payload = event[5:].lstrip(b" ") if event.startswith(b"data:") else b""
+                if payload and payload != b"[DONE]":
+                    yield json.loads(payload)
     finally:
         writer.close()
 
