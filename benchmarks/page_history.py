@@ -19,18 +19,15 @@ its CPU also slows the server's decoding; on a user's own machine it would not.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import torch
 
-from benchmarks.start_to_first_token import ROOT, _wait_for_page, free_port
+from benchmarks.start_to_first_token import _wait_for_page, app_on_free_port
 from modules.engine.cpu_profile import cpu_model
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -107,14 +104,8 @@ def main() -> None:
         sys.exit(f"{CHROMIUM} is missing: apt-get install -y chromium")
     from playwright.sync_api import expect, sync_playwright
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "PLAYGROUND_PORT": str(port), "PLAYGROUND_HOST": "127.0.0.1"}
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for_page(base, time.perf_counter(), process)
+    with app_on_free_port() as (base, process, started):
+        _wait_for_page(base, started, process)
         server = psutil.Process(process.pid)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
@@ -133,9 +124,6 @@ def main() -> None:
                 rows.append((saved, stored, replies))
                 saved += args.replies
             browser.close()
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     print(f"CPU: {cpu_model()}, torch {torch.backends.cpu.get_cpu_capability()}; the page's default reply "
           f"(256 tokens), median of {args.replies}; Chromium on the same cores")
     print("| saved conversations | localStorage (chars) | first text (s) | reply done (s) "

@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,21 +45,27 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def measure_start(cache_dir: str, label: str) -> Start:
+@contextmanager
+def app_on_free_port(**env: str) -> Iterator[tuple[str, subprocess.Popen, float]]:
+    """`python app.py` (offline, a free loopback port, `env` added): its base URL, its
+    process and when it started; stopped on the way out."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "PLAYGROUND_CACHE_DIR": cache_dir, "PLAYGROUND_PORT": str(port),
-           "PLAYGROUND_HOST": "127.0.0.1"}
-    base = f"http://127.0.0.1:{port}"
+           "PLAYGROUND_PORT": str(port), "PLAYGROUND_HOST": "127.0.0.1", **env}
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        page_s = _wait_for_page(base, started, process)
-        first_token_s = _first_token(base, started)
+        yield f"http://127.0.0.1:{port}", process, started
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def measure_start(cache_dir: str, label: str) -> Start:
+    with app_on_free_port(PLAYGROUND_CACHE_DIR=cache_dir) as (base, process, started):
+        page_s = _wait_for_page(base, started, process)
+        first_token_s = _first_token(base, started)
     return Start(label, page_s, first_token_s)
 
 

@@ -51,11 +51,11 @@ def _positive_float(env: Mapping[str, str], name: str) -> float | None:
         return None
     try:
         number = float(value)
+        if 0 < number < float("inf"):  # nan fails both comparisons
+            return number
     except ValueError:
-        number = 0.0
-    if not number > 0 or number == float("inf"):
-        raise SystemExit(f"{name} must be a number above 0, got {value!r}")
-    return number
+        pass
+    raise SystemExit(f"{name} must be a number above 0, got {value!r}")
 
 
 def default_page_updates(cpus: int | None = None) -> float:

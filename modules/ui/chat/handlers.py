@@ -50,9 +50,6 @@ from modules.ui.i18n import in_reader_language, t
 from modules.messages import Message
 
 THINKING_CHOICES = ["template default", "on", "off"]
-# The page gets the growing reply at most this often: every update costs the server
-# (and the browser) work that competes with generation for the CPU, and 20 updates a
-# second look as smooth as one per token (benchmarks/decode_speed.py measures both).
 
 
 # --- wiring --------------------------------------------------------------------
